@@ -1,0 +1,28 @@
+"""riemann — the theory engine of delta parameter editing.
+
+Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path integrals of the
+gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
+first and second order, measured), and the competitive / decreased / improved classification.
+Edit operators live in :mod:`riemann.edits`.
+
+Reference: Tang et al., "A Unified View of Delta Parameter Editing in Post-Trained Large-Scale
+Models", arXiv 2410.13841 (2024).
+"""
+
+from riemann._src.classify import CLASSES as CLASSES
+from riemann._src.classify import choose_tolerance as choose_tolerance
+from riemann._src.classify import classify as classify
+from riemann._src.estimate import METHODS as METHODS
+from riemann._src.estimate import Estimate as Estimate
+from riemann._src.estimate import estimate as estimate
+from riemann._src.path import PathIntegral as PathIntegral
+from riemann._src.path import integrate_adaptive as integrate_adaptive
+from riemann._src.path import integrate_path as integrate_path
+from riemann._src.quadrature import RULES as RULES
+from riemann._src.quadrature import Quadrature as Quadrature
+from riemann._src.quadrature import degree as degree
+from riemann._src.quadrature import quadrature as quadrature
+from riemann._src.quadrature import refine as refine
+from riemann._src.trees import leaf_names as leaf_names
+
+__version__ = "0.1.0"
