@@ -1,0 +1,84 @@
+"""Output files written atomically (temporary file in the same directory, then ``os.replace``),
+and output directories that never overwrite what a user already has."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"cannot write {type(o).__name__} to JSON")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """JSON with NaN written as ``null`` is not standard; we keep ``NaN`` out by converting to None."""
+    return write_text(path, json.dumps(_clean(obj), indent=2, default=_default, allow_nan=False) + "\n")
+
+
+def _clean(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, (float, np.floating)):
+        return float(o) if np.isfinite(o) else None
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    return o
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 120) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return write_bytes(path, buf.getvalue())
+
+
+def fresh_output_dir(out: str | os.PathLike | None, root: str | os.PathLike = "runs") -> Path:
+    """The directory to write a run into: ``out`` if it does not exist or is empty, else an error;
+    with ``out=None``, a new timestamped directory under ``root``."""
+    if out is None:
+        import datetime
+
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = Path(root) / stamp
+        i = 1
+        while out.exists():
+            out = Path(root) / f"{stamp}-{i}"
+            i += 1
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"output directory {str(out)!r} exists and is not empty; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out

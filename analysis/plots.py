@@ -1,0 +1,78 @@
+"""Figures of a suite's results. Each function takes an optional Matplotlib axes and returns
+the figure; none selects a backend (set ``MPLBACKEND=Agg`` for headless runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MARKERS = {"riemann": "o", "first-order": "s", "second-order": "^", "gauss-legendre": "D"}
+
+
+def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    if ax is not None:
+        return ax.figure, ax
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def calibration(results: dict[str, Any], ax: Any = None) -> Any:
+    """Predicted vs measured loss change for every edit and estimator, with the identity line.
+
+    Axes use a symmetric-log scale so that small competitive edits and large decreased ones are
+    both visible.
+    """
+    fig, ax = _axes(ax, (6.5, 5.5))
+    recs = results["edits"]
+    meas = np.array([r["measured"] for r in recs])
+    lim = 0.0
+    for name, marker in MARKERS.items():
+        pred = np.array([r["estimates"][name] for r in recs])
+        rho = results["agreement"][name]["spearman"]
+        ax.scatter(meas, pred, marker=marker, s=22, alpha=0.75, label=f"{name} (Spearman {rho:.3f})")
+        lim = max(lim, float(np.max(np.abs(pred))), float(np.max(np.abs(meas))))
+    ax.plot([-lim, lim], [-lim, lim], color="gray", lw=1, ls="--", label="predicted = measured")
+    linthresh = max(1e-4, float(np.percentile(np.abs(meas), 20)) if len(meas) else 1e-3)
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.set_xlabel("measured ΔL = L(W_edit) − L(W_post)")
+    ax.set_ylabel("predicted ΔL")
+    ax.set_title(f"{results['pair']['name']}: predictions vs measured loss change")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def line_profile(results: dict[str, Any], ax: Any = None) -> Any:
+    """Loss along ``W_pre + t·ΔW``: t = 0 is the pre-trained model, 1 the post-trained one."""
+    fig, ax = _axes(ax, (6.0, 4.0))
+    prof = results["pair"]["line_profile"]
+    ax.plot(prof["t"], prof["loss"], marker=".")
+    for t, label in ((0.0, "pre"), (1.0, "post")):
+        ax.axvline(t, color="gray", lw=0.8, ls=":")
+        ax.annotate(label, (t, max(prof["loss"])), ha="center", va="top", fontsize=8)
+    ax.set_xlabel("t  (W_pre + t·ΔW;  t > 1: EXPO extrapolation, t < 1: interpolation)")
+    ax.set_ylabel("loss")
+    ax.set_title(f"{results['pair']['name']}: loss along the pre→post line")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def confusion(results: dict[str, Any], estimator: str, ax: Any = None) -> Any:
+    """Class confusion matrix of one estimator against the measured classes."""
+    import riemann
+
+    fig, ax = _axes(ax, (4.2, 3.8))
+    m = np.array(results["agreement"][estimator]["confusion"])
+    ax.imshow(m, cmap="Blues")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center")
+    ax.set_xticks(range(3), riemann.CLASSES, rotation=20)
+    ax.set_yticks(range(3), riemann.CLASSES)
+    ax.set_xlabel(f"predicted ({estimator})")
+    ax.set_ylabel("measured")
+    return fig

@@ -1,0 +1,79 @@
+"""End to end on a small trained pair: the engine's completeness and the suite's records."""
+
+import dataclasses
+import json
+
+import jax
+import pytest
+
+import riemann
+from analysis import report, suite
+from analysis.cli import main
+from analysis.example import MLPConfig, build_pair
+
+SMALL = MLPConfig(hidden=24, teacher_hidden=16, pre_steps=150, post_steps=100, batch=128, eval_batches=3)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return build_pair(SMALL)
+
+
+def test_post_training_improves_its_task(pair):
+    assert pair.info["accuracy_post"] > pair.info["accuracy_pre"] + 0.05
+    losses = riemann.estimate(pair.loss_fn, pair.pre, jax.tree.map(lambda a, b: b - a, pair.pre, pair.post),
+                              pair.batches, method="measured")
+    assert losses.value < -0.1  # L(post) − L(pre) on the post-training task
+
+
+def test_completeness_on_the_trained_pair(pair, capsys):
+    delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
+    gl = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=8, endpoints=True)
+    left = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="left", n=5, endpoints=True)
+    with capsys.disabled():
+        print(f"\n[completeness] gauss-legendre n=8 relative gap {gl.relative_gap:.2e}; "
+              f"paper's left n=5 relative gap {left.relative_gap:.2e}")
+    assert gl.relative_gap < 1e-4
+    assert left.relative_gap > gl.relative_gap
+    assert sum(gl.modules.values()) == pytest.approx(gl.value, rel=1e-5)
+    assert set(gl.modules) == {f"{m}.{p}" for m in ("fc1", "fc2", "head") for p in ("bias", "weight")}
+
+
+def test_suite_records_and_agreement(pair, tmp_path):
+    specs = ["dare:p=0.5", "dare:p=0.99", "bitdelta", "expo:alpha=0.3", "biased_product:k=1.5", "lowrank:fraction=0.25"]
+    res = suite.analyse(pair, specs, seed=3, progress=False, log=lambda s: None)
+    assert [r["spec"] for r in res["edits"]] == ["dare:p=0.5", "dare:p=0.99", "bitdelta", "expo:alpha=0.3",
+                                                 "biased_product:k=1.5", "lowrank:fraction=0.25"]
+    for r in res["edits"]:
+        assert set(r["estimates"]) == set(suite.ESTIMATORS)
+        assert r["estimates"]["gauss-legendre"] == pytest.approx(r["measured"], rel=1e-3, abs=1e-5)
+        assert set(r["class"]) == set(suite.ESTIMATORS) | {"measured"}
+    assert res["agreement"]["gauss-legendre"]["spearman"] == pytest.approx(1.0)
+    again = suite.analyse(pair, specs[:2], seed=3, progress=False, log=lambda s: None)
+    assert again["edits"][1]["measured"] == res["edits"][1]["measured"]  # same seed, same numbers
+    report.write(res, tmp_path)
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    assert loaded["edits"][0]["name"] == "dare"
+    assert "## Which estimator agrees" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "calibration.png").stat().st_size > 10_000
+
+
+def test_cli_refuses_existing_output_and_bad_specs(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("user data")
+    assert main(["run", "--out", str(tmp_path), "--edits", "dare:p=0.5"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "user data"
+    assert main(["run", "--out", str(tmp_path / "new"), "--edits", "dare:p=2"]) == 2
+    assert "p=2.0 is outside" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
+def test_cli_edits_lists_every_edit(capsys):
+    assert main(["edits"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dare", "della", "magnitude", "ties", "bitdelta", "lowrank", "expo", "biased_sign", "biased_product"):
+        assert f"\n{name} [" in "\n" + out
+
+
+def test_config_is_recorded(pair):
+    assert pair.info["config"] == dataclasses.asdict(SMALL)
