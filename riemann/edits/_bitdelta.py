@@ -66,11 +66,25 @@ def _block_means(a: jax.Array, bits: int, blocks: str) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("magnitudes",))
-def _draw(mag: jax.Array, key: jax.Array, spread: jax.Array, magnitudes: str) -> jax.Array:
-    s = spread.astype(mag.dtype)
+def _finish_leaf(x: jax.Array, mag: jax.Array, key: jax.Array, multiple: jax.Array, spread: jax.Array,
+                 magnitudes: str) -> jax.Array:
+    """``multiple · m · sign(ΔW)`` with magnitudes ``m`` = ``mag`` or drawn around it."""
+    xw = c.wide(x)
+    mag = mag.reshape(x.shape).astype(xw.dtype)
+    s = spread.astype(xw.dtype)
     if magnitudes == "normal":
-        return jnp.abs(mag + s * mag * jax.random.normal(key, mag.shape, mag.dtype))
-    return mag * (1.0 + s * jax.random.uniform(key, mag.shape, mag.dtype, -1.0, 1.0))
+        mag = jnp.abs(mag + s * mag * jax.random.normal(key, mag.shape, xw.dtype))
+    elif magnitudes == "uniform":
+        mag = mag * (1.0 + s * (2.0 * c.uniform(key, mag.shape).astype(xw.dtype) - 1.0))
+    return (multiple.astype(xw.dtype) * mag * jnp.sign(xw)).astype(x.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "blocks", "magnitudes"))
+def _bitdelta_leaf(x: jax.Array, key: jax.Array, multiple: jax.Array, spread: jax.Array, bits: int, blocks: str,
+                   magnitudes: str) -> jax.Array:
+    # One compiled function per leaf shape, so XLA fuses |ΔW|, the block means and the output.
+    mag = _block_means(jnp.abs(c.wide(x)).ravel(), bits, blocks)
+    return _finish_leaf(x, mag, key, multiple, spread, magnitudes)
 
 
 def bitdelta(
@@ -120,18 +134,12 @@ def bitdelta(
     s = trees.scalar(DEFAULT_SPREAD.get(magnitudes, 0.0) if spread is None else spread)
     mult = trees.scalar(multiple)
     sel = {"include": include, "exclude": exclude, "ndim": ndim}
-
-    def finish(name: str, x: jax.Array, mag: jax.Array) -> jax.Array:
-        xw = c.wide(x)
-        mag = mag.reshape(x.shape).astype(xw.dtype)
-        if magnitudes != "constant":
-            mag = _draw(mag, c.leaf_key(key, name), s, magnitudes)
-        return mult.astype(xw.dtype) * mag * jnp.sign(xw)
+    root = key if key is not None else jax.random.key(0)  # unused unless magnitudes are drawn
 
     if scope == "matrix":
         return c.map_leaves(
             delta, "bitdelta",
-            lambda name, x: finish(name, x, _block_means(jnp.abs(c.wide(x)).ravel(), magnitude_bits, blocks)),
+            lambda name, x: _bitdelta_leaf(x, c.leaf_key(root, name), mult, s, magnitude_bits, blocks, magnitudes),
             **sel,
         )
     named = [(n, x) for n, x in c.check_delta(delta, "bitdelta") if c.selected(n, x, **sel)]
@@ -141,5 +149,8 @@ def bitdelta(
     means = _block_means(flat, magnitude_bits, blocks)
     offsets = dict(zip([n for n, _ in named], np.cumsum([0] + [x.size for _, x in named])))
     return c.map_leaves(
-        delta, "bitdelta", lambda name, x: finish(name, x, means[offsets[name] : offsets[name] + x.size]), **sel
+        delta, "bitdelta",
+        lambda name, x: _finish_leaf(x, means[offsets[name] : offsets[name] + x.size], c.leaf_key(root, name), mult, s,
+                                     magnitudes),
+        **sel,
     )

@@ -114,6 +114,35 @@ def check_range(
     return v
 
 
+def _mix32(h: jax.Array) -> jax.Array:
+    # lowbias32 (C. Wellons, "Prospecting for hash functions", 2018): a 32-bit integer hash with
+    # near-ideal avalanche; two rounds separate the two seed words.
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = h * jnp.uint32(0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Counter-based float32 uniforms in [0, 1) with 24-bit resolution, one per entry.
+
+    Entry ``i`` (flat index) gets ``mix(mix(i ^ s0) + s1) >> 8`` scaled by 2⁻²⁴, where ``(s0, s1)``
+    are 64 bits drawn from ``key`` with JAX's threefry. Like Philox this is a counter-based
+    generator, so the value of each entry depends only on the key and its index: the same on
+    every device, sharding and backend. It fuses into the edit's single pass over the tensor,
+    which makes a DARE mask cost ~1.5 elementwise multiplies instead of ~12 with
+    ``jax.random.bernoulli`` on CPU (``riemann bench``).
+    """
+    size = math.prod(shape)
+    if size >= 2**32:
+        return jax.random.uniform(key, shape, jnp.float32)
+    seed = jax.random.bits(key, (2,), jnp.uint32)
+    idx = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    h = _mix32(_mix32(idx ^ seed[0]) + seed[1])
+    return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
 def wide(x: jax.Array) -> jax.Array:
     """``x`` in its accumulation dtype (float32 for 16-bit floats)."""
     return x.astype(trees.accum_dtype(x.dtype))

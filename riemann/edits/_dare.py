@@ -28,7 +28,7 @@ def check_dare(p: float, k: float = 0.0, **_: Any) -> None:
 def _dare_leaf(x: jax.Array, key: jax.Array, p: jax.Array, k: jax.Array, rescale: bool) -> jax.Array:
     xw = c.wide(x)
     p, k = p.astype(xw.dtype), k.astype(xw.dtype)
-    drop = jax.random.bernoulli(key, p, x.shape)
+    drop = c.uniform(key, x.shape).astype(xw.dtype) < p
     kept = (1.0 - k * p) / (1.0 - p) if rescale else jnp.ones((), xw.dtype)
     return jnp.where(drop, k * xw, kept * xw).astype(x.dtype)
 
@@ -47,7 +47,8 @@ def dare(
     """DARE (Yu et al., 2024, "Language Models are Super Mario") and its k-extension (Tang et al.,
     2024, §4.1, Fig. 1/2).
 
-    Each entry is dropped with probability ``p`` (``M ~ Bernoulli(p)``, 1 = drop); dropped entries
+    Each entry is dropped with probability ``p`` (``M ~ Bernoulli(p)``, 1 = drop, from the
+    counter-based uniforms of :func:`riemann.edits._common.uniform`); dropped entries
     are multiplied by ``k``, kept ones by ``(1 − k·p)/(1 − p)``:
     ``F = [k·M + (1 − k·p)/(1 − p)·(1 − M)] ⊙ ΔW``, so ``E[F] = ΔW`` and
     ``ΔW~ = (k − 1)(M − p)/(1 − p) ⊙ ΔW``. ``k = 0`` is DARE; ``rescale=False`` is "drop only"
@@ -182,10 +183,12 @@ def _della_leaf(x: jax.Array, key: jax.Array, density: jax.Array, eps: jax.Array
     xw = c.wide(x)
     rows = xw.reshape(1, 1) if xw.ndim == 0 else xw.reshape(-1, xw.shape[-1])
     n = rows.shape[-1]
-    rank = jnp.argsort(jnp.argsort(jnp.abs(rows), axis=-1, stable=True), axis=-1, stable=True)
+    order = jnp.argsort(jnp.abs(rows), axis=-1, stable=True)
+    # Inverse permutation by scatter: one sort instead of two.
+    rank = jnp.zeros_like(order).at[jnp.arange(rows.shape[0])[:, None], order].set(jnp.arange(n, dtype=order.dtype)[None, :])
     frac = rank.astype(xw.dtype) / (n - 1) if n > 1 else jnp.full(rows.shape, 0.5, xw.dtype)
     prob = (density - eps).astype(xw.dtype) + 2.0 * eps.astype(xw.dtype) * frac
-    keep = jax.random.uniform(key, rows.shape, xw.dtype) < prob
+    keep = c.uniform(key, rows.shape).astype(xw.dtype) < prob
     return jnp.where(keep, rows / prob, 0.0).reshape(x.shape).astype(x.dtype)
 
 

@@ -54,3 +54,20 @@ def test_ties_mismatched_trees_name_the_leaf():
 def test_keep_outside_range(keep):
     with pytest.raises(ValueError, match=rf"magnitude: keep={keep} is outside the accepted range \(0, 1\]"):
         edits.magnitude({"w": jnp.ones(3)}, keep)
+
+
+@pytest.mark.parametrize("keep", [0.01, 0.1, 0.37, 0.5, 0.99, 1.0])
+def test_top_mask_matches_a_stable_sort_with_ties(keep):
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal(5000), 1).astype(np.float32)  # many exact ties
+    out = np.asarray(edits.magnitude({"w": jnp.asarray(x)}, keep)["w"])
+    k = int(np.ceil(keep * x.size - 1e-9))
+    order = np.argsort(-np.abs(x), kind="stable")
+    ref = np.zeros_like(x)
+    ref[order[:k]] = x[order[:k]]
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_top_mask_handles_zeros_infinities_and_tiny_values():
+    x = jnp.array([0.0, 1e-37, -1e-30, 3.0, -jnp.inf, 0.0])
+    np.testing.assert_array_equal(edits.magnitude({"w": x}, 0.5)["w"], np.array([0, 0, -1e-30, 3.0, -np.inf, 0], np.float32))

@@ -1,0 +1,218 @@
+"""``riemann bench``: performance figures measured side by side in one run, printed as ratios.
+
+Each benchmark is a function registered in :data:`BENCHMARKS` that returns a dict of figures
+(ratios first); later performance work adds its own. Timings are the median of several warm
+repeats; compile time is excluded by a warm-up call. Peak memory runs each configuration in a
+fresh subprocess and reads its peak resident set size.
+
+- ``path_step``: cost of one (node, batch) step of :func:`riemann.integrate_path` against one
+  bare jitted ``value_and_grad`` on the same batch and parameters (target ≤ 1.10).
+- ``path_memory``: peak memory of a path integral with n = 32 nodes against n = 2 (target ≤ 1.10).
+- ``edit_cost``: each edit on a Llama-3-8B MLP matrix (4096 × 14336) against a jitted
+  elementwise multiply of the same tensor, float32 and bfloat16 (elementwise edits: target ≤ 3).
+- ``lowrank``: randomized SVD at rank 64 against the full SVD truncated to rank 64, with the
+  Frobenius error of each relative to the optimum (target: ≥ 5× faster at ≤ 1 % more error).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+BENCHMARKS: dict[str, Callable[[bool], dict[str, Any]]] = {}
+
+
+def benchmark(fn: Callable[[bool], dict[str, Any]]) -> Callable[[bool], dict[str, Any]]:
+    BENCHMARKS[fn.__name__] = fn
+    return fn
+
+
+def _time(f: Callable[[], Any], repeats: int) -> float:
+    import jax
+
+    jax.block_until_ready(f())
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f())
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _mlp(width: int, depth: int, batch: int, seed: int = 0) -> tuple[Any, Any, Any, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(seed), 2 * depth + 2)
+    params = {f"layers.{i}.weight": jax.random.normal(keys[i], (width, width)) / jnp.sqrt(width) for i in range(depth)}
+    direction = {k: 0.01 * jax.random.normal(keys[depth + i], v.shape) for i, (k, v) in enumerate(params.items())}
+    x = jax.random.normal(keys[-2], (batch, width))
+    y = jax.random.normal(keys[-1], (batch, width))
+
+    def loss(p: Any, b: Any) -> Any:
+        h = b[0]
+        for i in range(depth):
+            h = jnp.tanh(h @ p[f"layers.{i}.weight"].T)
+        return jnp.mean((h - b[1]) ** 2)
+
+    return loss, params, direction, (x, y)
+
+
+@benchmark
+def path_step(quick: bool) -> dict[str, Any]:
+    """Per (node, batch) cost at two batch sizes, against (a) one bare jitted ``value_and_grad``
+    at a fixed point and (b) a minimal hand-written path step (point formed inside jit,
+    ``value_and_grad``, donated accumulator): (a) includes the inherent cost of forming the point
+    and accumulating, (b) isolates the toolkit's own overhead."""
+    import jax
+
+    import riemann
+
+    width, depth = (512, 4) if quick else (1024, 8)
+    n, nb = 5, 4
+    repeats = 3 if quick else 5
+    rows = {}
+    for batch in ((256, 1024) if quick else (1024, 4096)):
+        loss, params, direction, data = _mlp(width, depth, batch)
+        bare = jax.jit(jax.value_and_grad(loss))
+
+        def minimal(acc: Any, s: Any, d: Any, t: Any, w: Any, b: Any) -> Any:
+            p = jax.tree.map(lambda a, c: a + t * c, s, d)
+            loss_value, g = jax.value_and_grad(loss)(p, b)
+            return jax.tree.map(lambda a, gi: a + w * gi, acc, g), loss_value
+
+        step = jax.jit(minimal, donate_argnums=0)
+        state = {"acc": jax.tree.map(jax.numpy.zeros_like, params)}
+
+        def run_minimal() -> Any:
+            for t in (0.0, 0.2, 0.4, 0.6, 0.8) * nb:
+                state["acc"], _ = step(state["acc"], params, direction, jax.numpy.float32(t), jax.numpy.float32(0.2), data)
+            return state["acc"]
+
+        t_bare = _time(lambda: bare(params, data), repeats * n * nb)
+        t_min = _time(run_minimal, repeats) / (n * nb)
+        t_path = _time(lambda: riemann.integrate_path(loss, params, direction, [data] * nb, rule="left", n=n).grad,
+                       repeats) / (n * nb)
+        rows[f"batch {batch}"] = {"ratio_vs_value_and_grad": t_path / t_bare, "ratio_vs_minimal_path_step": t_path / t_min,
+                                  "path_step_ms": 1e3 * t_path, "bare_value_and_grad_ms": 1e3 * t_bare,
+                                  "minimal_path_step_ms": 1e3 * t_min}
+    return {"target": "ratio_vs_value_and_grad ≤ 1.10", **rows,
+            "model": f"tanh MLP {depth}×{width}² ({depth * width * width / 1e6:.1f} M params, float32)", "n": n, "batches": nb}
+
+
+_MEMORY_CHILD = """
+import resource, sys, jax
+from analysis.bench import _mlp
+import riemann
+width, depth, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+loss, params, direction, data = _mlp(width, depth, 8)
+jax.block_until_ready((params, direction))
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+res = riemann.integrate_path(loss, params, direction, [data, data], rule="gauss-legendre", n=n)
+jax.block_until_ready(res.grad)
+print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+@benchmark
+def path_memory(quick: bool) -> dict[str, Any]:
+    width, depth = (1024, 8) if quick else (2048, 12)
+    peaks = {}
+    for n in (2, 32):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(width), str(depth), str(n)], check=True,
+                             capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        base_kib, peak_kib = map(int, out.stdout.split()[-2:])
+        peaks[n] = peak_kib / 1024
+    params_mib = depth * width * width * 4 / 2**20
+    return {"ratio": peaks[32] / peaks[2], "target": 1.10, "peak_rss_mib_n2": peaks[2], "peak_rss_mib_n32": peaks[32],
+            "params_mib": params_mib,
+            "note": f"storing per-node gradients would add {31 * params_mib:.0f} MiB at n = 32"}
+
+
+@benchmark
+def edit_cost(quick: bool) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    from riemann import edits
+
+    shape = (1024, 3584) if quick else (4096, 14336)
+    specs = {"elementwise": ["dare:p=0.9", "dare:p=0.5,k=-0.5", "dare:p=0.9,rescale=false", "expo:alpha=0.3",
+                             "biased_sign:k=0.5", "biased_product:k=1.5", "bitdelta", "bitdelta:multiple=2",
+                             "bitdelta:magnitudes=uniform"],
+             "ranking": ["della:density=0.3,epsilon=0.1", "magnitude:keep=0.2", "bitdelta:magnitude_bits=2"]}
+    mul = jax.jit(lambda a, s: a * s)
+    key = jax.random.key(0)
+    out: dict[str, Any] = {"shape": list(shape)}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x = {"model.layers.0.mlp.up_proj.weight": jax.random.normal(key, shape, dtype)}
+        g = jax.tree.map(lambda v: jnp.flip(v, 0), x)
+        base = _time(lambda: mul(x["model.layers.0.mlp.up_proj.weight"], jnp.asarray(1.5, dtype)), 5)
+        rows = {}
+        for group, group_specs in specs.items():
+            for spec in group_specs:
+                e = edits.parse(spec)
+                rows[spec] = {"group": group, "ratio": _time(lambda e=e: e(x, key=key, grad=g if e.needs_grad else None), 3) / base}
+        out[jnp.dtype(dtype).name] = {"multiply_ms": 1e3 * base, "edits": rows}
+    out["target"] = "elementwise ≤ 3"
+    return out
+
+
+@benchmark
+def lowrank(quick: bool) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from riemann import edits
+
+    shape, rank = ((1024, 3584), 64) if quick else ((4096, 14336), 64)
+    key = jax.random.key(0)
+    # A delta-like spectrum: a decaying low-rank part plus noise, as fine-tuning deltas show.
+    k1, k2, k3 = jax.random.split(key, 3)
+    r0 = 256
+    u = jax.random.normal(k1, (shape[0], r0)) / np.sqrt(shape[0])
+    v = jax.random.normal(k2, (r0, shape[1])) / np.sqrt(shape[1])
+    x = (u * (0.97 ** jnp.arange(r0))[None]) @ v + 1e-3 * jax.random.normal(k3, shape)
+    d = {"w": x}
+    t_full = _time(lambda: edits.lowrank(d, rank)["w"], 1 if not quick else 2)
+    t_rand = _time(lambda: edits.lowrank(d, rank, method="randomized", key=key)["w"], 3)
+    s = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False) if quick else np.asarray(jnp.linalg.svd(x, compute_uv=False), np.float64)
+    optimum = float(np.sqrt(np.sum(s[rank:] ** 2)))
+    err_full = float(jnp.linalg.norm(edits.lowrank(d, rank)["w"] - x))
+    err_rand = float(jnp.linalg.norm(edits.lowrank(d, rank, method="randomized", key=key)["w"] - x))
+    return {"speedup": t_full / t_rand, "target": "≥ 5× at ≤ 1 % more error", "full_svd_s": t_full, "randomized_s": t_rand,
+            "error_full_over_optimum": err_full / optimum, "error_randomized_over_optimum": err_rand / optimum,
+            "shape": list(shape), "rank": rank}
+
+
+def _machine() -> dict[str, Any]:
+    import jax
+
+    return {"python": platform.python_version(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
+            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+
+
+def main(args: Any) -> int:
+    quick = bool(getattr(args, "quick", False))
+    only = getattr(args, "only", None)
+    results: dict[str, Any] = {"machine": _machine(), "quick": quick}
+    for name, fn in BENCHMARKS.items():
+        if only and name not in only:
+            continue
+        print(f"[bench] {name} …", flush=True)
+        results[name] = fn(quick)
+        print(json.dumps(results[name], indent=2, ensure_ascii=False), flush=True)
+    if getattr(args, "json", None):
+        from analysis import io
+
+        io.write_json(args.json, results)
+        print(f"[bench] wrote {args.json}")
+    return 0
