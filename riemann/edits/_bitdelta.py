@@ -140,17 +140,17 @@ def bitdelta(
         return c.map_leaves(
             delta, "bitdelta",
             lambda name, x: _bitdelta_leaf(x, c.leaf_key(root, name), mult, s, magnitude_bits, blocks, magnitudes),
-            **sel,
+            **sel, whole=magnitude_bits > 0,
         )
     named = [(n, x) for n, x in c.check_delta(delta, "bitdelta") if c.selected(n, x, **sel)]
     if not named:
         return delta
-    flat = jnp.concatenate([jnp.abs(c.wide(x)).ravel() for _, x in named])
+    flat = jnp.concatenate([jnp.abs(c.wide(c.gathered(x))).ravel() for _, x in named])
     means = _block_means(flat, magnitude_bits, blocks)
     offsets = dict(zip([n for n, _ in named], np.cumsum([0] + [x.size for _, x in named])))
     return c.map_leaves(
         delta, "bitdelta",
         lambda name, x: _finish_leaf(x, means[offsets[name] : offsets[name] + x.size], c.leaf_key(root, name), mult, s,
                                      magnitudes),
-        **sel,
+        **sel, whole=True,
     )

@@ -74,6 +74,15 @@ def check_delta(delta: PyTree, edit: str) -> list[tuple[str, jax.Array]]:
     return out
 
 
+def gathered(x: jax.Array) -> jax.Array:
+    """``x`` replicated over its mesh, for operations that need a whole tensor at once (sorting,
+    prefix sums over the flat tensor, SVD). One tensor at a time, so the extra memory is one leaf."""
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and not sharding.is_fully_replicated:
+        return jax.device_put(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+    return x
+
+
 def map_leaves(
     delta: PyTree,
     edit: str,
@@ -82,18 +91,23 @@ def map_leaves(
     include: str | None = None,
     exclude: str | None = None,
     ndim: int | tuple[int, ...] | None = None,
+    whole: bool = False,
 ) -> PyTree:
     """Apply ``fn(name, leaf)`` to every selected leaf; the rest pass through unchanged.
 
-    ``fn`` computes in float32 (or wider); the result is cast back to the leaf's dtype.
+    ``fn`` computes in float32 (or wider); the result is cast back to the leaf's dtype and laid
+    out with the leaf's sharding. ``whole=True`` hands ``fn`` each leaf replicated
+    (:func:`gathered`), for edits that rank or factor a whole tensor.
     """
     named = check_delta(delta, edit)
     treedef = jax.tree_util.tree_structure(delta)
     out = []
     for name, x in named:
         if selected(name, x, include, exclude, ndim):
-            y = fn(name, x)
-            out.append(y.astype(x.dtype))
+            y = fn(name, gathered(x) if whole else x).astype(x.dtype)
+            if whole and y.sharding != x.sharding:
+                y = jax.device_put(y, x.sharding)
+            out.append(y)
         else:
             out.append(x)
     return jax.tree_util.tree_unflatten(treedef, out)

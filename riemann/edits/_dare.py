@@ -183,9 +183,9 @@ def _della_leaf(x: jax.Array, key: jax.Array, density: jax.Array, eps: jax.Array
     xw = c.wide(x)
     rows = xw.reshape(1, 1) if xw.ndim == 0 else xw.reshape(-1, xw.shape[-1])
     n = rows.shape[-1]
-    order = jnp.argsort(jnp.abs(rows), axis=-1, stable=True)
-    # Inverse permutation by scatter: one sort instead of two.
-    rank = jnp.zeros_like(order).at[jnp.arange(rows.shape[0])[:, None], order].set(jnp.arange(n, dtype=order.dtype)[None, :])
+    # Inverse permutation as a second argsort (a scatter would need an explicit out_sharding
+    # for sharded leaves under explicit meshes).
+    rank = jnp.argsort(jnp.argsort(jnp.abs(rows), axis=-1, stable=True), axis=-1, stable=True)
     frac = rank.astype(xw.dtype) / (n - 1) if n > 1 else jnp.full(rows.shape, 0.5, xw.dtype)
     prob = (density - eps).astype(xw.dtype) + 2.0 * eps.astype(xw.dtype) * frac
     keep = c.uniform(key, rows.shape).astype(xw.dtype) < prob
@@ -215,5 +215,5 @@ def della(
     da, ea = trees.scalar(density), trees.scalar(epsilon)
     return c.map_leaves(
         delta, "della", lambda name, x: _della_leaf(x, c.leaf_key(key, name), da, ea),
-        include=include, exclude=exclude, ndim=ndim,
+        include=include, exclude=exclude, ndim=ndim, whole=True,
     )

@@ -126,5 +126,5 @@ def lowrank(
             out = _rsvd_truncate(x2, c.leaf_key(key, name), r, oversample, power_iters)
         return out.reshape(x.shape)
 
-    return c.map_leaves(delta, "lowrank", one, include=include, exclude=exclude, ndim=ndim)
+    return c.map_leaves(delta, "lowrank", one, include=include, exclude=exclude, ndim=ndim, whole=True)
 

@@ -93,17 +93,17 @@ def magnitude(
     if scope == "tensor":
         return c.map_leaves(
             delta, "magnitude", lambda name, x: _trim_leaf(x, jnp.asarray(_count(keep, x.size)), scale),
-            include=include, exclude=exclude, ndim=ndim,
+            include=include, exclude=exclude, ndim=ndim, whole=True,
         )
     named = [(n, x) for n, x in c.check_delta(delta, "magnitude") if c.selected(n, x, include, exclude, ndim)]
-    flat = jnp.concatenate([jnp.abs(c.wide(x)).ravel() for _, x in named]) if named else jnp.zeros((0,))
+    flat = jnp.concatenate([jnp.abs(c.wide(c.gathered(x))).ravel() for _, x in named]) if named else jnp.zeros((0,))
     mask = _top_mask(flat, jnp.asarray(_count(keep, flat.size)))
     offsets = np.cumsum([0] + [x.size for _, x in named])
     masks = {n: mask[o : o + x.size].reshape(x.shape) for (n, x), o in zip(named, offsets)}
     return c.map_leaves(
         delta, "magnitude",
         lambda name, x: jnp.where(masks[name], scale.astype(c.wide(x).dtype) * c.wide(x), 0.0),
-        include=include, exclude=exclude, ndim=ndim,
+        include=include, exclude=exclude, ndim=ndim, whole=True,
     )
 
 
@@ -148,6 +148,7 @@ def ties(
         raise ValueError("ties: deltas must be a non-empty list of delta pytrees")
     for i, d in enumerate(deltas[1:], start=1):
         trees.check_compatible(deltas[0], d, ("deltas[0]", f"deltas[{i}]"))
+    deltas = [jax.tree_util.tree_map(c.gathered, d) for d in deltas]
     trimmed = [magnitude(d, keep) for d in deltas]
     names = [n for n, _ in c.check_delta(deltas[0], "ties")]
     leaves = [jax.tree_util.tree_leaves(d) for d in deltas]
@@ -160,5 +161,5 @@ def ties(
             merged = _ties_leaf(jnp.stack([c.wide(jnp.asarray(t[i])) for t in tleaves]), lam_a)
         else:
             merged = jnp.mean(jnp.stack([c.wide(jnp.asarray(l[i])) for l in leaves]), axis=0)  # noqa: E741
-        out.append(merged.astype(x.dtype))
+        out.append(merged.astype(x.dtype))  # replicated: a merge of several models has no one layout
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(deltas[0]), out)

@@ -81,11 +81,11 @@ def test_leaf_randomness_depends_on_key_and_name_only(spec):
                                   alone["model"]["layers"][0]["mlp"]["down_proj"]["weight"])
 
 
-def test_sharded_leaf_gives_the_same_random_edit():
+@pytest.mark.parametrize("spec", SPECS)
+def test_sharded_leaf_gives_the_same_edit(spec):
     w = jax.random.normal(jax.random.key(1), (16, 24))
     mesh = jax.make_mesh((8,), ("fsdp",))
     sharded = jax.device_put(w, jax.sharding.NamedSharding(mesh, jax.P("fsdp")))
-    for spec in ("dare:p=0.6,k=0.5", "della:density=0.5,epsilon=0.1"):
-        a = run(spec, {"w": w}, jax.random.key(9))["w"]
-        b = run(spec, {"w": sharded}, jax.random.key(9))["w"]
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    a = run(spec, {"w": w}, jax.random.key(9))["w"]
+    b = run(spec, {"w": sharded}, jax.random.key(9))["w"]
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
