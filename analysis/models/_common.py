@@ -1,0 +1,75 @@
+"""Layers shared by the model families, in HF's parameter layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
+
+
+class ConfigError(ValueError):
+    """A ``config.json`` asks for something this toolkit does not implement."""
+
+
+def get_dtype(name: Any) -> Any:
+    if not isinstance(name, str):
+        return name
+    key = name.replace("torch.", "")
+    if key not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not supported; accepted: {', '.join(DTYPES)}")
+    return DTYPES[key]
+
+
+def along_last(v: jax.Array, x: jax.Array) -> jax.Array:
+    """``v`` [d] shaped to broadcast against ``x`` [..., d] explicitly (rank promotion is an error
+    under our strict test settings, as it should be in model code)."""
+    return v.reshape((1,) * (x.ndim - 1) + v.shape)
+
+
+class Linear(nnx.Module):
+    """``y = x Wᵀ + b`` with ``W`` stored as HF does, shape (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool, dtype: Any, std: float, rngs: nnx.Rngs):
+        w = std * jax.random.normal(rngs.params(), (out_features, in_features), jnp.float32)
+        self.weight = nnx.Param(w.astype(dtype))
+        self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = x @ self.weight[...].T
+        if self.bias is not None:
+            y = y + along_last(self.bias[...], y)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """HF's RMSNorm: normalise in float32, cast back, then scale by ``weight``."""
+
+    def __init__(self, dim: int, eps: float, *, dtype: Any):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        h = h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + jnp.float32(self.eps))
+        return along_last(self.weight[...], x) * h.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with HF names ``weight`` and ``bias`` (computed in float32)."""
+
+    def __init__(self, dim: int, eps: float, *, dtype: Any):
+        self.weight = nnx.Param(jnp.ones((dim,), dtype))
+        self.bias = nnx.Param(jnp.zeros((dim,), dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = x.astype(jnp.float32)
+        mean = jnp.mean(h, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(h - mean), axis=-1, keepdims=True)
+        h = (h - mean) * jax.lax.rsqrt(var + jnp.float32(self.eps))
+        w, b = along_last(self.weight[...], h), along_last(self.bias[...], h)
+        return (h * w.astype(jnp.float32) + b.astype(jnp.float32)).astype(x.dtype)
