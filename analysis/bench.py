@@ -10,6 +10,8 @@ fresh subprocess and reads its peak resident set size.
 - ``path_memory``: peak memory of a path integral with n = 32 nodes against n = 2 (target ≤ 1.10).
 - ``edit_cost``: each edit on a Llama-3-8B MLP matrix (4096 × 14336) against a jitted
   elementwise multiply of the same tensor, float32 and bfloat16 (elementwise edits: target ≤ 3).
+- ``load_checkpoint``: loading a ~1 GB sharded checkpoint against ``safetensors`` into numpy
+  (targets: time ≤ 2×, peak host memory ≤ checkpoint size + 2× its largest tensor).
 - ``lowrank``: randomized SVD at rank 64 against the full SVD truncated to rank 64, with the
   Frobenius error of each relative to the optimum (target: ≥ 5× faster at ≤ 1 % more error).
 """
@@ -107,17 +109,26 @@ def path_step(quick: bool) -> dict[str, Any]:
             "model": f"tanh MLP {depth}×{width}² ({depth * width * width / 1e6:.1f} M params, float32)", "n": n, "batches": nb}
 
 
-_MEMORY_CHILD = """
-import resource, sys, jax
+# Peak memory is read from /proc/self/status (VmHWM, VmRSS in KiB): getrusage's ru_maxrss can
+# carry the parent's high-water mark into a child on Linux.
+_PROC = """
+def _kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+"""
+
+_MEMORY_CHILD = _PROC + """
+import sys, jax
 from analysis.bench import _mlp
 import riemann
 width, depth, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 loss, params, direction, data = _mlp(width, depth, 8)
 jax.block_until_ready((params, direction))
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _kib("VmRSS")
 res = riemann.integrate_path(loss, params, direction, [data, data], rule="gauss-legendre", n=n)
 jax.block_until_ready(res.grad)
-print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(base, _kib("VmHWM"))
 """
 
 
@@ -192,6 +203,65 @@ def lowrank(quick: bool) -> dict[str, Any]:
     return {"speedup": t_full / t_rand, "target": "≥ 5× at ≤ 1 % more error", "full_svd_s": t_full, "randomized_s": t_rand,
             "error_full_over_optimum": err_full / optimum, "error_randomized_over_optimum": err_rand / optimum,
             "shape": list(shape), "rank": rank}
+
+
+_LOAD_CHILD = _PROC + """
+import glob, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+import jax, numpy as np
+from analysis import checkpoints
+from safetensors.numpy import load_file
+jax.block_until_ready(jax.numpy.zeros(1))
+base = _kib("VmRSS")
+t0 = time.perf_counter()
+if mode == "ours":
+    ck = checkpoints.load(path)
+    jax.block_until_ready(ck.params)
+else:
+    tensors = {}
+    for f in sorted(glob.glob(path + "/*.safetensors")):
+        tensors.update(load_file(f))
+elapsed = time.perf_counter() - t0
+print(elapsed, base, _kib("VmHWM"))
+"""
+
+
+@benchmark
+def load_checkpoint(quick: bool) -> dict[str, Any]:
+    """Load a synthetic sharded Llama-shaped float32 checkpoint (~1 GB; quick: ~0.1 GB) with
+    ``analysis.checkpoints.load`` and with ``safetensors.numpy.load_file``, each in a fresh
+    process after the files are in the page cache; peak RSS growth and wall time."""
+    import tempfile
+    from pathlib import Path
+
+    from analysis import checkpoints
+
+    hidden, layers, inter = (512, 8, 1536) if quick else (1024, 20, 3584)
+    raw = {"model_type": "llama", "vocab_size": 32000, "hidden_size": hidden, "intermediate_size": inter,
+           "num_hidden_layers": layers, "num_attention_heads": 8, "num_key_value_heads": 8}
+    with tempfile.TemporaryDirectory() as d:
+        path = checkpoints.save(Path(d) / "ck", checkpoints.from_config(raw, seed=0), max_shard_bytes=200 * 2**20)
+        files = sorted(path.glob("*.safetensors"))
+        size = sum(f.stat().st_size for f in files)
+        from analysis.safetensors_file import read_header
+
+        largest = max(i.nbytes for f in files for i in read_header(f)[0].values())
+        for f in files:  # page cache warm for both readers
+            f.read_bytes()
+        runs = {}
+        for mode in ("safetensors", "ours", "safetensors", "ours"):
+            out = subprocess.run([sys.executable, "-c", _LOAD_CHILD, mode, str(path)], check=True, capture_output=True,
+                                 text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            elapsed, base, peak = map(float, out.stdout.split()[-3:])
+            runs.setdefault(mode, []).append((elapsed, (peak - base) * 1024))
+    t_ours = min(e for e, _ in runs["ours"])
+    t_st = min(e for e, _ in runs["safetensors"])
+    peak_ours = min(p for _, p in runs["ours"])
+    return {"time_ratio_ours_over_safetensors": t_ours / t_st, "target_time": "≤ 2",
+            "peak_rss_growth_over_budget": peak_ours / (size + 2 * largest), "target_memory": "≤ 1 (size + 2× largest tensor)",
+            "checkpoint_mib": size / 2**20, "largest_tensor_mib": largest / 2**20, "shards": len(files),
+            "ours_s": t_ours, "safetensors_numpy_s": t_st, "ours_peak_rss_growth_mib": peak_ours / 2**20,
+            "safetensors_peak_rss_growth_mib": min(p for _, p in runs["safetensors"]) / 2**20}
 
 
 def _machine() -> dict[str, Any]:

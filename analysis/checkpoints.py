@@ -201,11 +201,11 @@ def load(
     flat = []
     for name in expected:
         info = infos[name]
-        host = read_tensor(info)
-        target = jnp.dtype(dtype) if dtype is not None else host.dtype
-        arr = np.asarray(host).astype(target, copy=False)
-        flat.append(jax.device_put(arr, sharding(name, info.shape)) if sharding else jnp.asarray(arr))
-        del host, arr
+        host = read_tensor(info)  # a private copy: the device array may alias it on the CPU
+        if dtype is not None and host.dtype != jnp.dtype(dtype):
+            host = host.astype(jnp.dtype(dtype))
+        flat.append(jax.device_put(host, sharding(name, info.shape) if sharding else None))
+        del host
     params = jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(state)), flat)
     # The abstract state is kept (shapes only) to rebuild modules around any params.
     return Checkpoint(path, family, cfg, raw, params, graphdef, state)

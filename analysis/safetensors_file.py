@@ -83,10 +83,19 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
 
 
 def read_tensor(info: TensorInfo) -> np.ndarray:
-    """The tensor's data as a read-only memory map (no copy until used)."""
-    if info.nbytes == 0:
-        return np.zeros(info.shape, info.dtype)
-    return np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.start, shape=info.shape)
+    """The tensor's data, read into a fresh array of its own.
+
+    A copy, not a memory map: ``jax.device_put`` of a host array on the CPU may alias its memory,
+    and an aliased map would let later changes to the file show through in loaded parameters.
+    """
+    out = np.empty(info.shape, info.dtype)
+    if info.nbytes:
+        with open(info.file, "rb") as f:
+            f.seek(info.start)
+            got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+        if got != info.nbytes:
+            raise CheckpointError(f"{info.file}: truncated while reading tensor {info.name!r}")
+    return out
 
 
 def iter_tensors(infos: dict[str, TensorInfo]) -> Iterator[tuple[str, np.ndarray]]:

@@ -139,3 +139,15 @@ def test_pair_from_different_architectures_is_refused(ckpt_dir, tmp_path):
         checkpoints.load_pair(ckpt_dir, other)
     pre, post = checkpoints.load_pair(ckpt_dir, ckpt_dir)
     assert pre.names == post.names
+
+
+def test_loaded_params_do_not_alias_the_file(ckpt_dir):
+    ck = checkpoints.load(ckpt_dir)
+    before = [np.asarray(x).copy() for x in jax.tree.leaves(ck.params)]
+    f = ckpt_dir / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-4096:] = b"\x7f" * 4096  # overwrite the tail of the data section in place
+    with open(f, "r+b") as fh:
+        fh.write(data)
+    for a, b in zip(before, jax.tree.leaves(ck.params)):
+        np.testing.assert_array_equal(a, np.asarray(b))
