@@ -84,22 +84,27 @@ def check_biased(p: float | None = None, k: float = 0.0, **_: Any) -> None:
     c.check_range("biased", "k", k, -math.inf, math.inf)
 
 
-@jax.jit
-def _split_leaf(x: jax.Array, group: jax.Array, p: jax.Array, k: jax.Array, use_p: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("by_product",))
+def _split_leaf(x: jax.Array, g: jax.Array, p: jax.Array, k: jax.Array, use_p: jax.Array, by_product: bool) -> jax.Array:
+    # The group (× k) is computed here, inside the same compiled pass that applies the factors.
     xw = c.wide(x)
+    group = xw * c.wide(g) < 0 if by_product else xw < 0
     k = k.astype(xw.dtype)
     q = jnp.where(use_p, p.astype(xw.dtype), jnp.mean(group.astype(xw.dtype)))
     kept = jnp.where(q < 1.0, (1.0 - k * q) / jnp.where(q < 1.0, 1.0 - q, 1.0), 1.0)
     return jnp.where(group, k * xw, kept * xw).astype(x.dtype)
 
 
-def _split(delta: PyTree, groups: PyTree, p: float | None, k: float, edit: str, **sel: Any) -> PyTree:
+def _split(delta: PyTree, grad: PyTree | None, p: float | None, k: float, edit: str, **sel: Any) -> PyTree:
     check_biased(p, k)
     pa = trees.scalar(0.0 if p is None else p)
     use_p = jnp.asarray(p is not None)
     ka = trees.scalar(k)
-    group_of = dict(zip(trees.leaf_names(groups), jax.tree_util.tree_leaves(groups)))
-    return c.map_leaves(delta, edit, lambda name, x: _split_leaf(x, group_of[name], pa, ka, use_p), **sel)
+    grad_of = dict(zip(trees.leaf_names(grad), jax.tree_util.tree_leaves(grad))) if grad is not None else {}
+    return c.map_leaves(
+        delta, edit,
+        lambda name, x: _split_leaf(x, jnp.asarray(grad_of.get(name, x)), pa, ka, use_p, grad is not None), **sel,
+    )
 
 
 def biased_sign(
@@ -124,8 +129,7 @@ def biased_sign(
       >>> biased_sign({"w": jnp.array([-1.0, 2.0, -3.0, 4.0])}, k=0.5)["w"]   # q = ½: × ½ and × 3/2
       Array([-0.5,  3. , -1.5,  6. ], dtype=float32)
     """
-    groups = jax.tree_util.tree_map(lambda x: jnp.asarray(x) < 0, delta)
-    return _split(delta, groups, p, k, "biased_sign", include=include, exclude=exclude, ndim=ndim)
+    return _split(delta, None, p, k, "biased_sign", include=include, exclude=exclude, ndim=ndim)
 
 
 def biased_product(
@@ -152,8 +156,7 @@ def biased_product(
       p, k, include, exclude, ndim: as in :func:`biased_sign`.
     """
     _check_grad(delta, grad, "biased_product")
-    groups = jax.tree_util.tree_map(lambda x, g: c.wide(jnp.asarray(x)) * c.wide(jnp.asarray(g)) < 0, delta, grad)
-    return _split(delta, groups, p, k, "biased_product", include=include, exclude=exclude, ndim=ndim)
+    return _split(delta, grad, p, k, "biased_product", include=include, exclude=exclude, ndim=ndim)
 
 
 def _check_grad(delta: PyTree, grad: PyTree, edit: str) -> None:
