@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -36,6 +37,19 @@ def _cmd_edits(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_workbench(args: argparse.Namespace) -> int:
+    from analysis import workbench
+
+    root = workbench.build(args.size, progress=not args.quiet)
+    manifest = json.loads((root / "manifest.json").read_text())
+    for name, result in manifest["stages"].items():
+        keep = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
+                if k in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post", "heldout_loss", "seconds")}
+        print(f"{name}: {keep}")
+    print(f"[riemann] workbench ready in {root}")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from analysis import bench
 
@@ -57,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     ed = sub.add_parser("edits", help="list the registered edits and their parameters")
     ed.set_defaults(func=_cmd_edits)
+    wb = sub.add_parser("workbench", help="the built-in pre/post pairs")
+    wb_sub = wb.add_subparsers(dest="workbench_command", required=True)
+    wb_build = wb_sub.add_parser("build", help="train (or verify the cache of) every built-in pair")
+    wb_build.add_argument("--size", choices=["full", "mini"], default="full", help="mini: seconds, for tests")
+    wb_build.add_argument("--quiet", action="store_true", help="no progress bars")
+    wb_build.set_defaults(func=_cmd_workbench)
     bench = sub.add_parser("bench", help="performance ratios measured side by side in one run")
     bench.add_argument("--json", help="also write the figures as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")

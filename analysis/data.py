@@ -86,11 +86,12 @@ def _encode(tok: Any, text: str, special: bool) -> list[int]:
 
 
 def tokenize(tok: Any, kind: str, records: Sequence[dict[str, str]], *, max_len: int = 512,
-             source: str = "data") -> list[dict[str, Any]]:
+             source: str = "data", eos_id: int | None = None) -> list[dict[str, Any]]:
     """Token ids and a target mask per record (per side for preference records).
 
     ``mask[t] = 1`` where token ``t`` is a scored target (predicted from tokens < t): every token
     but the first for ``text``; the response tokens for ``response`` and preference records.
+    ``eos_id`` (if given) is appended to every response and scored, so a model learns to stop.
     Sequences longer than ``max_len`` are cut at the end.
     """
     out = []
@@ -104,7 +105,7 @@ def tokenize(tok: Any, kind: str, records: Sequence[dict[str, str]], *, max_len:
             sides = ("response",) if kind == "response" else ("chosen", "rejected")
             item, n_scored = {}, None
             for side in sides:
-                resp = _encode(tok, rec[side], False)
+                resp = _encode(tok, rec[side], False) + ([eos_id] if eos_id is not None else [])
                 ids = (prompt + resp)[:max_len]
                 mask = ([0] * len(prompt) + [1] * len(resp))[:max_len]
                 key = "" if kind == "response" else f"{side}_"

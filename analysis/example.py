@@ -13,13 +13,14 @@ like every other pair in the toolkit.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from analysis.pairs import Pair
 
 PyTree = Any
 
@@ -37,20 +38,6 @@ class MLPConfig:
     lr: float = 3e-3
     eval_batches: int = 4
     seed: int = 0
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-    """A pre/post pair with its task loss, held-out batches and accuracy."""
-
-    name: str
-    description: str
-    pre: PyTree
-    post: PyTree
-    loss_fn: Callable[[PyTree, Any], jax.Array]
-    batches: list[Any]
-    accuracy_fn: Callable[[PyTree, list[Any]], float] | None
-    info: dict[str, Any]
 
 
 def init_mlp(key: jax.Array, cfg: MLPConfig) -> PyTree:

@@ -23,7 +23,7 @@ import numpy as np
 
 import riemann
 from analysis import stats
-from analysis.example import Pair
+from analysis.pairs import Pair
 from riemann import edits
 
 PyTree = Any
