@@ -96,6 +96,7 @@ def build(size: str = "full", *, progress: bool = True, log: Any = print) -> Pat
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stages = [("lm", s, language, lang) for s in LANGUAGE_STAGES] + [("vit", s, vision, vis) for s in VISION_STAGES]
+    built_any = False
     for family, stage, module, cfg in stages:
         target = root / family / stage
         if target.exists() and _verified(target):
@@ -109,6 +110,7 @@ def build(size: str = "full", *, progress: bool = True, log: Any = print) -> Pat
         tmp = target.parent / f".{stage}.partial-{os.getpid()}"
         t = time.perf_counter()
         log(f"[workbench] building {family}/{stage} …")
+        built_any = True
         result = module.build_stage(stage, cfg, tmp / "model", lambda s, f=family: root / f / s, progress)
         result["seconds"] = time.perf_counter() - t
         files = {p.name: _sha256(p) for p in (tmp / "model").iterdir()}
@@ -119,6 +121,8 @@ def build(size: str = "full", *, progress: bool = True, log: Any = print) -> Pat
         summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
                    if k in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post", "heldout_loss", "seconds")}
         log(f"[workbench] {family}/{stage}: {summary}")
+    if not built_any and (root / "manifest.json").is_file():
+        return root  # every stage verified; the manifest already describes them
     manifest = {"key": root.name, "size": size, "python": sys.version.split()[0],
                 "stages": {f"{f}/{s}": json.loads((root / f / s / "stage.json").read_text())["result"]
                            for f, s, _, _ in stages},
@@ -137,11 +141,12 @@ def load_pair(name: str, size: str = "full", *, progress: bool = True, log: Any 
     family, task = name.split("/")
     lang, vis = configs(size)
     stage = lambda s: root / family / s  # noqa: E731
-    meta = json.loads((stage("pre" if task != "arithmetic-dpo" else "arithmetic") / "stage.json").read_text())["result"]
+    pre_dir = stage("arithmetic" if task == "arithmetic-dpo" else "pre")  # DPO starts from the SFT model
+    meta = json.loads((pre_dir / "stage.json").read_text())["result"]
     post_meta = json.loads((stage(task) / "stage.json").read_text())["result"]
+    pre = checkpoints.load(pre_dir)
+    post = checkpoints.load(stage(task))
     if family == "lm":
-        pre = checkpoints.load(stage("pre" if task != "arithmetic-dpo" else "arithmetic"))
-        post = checkpoints.load(stage(task))
         tok = data.load_tokenizer(stage(task))
         eos = tok.token_to_id("</s>")
         kind, records = data.read_jsonl(stage(task) / "eval.jsonl")
@@ -157,8 +162,6 @@ def load_pair(name: str, size: str = "full", *, progress: bool = True, log: Any 
         desc = (f"Llama-architecture decoder ({lang.num_hidden_layers} layers, hidden {lang.hidden_size}) pre-trained on "
                 f"{meta.get('corpus', {}).get('source', 'CPython stdlib sources')}; post-trained on {post_meta['task']}")
     else:
-        pre = checkpoints.load(stage("pre"))
-        post = checkpoints.load(stage(task))
         ev = np.load(stage(task) / "eval.npz")
         batches = vision.eval_batches({"pixel_values": ev["pixel_values"], "labels": ev["labels"]})
         loss_fn = data.image_classification_loss(pre.classify)

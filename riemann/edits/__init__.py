@@ -49,9 +49,10 @@ register("magnitude", reference="Yadav et al., 2023, TIES-Merging (trim), arXiv:
 register("ties", reference="Yadav et al., 2023, TIES-Merging, arXiv:2306.01708", paper_class="decreased",
          multi=True, validate=check_ties)(ties)
 register("bitdelta", reference="Liu et al., 2024, BitDelta, arXiv:2402.10193; extensions: " + _TANG + " (Fig. 4/5)",
-         paper_class="decreased", validate=check_bitdelta)(bitdelta)
+         paper_class="decreased", random=lambda p: p.get("magnitudes", "constant") != "constant",
+         validate=check_bitdelta)(bitdelta)
 register("lowrank", reference="Lu et al., 2024, Twin-Merging, arXiv:2406.15479", paper_class="decreased",
-         validate=check_lowrank)(lowrank)
+         random=lambda p: p.get("method") == "randomized", validate=check_lowrank)(lowrank)
 register("expo", reference="Zheng et al., 2024, EXPO, arXiv:2404.16792", paper_class="improved",
          validate=check_expo)(expo)
 

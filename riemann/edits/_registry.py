@@ -81,10 +81,11 @@ class EditInfo:
     reference: str
     paper_class: str
     summary: str
-    random: bool
+    random: bool | Callable[[Mapping[str, Any]], bool]
     needs_grad: bool
     multi: bool
     validate: Callable[..., None] | None
+    takes_key: bool
 
 
 REGISTRY: dict[str, EditInfo] = {}
@@ -102,8 +103,6 @@ def _types_of(hint: Any) -> tuple[type, ...] | None:
         return tuple(out)
     if hint is type(None) or hint in _SCALARS:
         return (hint,)
-    if origin is tuple or hint is tuple:
-        return None
     return None
 
 
@@ -112,7 +111,7 @@ def register(
     *,
     reference: str,
     paper_class: str,
-    random: bool = False,
+    random: bool | Callable[[Mapping[str, Any]], bool] = False,
     needs_grad: bool = False,
     multi: bool = False,
     validate: Callable[..., None] | None = None,
@@ -146,7 +145,8 @@ def register(
                 continue  # Python-only parameter (not settable from a spec)
             params[pname] = Param(pname, ts, p.default)
         summary = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
-        REGISTRY[name] = EditInfo(name, fn, params, reference, paper_class, summary, random, needs_grad, multi, validate)
+        REGISTRY[name] = EditInfo(name, fn, params, reference, paper_class, summary, random, needs_grad, multi, validate,
+                                  "key" in sig.parameters)
         return fn
 
     return deco
@@ -165,11 +165,10 @@ class Edit:
 
     @property
     def random(self) -> bool:
-        """True when the result depends on the key."""
-        info = self.info
-        if info.random:
-            return True
-        return self.params.get("magnitudes", "constant") != "constant" or self.params.get("method") == "randomized"
+        """True when the result depends on the key (``register``'s ``random``: a flag, or a predicate
+        of the parameters for edits that are random only in some settings)."""
+        rnd = self.info.random
+        return bool(rnd(self.params) if callable(rnd) else rnd)
 
     @property
     def needs_grad(self) -> bool:
@@ -188,7 +187,7 @@ class Edit:
     def __call__(self, delta: PyTree, *, key: Any = None, grad: PyTree = None) -> PyTree:
         info = self.info
         kwargs = dict(self.params)
-        if "key" in _signature(info.fn).parameters:
+        if info.takes_key:
             kwargs["key"] = key
         if info.needs_grad:
             if grad is None:
@@ -201,10 +200,6 @@ class Edit:
 
     def __hash__(self) -> int:
         return hash(self.spec)
-
-
-def _signature(fn: Callable[..., Any]) -> inspect.Signature:
-    return inspect.signature(fn)
 
 
 def _fmt(v: Any) -> str:
