@@ -2,7 +2,8 @@
 
 Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path integrals of the
 gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
-first and second order, measured), and the competitive / decreased / improved classification.
+first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
+and the competitive / decreased / improved classification.
 Edit operators live in :mod:`riemann.edits`.
 
 Reference: Tang et al., "A Unified View of Delta Parameter Editing in Post-Trained Large-Scale
@@ -12,6 +13,8 @@ Models", arXiv 2410.13841 (2024).
 from riemann._src.classify import CLASSES as CLASSES
 from riemann._src.classify import choose_tolerance as choose_tolerance
 from riemann._src.classify import classify as classify
+from riemann._src.curvature import SharedCurvature as SharedCurvature
+from riemann._src.curvature import shared_curvature as shared_curvature
 from riemann._src.estimate import METHODS as METHODS
 from riemann._src.estimate import Estimate as Estimate
 from riemann._src.estimate import estimate as estimate
