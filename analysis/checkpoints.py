@@ -286,15 +286,30 @@ def save(
     return out
 
 
-def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
-    """Load a pre/post pair and check they share family, tensor names and shapes (the delta is
-    only defined between identical architectures); the error names the first mismatching tensor."""
-    a, b = load(pre, **kwargs), load(post, **kwargs)
-    if a.family != b.family:
-        raise ValueError(f"pre ({pre}) is {a.family} but post ({post}) is {b.family}")
-    sa = dict(zip(a.names, (np.shape(x) for x in jax.tree.leaves(a.params))))
-    sb = dict(zip(b.names, (np.shape(x) for x in jax.tree.leaves(b.params))))
+def _header_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
+    raw = _read_config(path)
+    family, _, module = build(raw, source=str(path / "config.json"))
+    expected = expected_tensors(module)
+    check_tensors(family, expected, tensor_index(path), path)
+    return family, {n: tuple(x.shape) for n, x in expected.items()}
+
+
+def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
+    """Check, from ``config.json`` and the safetensors headers alone (no weights read), that two
+    checkpoints share family, tensor names and shapes — the delta is only defined between
+    identical architectures. Returns the family; the error names the first mismatching tensor."""
+    fa, sa = _header_shapes(Path(pre))
+    fb, sb = _header_shapes(Path(post))
+    if fa != fb:
+        raise ValueError(f"pre ({pre}) is {fa} but post ({post}) is {fb}; a delta needs one architecture")
     for name in sorted(set(sa) | set(sb)):
         if sa.get(name) != sb.get(name):
-            raise ValueError(f"pre and post differ at tensor {name}: pre {sa.get(name)}, post {sb.get(name)}")
-    return a, b
+            raise ValueError(f"pre ({pre}) and post ({post}) differ at tensor {name}: pre {sa.get(name)}, post {sb.get(name)}")
+    return fa
+
+
+def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
+    """Load a pre/post pair after :func:`check_pair` (so a mismatch is reported before any
+    weights are read)."""
+    check_pair(pre, post)
+    return load(pre, **kwargs), load(post, **kwargs)

@@ -1,12 +1,16 @@
-"""The unit every analysis works on: a pre-trained / post-trained pair with its task loss."""
+"""The unit every analysis works on: a pre-trained / post-trained pair with its task loss, and
+how to make one from two Hugging Face checkpoint directories and a data file."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 PyTree = Any
 
@@ -17,6 +21,8 @@ class Pair:
 
     ``loss_fn(params, batch)`` is the loss the estimators use; ``batches`` are held-out data never
     seen in post-training; ``accuracy_fn(params, batches)`` is the task metric the paper's plots use.
+    ``template`` (an ``analysis.checkpoints.Checkpoint``), when present, is what an edited model
+    is saved as (``riemann export``).
     """
 
     name: str
@@ -27,3 +33,94 @@ class Pair:
     batches: list[Any]
     accuracy_fn: Callable[[PyTree, list[Any]], float] | None
     info: dict[str, Any]
+    template: Any = None
+
+
+def token_accuracy_fn(forward: Callable[[PyTree, jax.Array], jax.Array]) -> Callable[[PyTree, list[Any]], float]:
+    """``accuracy(params, batches)``: the share of scored tokens whose greedy (teacher-forced)
+    prediction is the reference token — a cheap task metric for ``text``/``response`` data."""
+    import jax.numpy as jnp
+
+    @jax.jit
+    def hits(p: PyTree, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+        pred = jnp.argmax(forward(p, ids)[:, :-1], axis=-1)
+        m = mask[:, 1:].astype(jnp.float32)
+        return jnp.sum((pred == ids[:, 1:]).astype(jnp.float32) * m), jnp.sum(m)
+
+    def accuracy(params: PyTree, batches: list[Any]) -> float:
+        got = [hits(params, b["input_ids"], b["loss_mask"]) for b in batches]
+        return float(sum(float(h) for h, _ in got) / max(sum(float(n) for _, n in got), 1.0))
+
+    return accuracy
+
+
+def from_checkpoints(
+    pre: str | os.PathLike,
+    post: str | os.PathLike,
+    data_file: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    max_len: int = 512,
+    max_batches: int | None = None,
+    dtype: Any = None,
+    dpo_beta: float = 0.1,
+    name: str | None = None,
+) -> Pair:
+    """A pair from two HF checkpoint directories and an evaluation file.
+
+    Decoders (Llama/Mistral/Qwen2) take a JSONL file: ``{"text"}`` records give the LM loss on all
+    tokens, ``{"prompt", "response"}`` the loss on response tokens (accuracy: teacher-forced token
+    accuracy), ``{"prompt", "chosen", "rejected"}`` the DPO loss with ``pre`` as the reference
+    model (accuracy: implicit-reward accuracy). CLIP vision checkpoints with a classification head
+    (``riemann_num_labels``) take an ``.npz`` file with ``pixel_values`` [N, 3, H, W] and
+    ``labels`` [N] (cross-entropy, top-1 accuracy).
+
+    Everything that can be checked cheaply — architectures from the file headers, the data file,
+    its tokens — is checked before any weights are read; errors name the file and what was expected.
+    """
+    from analysis import checkpoints, data
+
+    pre, post, data_file = Path(pre), Path(post), Path(data_file)
+    family = checkpoints.check_pair(pre, post)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches={max_batches}; expected a positive number of evaluation batches")
+    if family == "clip":
+        if data_file.suffix != ".npz":
+            raise data.DataError(f"{data_file}: a CLIP pair needs an .npz file with pixel_values and labels")
+        try:
+            with np.load(data_file) as f:
+                images, labels = f["pixel_values"], f["labels"]
+        except (KeyError, ValueError, OSError) as e:
+            raise data.DataError(f"{data_file}: expected arrays 'pixel_values' [N, 3, H, W] and 'labels' [N] ({e})") from None
+        batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
+        if not batches:
+            raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
+        a, b = checkpoints.load(pre, dtype=dtype), checkpoints.load(post, dtype=dtype)
+        if "riemann_num_labels" not in a.raw:
+            raise ValueError(f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
+                             "by cross-entropy of a head fine-tuned with the encoder")
+        from analysis.workbench import vision
+
+        loss_fn = data.image_classification_loss(a.classify)
+        acc, acc_name, kind = vision.accuracy_fn(a.classify), "top-1 accuracy", "images"
+    else:
+        kind, records = data.read_jsonl(data_file)
+        tok = data.load_tokenizer(post)
+        items = data.tokenize(tok, kind, records, max_len=max_len, source=str(data_file))
+        batches = data.make_batches(items, batch_size=batch_size, max_len=max_len)[:max_batches]
+        a, b = checkpoints.load(pre, dtype=dtype), checkpoints.load(post, dtype=dtype)
+        if kind == "preference":
+            batches = data.dpo_batches(batches, a.forward, a.params)
+            loss_fn = data.dpo_loss(a.forward, beta=dpo_beta)
+            from analysis.workbench import language
+
+            acc, acc_name = language.reward_accuracy_fn(a), "implicit-reward accuracy"
+        else:
+            loss_fn = data.causal_lm_loss(a.forward)
+            acc, acc_name = token_accuracy_fn(a.forward), "token accuracy (teacher-forced)"
+    desc = f"{family} checkpoints {pre} → {post}, evaluated on {data_file} ({kind}, {len(batches)} batches of {batch_size})"
+    return Pair(name=name or f"{pre.name}→{post.name}", description=desc, pre=a.params, post=b.params, loss_fn=loss_fn,
+                batches=batches, accuracy_fn=acc,
+                info={"accuracy_name": acc_name, "checkpoints": {"pre": str(pre), "post": str(post)},
+                      "data": str(data_file), "kind": kind, "family": family},
+                template=b)

@@ -155,19 +155,23 @@ def load_pair(name: str, size: str = "full", *, progress: bool = True, log: Any 
         if kind == "preference":
             batches = data.dpo_batches(batches, pre.forward, pre.params)
             loss_fn = data.dpo_loss(pre.forward, beta=lang.dpo_beta)
-            acc = lambda p, b: language.reward_accuracy(pre, p, b)  # noqa: E731
+            acc = language.reward_accuracy_fn(pre)
+            acc_name = "implicit-reward accuracy"
         else:
             loss_fn = data.causal_lm_loss(pre.forward)
             acc = lambda p, _b: language.exact_match(pre, p, tok, records, task)  # noqa: E731
+            acc_name = "exact match (greedy)"
         desc = (f"Llama-architecture decoder ({lang.num_hidden_layers} layers, hidden {lang.hidden_size}) pre-trained on "
                 f"{meta.get('corpus', {}).get('source', 'CPython stdlib sources')}; post-trained on {post_meta['task']}")
     else:
         ev = np.load(stage(task) / "eval.npz")
         batches = vision.eval_batches({"pixel_values": ev["pixel_values"], "labels": ev["labels"]})
         loss_fn = data.image_classification_loss(pre.classify)
-        acc = lambda p, b: vision.accuracy(pre.classify, p, b)  # noqa: E731
+        acc = vision.accuracy_fn(pre.classify)
+        acc_name = "top-1 accuracy"
         desc = (f"CLIP-ViT-architecture encoder ({vis.num_hidden_layers} layers, hidden {vis.hidden_size}) with a "
                 f"10-way head, pre-trained on digits, fine-tuned on {task} digits")
     return Pair(name=name, description=desc, pre=pre.params, post=post.params, loss_fn=loss_fn, batches=batches,
-                accuracy_fn=acc, info={"cache": str(root), "size": size, "pre_stage": meta, "post_stage": post_meta,
-                                       "checkpoints": {"pre": str(pre.path), "post": str(post.path)}})
+                accuracy_fn=acc, info={"accuracy_name": acc_name, "cache": str(root), "size": size, "pre_stage": meta, "post_stage": post_meta,
+                                       "checkpoints": {"pre": str(pre.path), "post": str(post.path)}},
+                template=post)

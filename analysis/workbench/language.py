@@ -84,19 +84,29 @@ def exact_match(model: checkpoints.Checkpoint, params: PyTree, tok: Any, records
     return float(np.mean([tok.decode(o) == r["response"] for o, r in zip(outs, records)]))
 
 
-def reward_accuracy(model: checkpoints.Checkpoint, params: PyTree, batches: list[dict[str, Any]]) -> float:
-    """DPO's implicit-reward accuracy: the share of held-out pairs whose margin
-    ``(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))`` is positive (ties count
-    half, so the reference model itself scores exactly 0.5). Batches come from ``data.dpo_batches``."""
+def reward_accuracy_fn(model: checkpoints.Checkpoint) -> Callable[[PyTree, list[dict[str, Any]]], float]:
+    """``accuracy(params, batches)``: DPO's implicit-reward accuracy, the share of held-out pairs
+    whose margin ``(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))`` is positive
+    (ties count half, so the reference model itself scores exactly 0.5). Batches come from
+    ``data.dpo_batches``. Compiled once: build it once per model."""
     score = jax.jit(lambda p, i, m: data.sequence_logprob(model.forward, p, i, m))
-    wins, total = 0.0, 0.0
-    for b in batches:
-        c = np.asarray(score(params, b["chosen_input_ids"], b["chosen_loss_mask"])) - np.asarray(b["ref_chosen"])
-        r = np.asarray(score(params, b["rejected_input_ids"], b["rejected_loss_mask"])) - np.asarray(b["ref_rejected"])
-        valid = np.asarray(b["valid"]) > 0
-        wins += float(np.sum((c > r)[valid]) + 0.5 * np.sum((c == r)[valid]))
-        total += float(np.sum(valid))
-    return wins / total
+
+    def accuracy(params: PyTree, batches: list[dict[str, Any]]) -> float:
+        wins, total = 0.0, 0.0
+        for b in batches:
+            c = np.asarray(score(params, b["chosen_input_ids"], b["chosen_loss_mask"])) - np.asarray(b["ref_chosen"])
+            r = np.asarray(score(params, b["rejected_input_ids"], b["rejected_loss_mask"])) - np.asarray(b["ref_rejected"])
+            valid = np.asarray(b["valid"]) > 0
+            wins += float(np.sum((c > r)[valid]) + 0.5 * np.sum((c == r)[valid]))
+            total += float(np.sum(valid))
+        return wins / total
+
+    return accuracy
+
+
+def reward_accuracy(model: checkpoints.Checkpoint, params: PyTree, batches: list[dict[str, Any]]) -> float:
+    """Implicit-reward accuracy of ``params`` (one-off; see :func:`reward_accuracy_fn`)."""
+    return reward_accuracy_fn(model)(params, batches)
 
 
 def task_records(task: str, cfg: LanguageConfig) -> tuple[list[dict[str, str]], list[dict[str, str]]]:

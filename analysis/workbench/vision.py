@@ -86,9 +86,20 @@ def task_view(split: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
     return {"pixel_values": ((x - 0.5) / 0.5).astype(np.float32), "labels": y.astype(np.int32)}
 
 
+def accuracy_fn(classify: Callable[..., jax.Array]) -> Callable[[Any, list[dict[str, np.ndarray]]], float]:
+    """``accuracy(params, batches)``: top-1 accuracy, compiled once (build it once per model)."""
+    predict = jax.jit(lambda p, x: jnp.argmax(classify(p, x), -1))
+
+    def accuracy(params: Any, batches: list[dict[str, np.ndarray]]) -> float:
+        hits = [np.mean(np.asarray(predict(params, jnp.asarray(b["pixel_values"]))) == b["labels"]) for b in batches]
+        return float(np.mean(hits))
+
+    return accuracy
+
+
 def accuracy(classify: Callable[..., jax.Array], params: Any, batches: list[dict[str, np.ndarray]]) -> float:
-    hits = [np.mean(np.asarray(jnp.argmax(classify(params, jnp.asarray(b["pixel_values"])), -1)) == b["labels"]) for b in batches]
-    return float(np.mean(hits))
+    """Top-1 accuracy of ``classify(params, ·)`` over ``batches`` (one-off; see :func:`accuracy_fn`)."""
+    return accuracy_fn(classify)(params, batches)
 
 
 def eval_batches(view: dict[str, np.ndarray], batch_size: int = 71) -> list[dict[str, np.ndarray]]:
