@@ -5,26 +5,145 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+EXTRA_PAIRS = ("mlp-teacher",)
+
+
+def _run_settings(args: argparse.Namespace) -> Any:
+    from analysis import run, suite
+    from analysis.workbench import PAIRS
+
+    specs = tuple(args.edits or ())
+    suite.check_specs(list(specs) or suite.default_suite())  # bad specs fail before anything heavy
+    user = None
+    if args.pre or args.post or args.data:
+        missing = [f"--{n}" for n in ("pre", "post", "data") if not getattr(args, n)]
+        if missing:
+            raise ValueError(f"checkpoint pairs need --pre, --post and --data; missing {', '.join(missing)}")
+        if args.pair:
+            raise ValueError("give either --pair or --pre/--post/--data, not both")
+        user = {"pre": str(Path(args.pre).resolve()), "post": str(Path(args.post).resolve()),
+                "data": str(Path(args.data).resolve()), "batch_size": args.batch_size, "max_len": args.max_len,
+                "max_batches": args.max_batches, "dtype": args.dtype}
+        pairs: tuple[str, ...] = (f"{Path(args.pre).name}→{Path(args.post).name}",)
+    else:
+        names = list(args.pair or run.DEFAULT_PAIRS)
+        if "all" in names:
+            names = list(PAIRS)
+        unknown = [n for n in names if n not in PAIRS and n not in EXTRA_PAIRS]
+        if unknown:
+            raise ValueError(f"unknown pair(s) {unknown}; accepted: {', '.join(PAIRS + EXTRA_PAIRS)}, all")
+        pairs = tuple(dict.fromkeys(names))
+    estimators = tuple(args.estimators or suite.ESTIMATORS)
+    unknown = [n for n in estimators if n not in suite.ESTIMATORS]
+    if unknown:
+        raise ValueError(f"unknown estimator(s) {unknown}; accepted: {', '.join(suite.ESTIMATORS)}")
+    if args.probes < 1:
+        raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
+    return run.RunSettings(pairs=pairs, edits=specs, seed=args.seed, probes=args.probes, estimators=estimators,
+                           size=args.size, checkpoints=user)
+
+
+def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
+    def load(name: str) -> Any:
+        if settings.checkpoints is not None:
+            from analysis import pairs
+
+            c = settings.checkpoints
+            return pairs.from_checkpoints(c["pre"], c["post"], c["data"], batch_size=c["batch_size"], max_len=c["max_len"],
+                                          max_batches=c["max_batches"], dtype=c["dtype"], name=name)
+        if name == "mlp-teacher":
+            from analysis.example import MLPConfig, build_pair
+
+            return build_pair(MLPConfig(seed=settings.seed))
+        from analysis import workbench
+
+        return workbench.load_pair(name, settings.size, progress=not quiet)
+
+    return load
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from analysis import io, report, suite
-    from analysis.example import MLPConfig, build_pair
-    from riemann import edits
+    from analysis import run
 
-    specs = args.edits or suite.default_suite()
-    for s in specs:
-        edits.parse(s)  # fail on a bad spec before training or computing anything
-    out = io.fresh_output_dir(args.out)
-    print(f"[riemann] building the pair (seed {args.seed}) …", flush=True)
-    pair = build_pair(MLPConfig(seed=args.seed))
-    results = suite.analyse(pair, specs, seed=args.seed, progress=not args.quiet)
-    for path in report.write(results, out):
-        print(f"[riemann] wrote {path}")
-    best = max(results["agreement"].items(), key=lambda kv: kv[1]["spearman"])
-    print(f"[riemann] best estimator: {best[0]} (Spearman {best[1]['spearman']:.3f}, "
-          f"class agreement {best[1]['class_agreement']:.2f}); report: {out / 'report.md'}")
+    settings = _run_settings(args)
+    if settings.checkpoints is not None:
+        from analysis import checkpoints, data
+
+        c = settings.checkpoints
+        checkpoints.check_pair(c["pre"], c["post"])  # architectures from headers, before any weights
+        if not str(c["data"]).endswith(".npz"):
+            kind, records = data.read_jsonl(c["data"])
+            data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
+    out, resumed = run.prepare(args.out, settings)
+    print(f"[riemann] {'resuming' if resumed else 'writing'} {out}: {len(settings.pairs)} pair(s), "
+          f"{len(settings.edits) or 'default'} edits, seed {settings.seed}", flush=True)
+    results = run.execute(settings, out, _pair_loader(settings, args.quiet), progress=not args.quiet)
+    summ = results["summary"]
+    best = summ["estimators"][summ["best"]]
+    print(f"[riemann] best estimator: {summ['best']} (Spearman {best['spearman_min']:.3f}–"
+          f"{max(best['spearman_by_pair'].values()):.3f} across pairs, class agreement {best['class_agreement']:.2f}); "
+          f"report: {out / 'report.md'}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import jax
+
+    from analysis import checkpoints, suite
+
+    edit = suite.check_specs([args.edit])[0]
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"output directory {str(out)!r} exists and is not empty; choose a new --out")
+    if args.pre or args.post:
+        if not (args.pre and args.post):
+            raise ValueError("export from checkpoints needs both --pre and --post")
+        checkpoints.check_pair(args.pre, args.post)
+        pre, post = checkpoints.load(args.pre, dtype=args.dtype), checkpoints.load(args.post, dtype=args.dtype)
+        pre_params, template = pre.params, post
+    else:
+        from analysis import workbench
+
+        pair = workbench.load_pair(args.pair, args.size, progress=not args.quiet)
+        pre_params, template = pair.pre, pair.template
+    if edit.needs_grad:
+        raise ValueError(f"edit {edit.spec!r} needs the gradient at W_post, which export does not compute; "
+                         "use riemann run or the Python API")
+    delta = jax.tree.map(lambda a, b: b.astype("float32") - a.astype("float32"), pre_params, template.params)
+    edited = edit(delta, key=suite.edit_key(args.seed, edit.spec) if edit.random else None)
+    params = jax.tree.map(lambda a, d, ref: (a.astype("float32") + d).astype(ref.dtype), pre_params, edited, template.params)
+    path = checkpoints.save(out, template, params)
+    print(f"[riemann] wrote {path}: W_pre + F(ΔW) with F = {edit.spec} (seed {args.seed}), Hugging Face layout")
+    return 0
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from analysis import io, reproduce
+
+    names = list(reproduce.EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
+    unknown = [n for n in names if n not in reproduce.EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; accepted: {', '.join(reproduce.EXPERIMENTS)}, all")
+    marker = Path(args.out) / "reproduce.json" if args.out else None
+    if marker is not None and marker.is_file():
+        if json.loads(marker.read_text()).get("seed") != args.seed:
+            raise FileExistsError(f"{args.out} holds reproductions with another seed; choose a new --out")
+        out = Path(args.out)  # earlier reproductions: finished experiments are kept, the rest computed
+    else:
+        out = io.fresh_output_dir(args.out, root="runs")
+        io.write_json(out / "reproduce.json", {"seed": args.seed, "size": args.size})
+    from analysis import run
+
+    settings = run.RunSettings(seed=args.seed, size=args.size)
+    records = reproduce.reproduce(names, _pair_loader(settings, args.quiet), out, seed=args.seed, progress=not args.quiet)
+    for rec in records:
+        print(f"[riemann] {rec['title']}\n    paper: {rec['paper_claim']}\n    ours:  {rec['ours']}")
+    print(f"[riemann] wrote {out / 'README.md'}")
     return 0
 
 
@@ -63,12 +182,47 @@ def build_parser() -> argparse.ArgumentParser:
         "extrapolating a post-trained model's delta changes its loss.",
     )
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="analyse an edit suite end to end (default: the built-in pair)")
+    run = sub.add_parser("run", help="analyse an edit suite end to end (default: the built-in workbench)",
+                         description="Every estimator of every edit's loss change, validated against the measured change. "
+                         "With no arguments: the default suite on the workbench pairs lm/arithmetic, lm/arithmetic-dpo "
+                         "and vit/rotated (built on first use). Rerun with the same --out and arguments to resume.")
+    run.add_argument("--pair", nargs="+", metavar="NAME", help="workbench pair(s), or 'all' (default: lm/arithmetic "
+                     "lm/arithmetic-dpo vit/rotated; also mlp-teacher)")
+    run.add_argument("--pre", help="pre-trained HF checkpoint directory (with --post and --data)")
+    run.add_argument("--post", help="post-trained HF checkpoint directory")
+    run.add_argument("--data", help="evaluation JSONL (decoders: text, prompt/response or prompt/chosen/rejected) or .npz (CLIP)")
+    run.add_argument("--batch-size", type=int, default=8, help="evaluation batch size for --data (default 8)")
+    run.add_argument("--max-len", type=int, default=512, help="token limit per sequence for --data (default 512)")
+    run.add_argument("--max-batches", type=int, help="use at most this many evaluation batches of --data")
+    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype for --pre/--post (default: as stored)")
     run.add_argument("--edits", nargs="+", metavar="SPEC", help="edit specs, e.g. dare:p=0.9,k=0.5 (default: the built-in suite)")
-    run.add_argument("--out", help="output directory (must not exist or be empty; default: runs/<timestamp>)")
-    run.add_argument("--seed", type=int, default=0, help="seed for training and for every random edit")
+    run.add_argument("--estimators", nargs="+", metavar="NAME", help="subset of: riemann first-order shared-curvature second-order gauss-legendre")
+    run.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch for the shared-curvature estimator (default 8)")
+    run.add_argument("--out", help="output directory (new or empty, or an unfinished run to resume; default: runs/<timestamp>)")
+    run.add_argument("--seed", type=int, default=0, help="seed for every random edit and probe")
+    run.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
+    ex = sub.add_parser("export", help="write an edited model W_pre + F(ΔW) in Hugging Face layout")
+    ex.add_argument("--edit", required=True, metavar="SPEC", help="the edit, e.g. dare:p=0.9")
+    ex.add_argument("--out", required=True, help="new (or empty) output directory")
+    ex.add_argument("--pair", default="lm/arithmetic", help="workbench pair (default lm/arithmetic)")
+    ex.add_argument("--pre", help="pre-trained HF checkpoint directory (instead of --pair)")
+    ex.add_argument("--post", help="post-trained HF checkpoint directory")
+    ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype (default: as stored)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of a random edit (the key is derived as in riemann run)")
+    ex.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size")
+    ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.set_defaults(func=_cmd_export)
+    rp = sub.add_parser("reproduce", help="reproduce the paper's figures and tables on the workbench",
+                        description="Experiments: fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7, or all. Each writes "
+                        "<name>.json, <name>.md (the paper's claim next to ours) and <name>.png.")
+    rp.add_argument("experiment", nargs="+", help="fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7 or all")
+    rp.add_argument("--out", help="output directory (default: runs/<timestamp>); rerun into it to keep finished experiments")
+    rp.add_argument("--seed", type=int, default=0, help="seed for every random edit")
+    rp.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
+    rp.set_defaults(func=_cmd_reproduce)
     ed = sub.add_parser("edits", help="list the registered edits and their parameters")
     ed.set_defaults(func=_cmd_edits)
     wb = sub.add_parser("workbench", help="the built-in pre/post pairs")

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-MARKERS = {"riemann": "o", "first-order": "s", "second-order": "^", "gauss-legendre": "D"}
+MARKERS = {"riemann": "o", "first-order": "s", "shared-curvature": "v", "second-order": "^", "gauss-legendre": "D"}
 
 
 def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -20,7 +20,8 @@ def _axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
 
 
 def calibration(results: dict[str, Any], ax: Any = None) -> Any:
-    """Predicted vs measured loss change for every edit and estimator, with the identity line.
+    """Predicted vs measured loss change for every edit and estimator of one pair's results
+    (``analysis.suite.analyse``), with the identity line.
 
     Axes use a symmetric-log scale so that small competitive edits and large decreased ones are
     both visible.
@@ -28,13 +29,13 @@ def calibration(results: dict[str, Any], ax: Any = None) -> Any:
     fig, ax = _axes(ax, (6.5, 5.5))
     recs = results["edits"]
     meas = np.array([r["measured"] for r in recs])
-    lim = 0.0
-    for name, marker in MARKERS.items():
+    for name in results["agreement"]:
+        marker = MARKERS.get(name, "x")
         pred = np.array([r["estimates"][name] for r in recs])
         rho = results["agreement"][name]["spearman"]
         ax.scatter(meas, pred, marker=marker, s=22, alpha=0.75, label=f"{name} (Spearman {rho:.3f})")
-        lim = max(lim, float(np.max(np.abs(pred))), float(np.max(np.abs(meas))))
-    ax.plot([-lim, lim], [-lim, lim], color="gray", lw=1, ls="--", label="predicted = measured")
+    lo, hi = float(np.min(meas)) if len(meas) else 0.0, float(np.max(meas)) if len(meas) else 1.0
+    ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--", label="predicted = measured")
     linthresh = max(1e-4, float(np.percentile(np.abs(meas), 20)) if len(meas) else 1e-3)
     ax.set_xscale("symlog", linthresh=linthresh)
     ax.set_yscale("symlog", linthresh=linthresh)
@@ -62,12 +63,12 @@ def line_profile(results: dict[str, Any], ax: Any = None) -> Any:
 
 
 def confusion(results: dict[str, Any], estimator: str, ax: Any = None) -> Any:
-    """Class confusion matrix of one estimator against the measured classes."""
+    """Class confusion matrix of one estimator against the measured classes (one pair's results)."""
     import riemann
 
     fig, ax = _axes(ax, (4.2, 3.8))
     m = np.array(results["agreement"][estimator]["confusion"])
-    ax.imshow(m, cmap="Blues")
+    ax.imshow(m, cmap="Blues", vmin=0)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             ax.text(j, i, str(m[i, j]), ha="center", va="center")
@@ -75,4 +76,44 @@ def confusion(results: dict[str, Any], estimator: str, ax: Any = None) -> Any:
     ax.set_yticks(range(3), riemann.CLASSES)
     ax.set_xlabel(f"predicted ({estimator})")
     ax.set_ylabel("measured")
+    ax.set_title(f"{estimator}: {results['agreement'][estimator]['class_agreement']:.0%} agree", fontsize=9)
+    return fig
+
+
+def confusions(results: dict[str, Any]) -> Any:
+    """One confusion matrix per estimator, side by side (one pair's results)."""
+    import matplotlib.pyplot as plt
+
+    names = list(results["agreement"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        confusion(results, name, ax=ax)
+    fig.suptitle(f"{results['pair']['name']}: predicted vs measured class")
+    fig.tight_layout()
+    return fig
+
+
+def frontier(results: dict[str, Any], ax: Any = None) -> Any:
+    """Cost–accuracy frontier of a run: seconds spent per edit (shared passes amortised over the
+    suite) against the Spearman correlation with the measured change, one point per estimator
+    and pair, and measuring each edit for reference (correlation 1 by definition)."""
+    fig, ax = _axes(ax, (6.5, 4.5))
+    colors = {}
+    for res in results["pairs"]:
+        edits = max(len(res["edits"]), 1)
+        pair = res["pair"]["name"]
+        for name, a in res["agreement"].items():
+            line = ax.scatter(a["seconds"] / edits, a["spearman"], marker=MARKERS.get(name, "x"), s=40,
+                              color=colors.get(name), label=name if name not in colors else None)
+            colors.setdefault(name, line.get_facecolor()[0])
+            ax.annotate(pair, (a["seconds"] / edits, a["spearman"]), fontsize=6, alpha=0.6,
+                        xytext=(3, 2), textcoords="offset points")
+        meas = sum(r["seconds"]["measured"] for r in res["edits"]) / edits
+        ax.scatter(meas, 1.0, marker="*", s=80, color="black", label="measured" if res is results["pairs"][0] else None)
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per edit (shared passes amortised over the suite)")
+    ax.set_ylabel("Spearman with measured ΔL")
+    ax.set_title("What each estimator costs and how well it ranks the edits")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return fig

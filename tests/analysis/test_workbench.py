@@ -11,14 +11,9 @@ import riemann
 from analysis import checkpoints, workbench
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RIEMANN_CACHE", str(root))
-    built = workbench.build("mini", progress=False, log=lambda s: None)
-    yield built
-    mp.undo()
+@pytest.fixture
+def cache(mini_cache):
+    return mini_cache
 
 
 def test_every_post_training_lowers_its_task_loss(cache):
