@@ -102,6 +102,7 @@ def estimate(
     rule: str = "left",
     n: int = 5,
     progress: bool = False,
+    mode: str = "accumulate",
 ) -> Estimate:
     """Estimate ``ΔL = L(post + change) − L(post)`` for an edit with ``change = F(ΔW) − ΔW``.
 
@@ -113,6 +114,8 @@ def estimate(
       method: ``"riemann"`` (paper Eq. 1), ``"first-order"``, ``"second-order"`` or ``"measured"``.
       rule, n: the quadrature for ``"riemann"`` (default: the paper's left rule, C = 5).
       progress: progress bar for the Riemann sum.
+      mode: for ``"riemann"``: ``"accumulate"`` (per-module breakdown) or ``"forward"`` (jvp
+        products, less memory, no breakdown); see :func:`riemann.integrate_path`.
 
     Returns:
       An :class:`Estimate`.
@@ -132,8 +135,8 @@ def estimate(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; accepted methods: {', '.join(METHODS)}")
     if method == "riemann":
-        res = _path.integrate_path(loss_fn, post, change, batches, rule=rule, n=n, progress=progress)
-        return _from_path(res, "riemann", {"rule": res.rule, "n": res.n})
+        res = _path.integrate_path(loss_fn, post, change, batches, rule=rule, n=n, progress=progress, mode=mode)
+        return _from_path(res, "riemann", {"rule": res.rule, "n": res.n, "mode": mode})
     if method == "first-order":
         res = _path.integrate_path(loss_fn, post, change, batches, rule="left", n=1)
         return _from_path(res, "first-order", {})

@@ -40,7 +40,8 @@ class PathIntegral:
     Attributes:
       value: ``Σ_i w_i <∇L(start + t_i·direction), direction>``, averaged over batches.
       grad: ``Σ_i w_i ∇L(start + t_i·direction)`` averaged over batches; a pytree like ``start``
-        in the accumulation dtype (float32 for 16-bit and 32-bit parameters).
+        in the accumulation dtype (float32 for 16-bit and 32-bit parameters); ``None`` in forward
+        mode.
       nodes, weights: the quadrature rule used (float64, weights sum to 1).
       losses: mean loss over batches at each node.
       integrand: mean ``<∇L(start + t_i·direction), direction>`` over batches at each node.
@@ -94,6 +95,8 @@ class PathIntegral:
 
     def score(self, other: PyTree) -> float:
         """``<grad, other>``: the same weighted gradients applied to another direction."""
+        if self.grad is None:
+            raise ValueError("this PathIntegral was computed in forward mode and holds no gradient; use mode='accumulate'")
         trees.check_compatible(self.grad, jax.tree_util.tree_map(_as_accum, other), ("grad", "other"))
         return float(trees.tree_vdot(self.grad, other))
 
@@ -127,6 +130,20 @@ def _grad_step(
 # loss_fn is static (hashed by identity), so a step compiles once per (loss_fn, shapes) and is
 # reused by every later call; the accumulator is donated so it is updated in place.
 _grad_step_jit = jax.jit(_grad_step, static_argnums=0, donate_argnums=1)
+
+
+def _jvp_step(
+    loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any
+) -> tuple[jax.Array, jax.Array]:
+    """One (node, batch) step in forward mode: the loss and ``<∇L(start + t·D), D>`` as the
+    directional derivative ``d/dε L(start + t·D + ε·D)`` (``jax.jvp``): no gradient is formed."""
+    point = trees.move_along(start, direction, t)
+    loss, dot = jax.jvp(lambda p: loss_fn(p, batch), (point,), (direction,))
+    wide = trees.accum_dtype(jnp.result_type(loss))
+    return jnp.asarray(loss).astype(wide), jnp.asarray(dot).astype(wide)
+
+
+_jvp_step_jit = jax.jit(_jvp_step, static_argnums=0)
 
 
 def _loss_at(loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> jax.Array:
@@ -187,7 +204,10 @@ def _accumulate(
     for batch in batches:
         row_l, row_d = [], []
         for t, w in zip(ts, ws):
-            sums.acc, loss, dot = _grad_step_jit(loss_fn, sums.acc, start, direction, t, w, batch)
+            if sums.acc is None:
+                loss, dot = _jvp_step_jit(loss_fn, start, direction, t, batch)
+            else:
+                sums.acc, loss, dot = _grad_step_jit(loss_fn, sums.acc, start, direction, t, w, batch)
             row_l.append(loss)
             row_d.append(dot)
             if progress is not None:
@@ -237,6 +257,7 @@ def integrate_path(
     n: int = 5,
     endpoints: bool = False,
     progress: bool = False,
+    mode: str = "accumulate",
 ) -> PathIntegral:
     """Quadrature of ``∫_0^1 <∇L(start + t·direction), direction> dt``, averaged over batches.
 
@@ -256,6 +277,11 @@ def integrate_path(
       endpoints: also compute the loss at ``start`` and at ``start + direction`` (reusing node
         evaluations at t = 0 or 1), which gives :attr:`PathIntegral.gap`.
       progress: show a progress bar (tqdm) over (node, batch) steps.
+      mode: ``"accumulate"`` (default): reverse mode, accumulating ``grad`` in float32 (per-module
+        breakdown, scores of other directions). ``"forward"``: each integrand is the directional
+        derivative ``d/dε L(W + t·D + ε·D)`` by ``jax.jvp`` — no gradient, no accumulator, about
+        half the memory of a backward pass (see ``riemann plan``); ``grad`` is ``None`` and
+        ``modules`` empty.
 
     Returns:
       A :class:`PathIntegral`.
@@ -275,13 +301,16 @@ def integrate_path(
       (3.0, 3.0)
     """
     nodes, weights = quad.quadrature(rule, n)
+    if mode not in ("accumulate", "forward"):
+        raise ValueError(f"mode={mode!r}; expected 'accumulate' (gradient accumulator) or 'forward' (jvp products)")
     _check_inputs(loss_fn, start, direction)
-    return _integrate(loss_fn, start, direction, batches, rule, int(n), nodes, weights, endpoints, progress)
+    return _integrate(loss_fn, start, direction, batches, rule, int(n), nodes, weights, endpoints, progress,
+                      forward=mode == "forward")
 
 
 def _integrate(
     loss_fn: LossFn, start: PyTree, direction: PyTree, batches: Iterable[Any], rule: str, n: int,
-    nodes: np.ndarray, weights: np.ndarray, endpoints: bool, progress: bool,
+    nodes: np.ndarray, weights: np.ndarray, endpoints: bool, progress: bool, forward: bool = False,
 ) -> PathIntegral:
     has0, has1 = bool(np.any(nodes == 0.0)), bool(np.any(nodes == 1.0))
     bar = None
@@ -292,7 +321,7 @@ def _integrate(
         bar = tqdm(total=total, desc=f"path integral ({rule}, n={n})", unit="step")
     try:
         sums = _accumulate(
-            loss_fn, start, direction, batches, nodes, weights, _zeros_like_accum(start),
+            loss_fn, start, direction, batches, nodes, weights, None if forward else _zeros_like_accum(start),
             want_start=endpoints and not has0, want_end=endpoints and not has1, progress=bar,
         )
     finally:
@@ -309,10 +338,14 @@ def _finish(
     dots = np.asarray(jax.device_get(sums.dots), np.float64).reshape(-1, len(nodes))
     _diagnose_nonfinite(loss_fn, start, direction, nodes, losses, dots, batches)
     num_batches = losses.shape[0]
-    grad = _scale_tree(sums.acc, trees.scalar(1.0 / num_batches))
-    per_leaf = [float(v) for v in jax.device_get(_leaf_vdots_jit(grad, direction))]
-    modules = dict(zip(trees.leaf_names(start), per_leaf))
     batch_values = dots @ weights
+    if sums.acc is None:  # forward mode: no gradient, the value comes from the directional derivatives
+        grad, modules, value = None, {}, float(batch_values.mean())
+    else:
+        grad = _scale_tree(sums.acc, trees.scalar(1.0 / num_batches))
+        per_leaf = [float(v) for v in jax.device_get(_leaf_vdots_jit(grad, direction))]
+        modules = dict(zip(trees.leaf_names(start), per_leaf))
+        value = float(np.sum(per_leaf)) if per_leaf else 0.0
     loss_start = loss_end = None
     if endpoints:
         loss_start = float(losses[:, nodes == 0.0][:, 0].mean()) if np.any(nodes == 0.0) else float(
@@ -323,7 +356,7 @@ def _finish(
             which = "start (t=0)" if not np.isfinite(loss_start) else "end (t=1)"
             raise FloatingPointError(f"non-finite loss at the {which} of the segment")
     return PathIntegral(
-        value=float(np.sum(per_leaf)) if per_leaf else 0.0,
+        value=value,
         grad=grad,
         nodes=nodes,
         weights=weights,

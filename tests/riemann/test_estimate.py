@@ -66,7 +66,7 @@ def test_estimators_on_logistic_regression_rank_as_theory_says():
     assert est["measured"].stderr > 0 and est["second-order"].stderr > 0
     assert est["riemann"].cost == {"gradient": 5, "hvp": 0, "forward": 0}
     assert est["second-order"].cost["hvp"] == 1 and est["measured"].cost["forward"] == 2
-    assert gl.settings == {"rule": "gauss-legendre", "n": 8}
+    assert gl.settings == {"rule": "gauss-legendre", "n": 8, "mode": "accumulate"}
 
 
 def test_unknown_method_and_empty_batches():

@@ -261,3 +261,21 @@ def test_empty_batches():
         riemann.integrate_path(loss, start, direction, [])
     with pytest.raises(ValueError, match="batches is empty"):
         riemann.integrate_path(loss, start, direction, iter(()))
+
+
+def test_forward_mode_gives_the_same_integral_without_a_gradient():
+    loss, start, direction, batches = logistic_problem()
+    for rule, n in (("left", 5), ("gauss-legendre", 4)):
+        rev = riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n, endpoints=True)
+        fwd = riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n, endpoints=True, mode="forward")
+        assert fwd.value == pytest.approx(rev.value, rel=1e-5)
+        np.testing.assert_allclose(fwd.batch_values, rev.batch_values, rtol=1e-5)
+        np.testing.assert_allclose(fwd.losses, rev.losses, rtol=1e-6)
+        assert fwd.gap == pytest.approx(rev.gap, rel=1e-4, abs=1e-7)
+        assert fwd.grad is None and fwd.modules == {}
+    with pytest.raises(ValueError, match="forward mode"):
+        fwd.score(direction)
+    with pytest.raises(ValueError, match="mode='backward'"):
+        riemann.integrate_path(loss, start, direction, batches, mode="backward")
+    est = riemann.estimate(loss, start, direction, batches, mode="forward")
+    assert est.value == pytest.approx(riemann.estimate(loss, start, direction, batches).value, rel=1e-5)
