@@ -147,6 +147,15 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from analysis import plan
+
+    p = plan.plan(args.model, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, remat=not args.no_remat,
+                  device_memory_gib=args.memory)
+    print(p.table())
+    return 0
+
+
 def _cmd_edits(args: argparse.Namespace) -> int:
     from riemann import edits
 
@@ -223,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
     rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(func=_cmd_reproduce)
+    pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
+    pl.add_argument("model", help="checkpoint directory, config.json, or a preset: llama-3-8b, mistral-7b-v0.3, qwen2-7b, llama-3-70b")
+    pl.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
+    pl.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")
+    pl.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="parameter dtype")
+    pl.add_argument("--memory", type=float, metavar="GIB", help="device memory in GiB, e.g. 80 (H100) or 141 (H200)")
+    pl.add_argument("--no-remat", action="store_true", help="without per-layer rematerialisation")
+    pl.set_defaults(func=_cmd_plan)
     ed = sub.add_parser("edits", help="list the registered edits and their parameters")
     ed.set_defaults(func=_cmd_edits)
     wb = sub.add_parser("workbench", help="the built-in pre/post pairs")
