@@ -220,13 +220,19 @@ def _fig6(results: list[dict[str, Any]]) -> str:
 
 
 def _fig7(results: list[dict[str, Any]]) -> str:
-    out, interp = [], 0
+    out, interp, helped = [], 0, 0
     for res in results:
         best = min(res["edits"], key=lambda r: r["measured"])
         a = _param(best, "alpha")
+        if best["measured"] >= 0:
+            out.append(f"`{res['pair']}`: no α ≠ 0 on the grid lowers the loss (least increase at α = {a:g}, "
+                       f"ΔL {best['measured']:+.3g})")
+            continue
+        helped += 1
         interp += a < 0
         out.append(f"`{res['pair']}` best α = {a:g} (ΔL {best['measured']:+.3g})")
-    return f"Interpolation wins on {interp} of {len(results)} pairs: " + "; ".join(out) + "."
+    return (f"Some α lowers the loss on {helped} of {len(results)} pairs; interpolation is the better direction on "
+            f"{interp} of those {helped}: " + "; ".join(out) + ".")
 
 
 FINDINGS: dict[str, Callable[[list[dict[str, Any]]], str]] = {

@@ -42,6 +42,10 @@ def degree(rule: str, n: int) -> int:
 
     Left and right Riemann sums: 0. Midpoint and trapezoid: 1. Composite Simpson: 3.
     Gauss–Legendre with n nodes: 2n − 1.
+
+    Example:
+      >>> degree("left", 5), degree("simpson", 5), degree("gauss-legendre", 8)
+      (0, 3, 15)
     """
     _check(rule, n)
     return {"left": 0, "right": 0, "midpoint": 1, "trapezoid": 1, "simpson": 3}.get(rule, 2 * n - 1)
@@ -112,6 +116,10 @@ def refine(rule: str, n: int) -> int:
     Left, right, trapezoid and Simpson halve the step (``2n`` or ``2n − 1`` nodes); midpoint
     divides each cell in three (``3n``), the smallest split that keeps the old midpoints. Gauss–
     Legendre has no nested refinement; it doubles ``n`` and its nodes are all new.
+
+    Example:
+      >>> refine("left", 5), refine("trapezoid", 5), refine("midpoint", 5), refine("gauss-legendre", 4)
+      (10, 9, 15, 8)
     """
     _check(rule, n)
     if rule in ("left", "right"):

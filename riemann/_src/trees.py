@@ -30,7 +30,12 @@ def path_name(path: Iterable[Any]) -> str:
 
 
 def leaf_names(tree: PyTree) -> list[str]:
-    """Dotted names of the leaves of ``tree`` in flattening order."""
+    """Dotted names of the leaves of ``tree`` in flattening order.
+
+    Example:
+      >>> leaf_names({"model": {"layers": [{"w": 0.0}]}, "head": 1.0})
+      ['head', 'model.layers.0.w']
+    """
     return [path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 

@@ -145,6 +145,12 @@ def biased_product(
     """Table 1's "Biased ΔW·∇L" (Tang et al., 2024): entries where ``ΔW ⊙ ∇L < 0`` × ``k``, the
     others × ``(1 − k·p)/(1 − p)`` (``p`` as in :func:`biased_sign`).
 
+    Example:
+      >>> import jax.numpy as jnp
+      >>> d, g = {"w": jnp.array([1.0, 1.0, -1.0, 2.0])}, {"w": jnp.array([-1.0, 1.0, 1.0, 1.0])}
+      >>> [float(v) for v in biased_product(d, g, k=0.0)["w"]]    # ΔW ⊙ ∇L < 0 → × k = 0, others × 1/(1 − p)
+      [0.0, 2.0, -0.0, 4.0]
+
     The paper does not say which gradient defines the product; pass ``∇L(W_post)`` (for example
     ``riemann.integrate_path(..., rule="left", n=1).grad``) for the first-order reading, under
     which ``k > 1`` is predicted to lower the loss — the mask now depends on ``ΔW ⊙ ∇L``, which is
@@ -212,6 +218,13 @@ def della(
     ``E[F] = ΔW`` and larger entries are kept more often. Rows are the last axis (for an HF
     ``(out, in)`` matrix: each output unit's incoming weights); a 1-D leaf is one row.
     ``epsilon = 0`` is DARE with ``p = 1 − density``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> d = {"w": jnp.ones((4, 1000))}
+      >>> out = della(d, density=0.3, epsilon=0.1, key=jax.random.key(0))["w"]
+      >>> round(float(jnp.mean(out != 0)), 1), round(float(jnp.mean(out)), 1)   # keeps ~30 %, unbiased
+      (0.3, 1.0)
     """
     check_della(density, epsilon)
     key = c.as_key(key, "della")

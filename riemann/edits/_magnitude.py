@@ -142,6 +142,12 @@ def ties(
       deltas: a sequence of delta pytrees with identical structure, shapes and dtypes.
       keep: fraction kept per tensor, in (0, 1].
       lam: scale of the merged delta.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> a, b = {"w": jnp.array([3.0, -1.0, 0.5])}, {"w": jnp.array([1.0, -2.0, -4.0])}
+      >>> [float(v) for v in ties([a, b], keep=1.0)["w"]]   # signs elected by mass; agreeing entries averaged
+      [2.0, -1.5, -4.0]
     """
     check_ties(keep, lam)
     if not isinstance(deltas, Sequence) or isinstance(deltas, dict) or len(deltas) == 0:

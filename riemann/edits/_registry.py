@@ -122,6 +122,15 @@ def register(
     annotated with scalars (``float``, ``int``, ``bool``, ``str``, optionally ``| None``) so that
     specs can be parsed; parameters of other types (e.g. ``ndim`` tuples) are reachable from
     Python but not from specs. ``validate(**params)`` checks values before any work.
+
+    Example:
+      >>> import jax
+      >>> @register("halve_demo", reference="none: an example", paper_class="decreased")
+      ... def halve_demo(delta, factor: float = 0.5):
+      ...     return jax.tree.map(lambda x: factor * x, delta)
+      >>> parse("halve_demo:factor=0.25").spec
+      'halve_demo:factor=0.25'
+      >>> _ = REGISTRY.pop("halve_demo")
     """
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         raise ValueError(f"edit name {name!r}: use lowercase letters, digits and underscores")
@@ -213,7 +222,12 @@ def _fmt(v: Any) -> str:
 
 
 def make(name: str, **params: Any) -> Edit:
-    """Bind a registered edit to its parameters, checking names, types and ranges now."""
+    """Bind a registered edit to its parameters, checking names, types and ranges now.
+
+    Example:
+      >>> make("dare", p=0.9, k=0.5).spec
+      'dare:p=0.9,k=0.5'
+    """
     if name not in REGISTRY:
         raise ValueError(f"unknown edit {name!r}; registered edits: {', '.join(sorted(REGISTRY))}")
     info = REGISTRY[name]
