@@ -52,3 +52,17 @@ def test_sharded_second_order_and_measured_match(pair):
         ref = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method=method)
         res = riemann.estimate(pair.loss_fn, post_s, change_s, batches_s, method=method)
         assert res.value == pytest.approx(ref.value, rel=1e-5, abs=1e-7), method
+
+
+def test_sharded_shared_curvature_and_forward_mode_match(pair):
+    delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
+    pre_s, post_s, batches_s = _shard(pair)
+    delta_s = jax.tree.map(lambda a, b: b - a, pre_s, post_s)
+    ref = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=2, key=jax.random.key(0))
+    res = riemann.shared_curvature(pair.loss_fn, post_s, batches_s, probes=2, key=jax.random.key(0))
+    for a, b in zip(jax.tree.leaves(ref.diagonal), jax.tree.leaves(res.diagonal)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)  # same probes under sharding
+    assert res.estimate(delta_s).value == pytest.approx(ref.estimate(delta).value, rel=1e-5)
+    fwd = riemann.integrate_path(pair.loss_fn, pre_s, delta_s, batches_s, rule="gauss-legendre", n=4, mode="forward")
+    rev = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=4)
+    assert fwd.value == pytest.approx(rev.value, rel=1e-5)
