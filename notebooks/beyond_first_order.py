@@ -42,8 +42,9 @@ from riemann import edits
 SMOKE = os.environ.get("RIEMANN_SMOKE") == "1"
 pair = workbench.load_pair("lm/arithmetic", "mini" if SMOKE else "full", progress=False, log=lambda s: None)
 delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
-gain = -riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
-                         method="measured").value
+gain = riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
+                        method="measured").value
+assert gain > 0, "post-training lowers the loss on its own task"
 tolerance = 0.05 * gain
 print(pair.description, f"\ngain L(pre) − L(post) = {gain:.3f}; competitive means ΔL ≤ {tolerance:.3f}")
 

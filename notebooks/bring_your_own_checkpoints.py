@@ -93,8 +93,8 @@ print(plan.plan("llama-3-8b", batch=1, seq_len=4096, dtype="bfloat16", device_me
 pair = pairs.from_checkpoints(PRE, POST, DATA, batch_size=8, max_len=64, max_batches=4)
 print(pair.description)
 delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
-gain = -riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
-                         method="measured").value
+gain = riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
+                        method="measured").value
 print(f"L(pre) − L(post) = {gain:.4f}; {pair.info['accuracy_name']} post = {pair.accuracy_fn(pair.post, pair.batches):.3f}")
 
 # %% [markdown]

@@ -73,8 +73,9 @@ changes = {name: jax.tree.map(lambda e, d: e - d, f, delta) for name, f in edite
 # the post-training gain or two paired standard errors, whichever is larger.
 
 # %%
-gain = -riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
-                         method="measured").value          # L(pre) − L(post)
+gain = riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
+                        method="measured").value          # L(W_post − ΔW) − L(W_post) = L(pre) − L(post)
+assert gain > 0, "post-training lowers the loss on its own task"
 rows = []
 for name, change in changes.items():
     est = {m: riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method=m)

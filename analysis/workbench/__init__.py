@@ -162,7 +162,8 @@ def load_pair(name: str, size: str = "full", *, progress: bool = True, log: Any 
             acc = lambda p, _b: language.exact_match(pre, p, tok, records, task)  # noqa: E731
             acc_name = "exact match (greedy)"
         desc = (f"Llama-architecture decoder ({lang.num_hidden_layers} layers, hidden {lang.hidden_size}) pre-trained on "
-                f"{meta.get('corpus', {}).get('source', 'CPython stdlib sources')}; post-trained on {post_meta['task']}")
+                "CPython standard-library sources (byte-level tokenizer); post-trained on "
+                f"{post_meta['task']}")
     else:
         ev = np.load(stage(task) / "eval.npz")
         batches = vision.eval_batches({"pixel_values": ev["pixel_values"], "labels": ev["labels"]})
