@@ -26,6 +26,10 @@ from riemann._src.quadrature import Quadrature as Quadrature
 from riemann._src.quadrature import degree as degree
 from riemann._src.quadrature import quadrature as quadrature
 from riemann._src.quadrature import refine as refine
+from riemann._src.stepwise import PathState as PathState
+from riemann._src.stepwise import advance_path as advance_path
+from riemann._src.stepwise import path_result as path_result
+from riemann._src.stepwise import path_state as path_state
 from riemann._src.trees import leaf_names as leaf_names
 
 __version__ = "0.1.0"
