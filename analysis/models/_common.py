@@ -39,7 +39,11 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((out_features,), dtype)) if bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = x @ self.weight[...].T
+        # A 2-D product: for x of rank > 2 the weight gradient would contract over several batch
+        # axes at once, which XLA's CPU backend runs as a slow loop instead of one matrix product
+        # (the backward pass of a decoder was 5× its forward).
+        lead = x.shape[:-1]
+        y = (x.reshape(-1, x.shape[-1]) @ self.weight[...].T).reshape(*lead, -1)
         if self.bias is not None:
             y = y + along_last(self.bias[...], y)
         return y
