@@ -14,6 +14,12 @@ fresh subprocess and reads its peak resident set size.
   (targets: time ≤ 2×, peak host memory ≤ checkpoint size + 2× its largest tensor).
 - ``lowrank``: randomized SVD at rank 64 against the full SVD truncated to rank 64, with the
   Frobenius error of each relative to the optimum (target: ≥ 5× faster at ≤ 1 % more error).
+- ``torch_path``: our path integral on a small HF Llama checkpoint against a straightforward
+  PyTorch + transformers implementation of the same computation (same checkpoint, tokens, nodes,
+  CPU threads): time ratio (goal: ours ≥ 1.5× faster) and the relative difference of the values.
+- ``suite_scoring``: a 30-edit suite scored with shared gradients (first order, shared curvature)
+  against per-edit Riemann sums, second order and Gauss–Legendre: seconds and agreement with the
+  measured change, so users can choose knowingly.
 """
 
 from __future__ import annotations
@@ -262,6 +268,119 @@ def load_checkpoint(quick: bool) -> dict[str, Any]:
             "checkpoint_mib": size / 2**20, "largest_tensor_mib": largest / 2**20, "shards": len(files),
             "ours_s": t_ours, "safetensors_numpy_s": t_st, "ours_peak_rss_growth_mib": peak_ours / 2**20,
             "safetensors_peak_rss_growth_mib": min(p for _, p in runs["safetensors"]) / 2**20}
+
+
+_TORCH_CFG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 2048, "hidden_size": 256,
+              "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
+              "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "max_position_embeddings": 512,
+              "hidden_act": "silu"}
+
+
+def _torch_path(model: Any, start: dict[str, Any], direction: dict[str, Any], batches: list[Any], nodes: Any,
+                weights: Any) -> float:
+    """The same quadrature written the obvious way in PyTorch: set W + t·D, forward with labels,
+    backward, accumulate w·grad; the estimate is <Σ w ∇L, D> averaged over batches."""
+    import torch
+
+    params = dict(model.named_parameters())
+    acc = {k: torch.zeros_like(v) for k, v in params.items()}
+    for ids in batches:
+        for t, w in zip(nodes, weights):
+            with torch.no_grad():
+                for k, p in params.items():
+                    p.copy_(start[k] + float(t) * direction[k])
+            model.zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=ids).loss.backward()
+            with torch.no_grad():
+                for k, p in params.items():
+                    acc[k].add_(p.grad, alpha=float(w))
+    with torch.no_grad():
+        return float(sum((acc[k] * direction[k]).sum() for k in params)) / len(batches)
+
+
+@benchmark
+def torch_path(quick: bool) -> dict[str, Any]:
+    """Left rule, C = 5, over 2 batches of 8 × 128 tokens (quick: 4 × 64) on a 4-layer Llama
+    checkpoint (hidden 256, vocab 2048), float32, CPU, warm, median of 3."""
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        return {"skipped": "needs torch and transformers (pip install -e '.[test]')"}
+    import tempfile
+    from pathlib import Path
+
+    import jax
+    import numpy as np
+
+    import riemann
+    from analysis import checkpoints, data
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    bsz, seq, repeats = (4, 64, 2) if quick else (8, 128, 3)
+    with tempfile.TemporaryDirectory() as d:
+        pre = checkpoints.from_config(_TORCH_CFG, seed=0)
+        keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(pre.params))))
+        post_params = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(next(keys), x.shape, x.dtype), pre.params)
+        checkpoints.save(Path(d) / "pre", pre)
+        checkpoints.save(Path(d) / "post", pre, post_params)
+        a, b = checkpoints.load_pair(Path(d) / "pre", Path(d) / "post")
+        rng = np.random.default_rng(0)
+        ids = [rng.integers(3, _TORCH_CFG["vocab_size"], (bsz, seq)).astype(np.int32) for _ in range(2)]
+        mask = np.ones((bsz, seq), np.float32)
+        batches = [{"input_ids": x, "loss_mask": mask} for x in ids]
+        loss_fn = data.causal_lm_loss(a.forward)
+        direction = jax.tree.map(lambda p, q: q - p, a.params, b.params)
+        ours = lambda: riemann.integrate_path(loss_fn, a.params, direction, batches, rule="left", n=5).value  # noqa: E731
+        t_ours = _time(ours, repeats)
+        value_ours = ours()
+
+        model = transformers.LlamaForCausalLM.from_pretrained(Path(d) / "pre", dtype=torch.float32)
+        model.train(False)
+        pre_sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        post_model = transformers.LlamaForCausalLM.from_pretrained(Path(d) / "post", dtype=torch.float32)
+        post_sd = post_model.state_dict()
+        dir_sd = {k: post_sd[k] - pre_sd[k] for k in pre_sd}
+        tb = [torch.from_numpy(x.astype(np.int64)) for x in ids]
+        nodes, weights = riemann.quadrature("left", 5)
+        theirs = lambda: _torch_path(model, pre_sd, dir_sd, tb, nodes, weights)  # noqa: E731
+        theirs()  # warm-up
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            value_torch = theirs()
+            times.append(time.perf_counter() - t0)
+        t_torch = statistics.median(times)
+    return {"speedup_ours_over_torch": t_torch / t_ours, "goal": "≥ 1.5",
+            "ours_s": t_ours, "torch_s": t_torch, "value_ours": value_ours, "value_torch": value_torch,
+            "relative_difference": abs(value_ours - value_torch) / max(abs(value_torch), 1e-12),
+            "tokens_per_batch": bsz * seq, "batches": 2, "nodes": 5, "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+@benchmark
+def suite_scoring(quick: bool) -> dict[str, Any]:
+    """30 edits on the workbench's ``lm/arithmetic`` pair (quick: its miniature; either is built
+    on first use): every estimator's seconds (shared passes included once) and its Spearman /
+    class agreement with the measured change."""
+    from analysis import suite, workbench
+
+    pair = workbench.load_pair("lm/arithmetic", "mini" if quick else "full", progress=False, log=lambda s: None)
+    full = suite.default_suite()
+    specs = (full[::2] + [s for s in full[1::2] if not s.startswith("dare")])[:30]
+    res = suite.analyse(pair, specs, progress=False, log=lambda s: None)
+    agree = res["agreement"]
+    measured_s = sum(r["seconds"]["measured"] for r in res["edits"])
+    out: dict[str, Any] = {
+        "pair": pair.name, "edits": len(specs),
+        "shared_curvature_speedup_over_riemann": agree["riemann"]["seconds"] / agree["shared-curvature"]["seconds"],
+        "first_order_speedup_over_riemann": agree["riemann"]["seconds"] / agree["first-order"]["seconds"],
+        "measured_s": measured_s,
+    }
+    for name, a in agree.items():
+        out[name] = {"seconds": a["seconds"], "spearman": a["spearman"], "class_agreement": a["class_agreement"],
+                     "passes_once_per_batch": a["passes_once_per_batch"], "passes_per_edit_per_batch": a["passes_per_edit_per_batch"]}
+    return out
 
 
 def _machine() -> dict[str, Any]:

@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="performance ratios measured side by side in one run")
     bench.add_argument("--json", help="also write the figures as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-    bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (path_step, path_memory, edit_cost, lowrank, load_checkpoint)")
+    bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (path_step, path_memory, edit_cost, lowrank, load_checkpoint, torch_path, suite_scoring)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -96,7 +96,7 @@ def from_checkpoints(
         if not batches:
             raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
         a, b = checkpoints.load(pre, dtype=dtype), checkpoints.load(post, dtype=dtype)
-        if "riemann_num_labels" not in a.raw:
+        if "riemann_num_labels" not in a.raw_config:
             raise ValueError(f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
                              "by cross-entropy of a head fine-tuned with the encoder")
         from analysis.workbench import vision

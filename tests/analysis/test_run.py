@@ -239,3 +239,23 @@ def test_reproductions_on_the_mini_workbench(mini_cache, tmp_path, capsys):
     assert (out / "fig4.json").stat().st_mtime_ns == stamp
     assert main(["reproduce", "fig9", "--out", str(tmp_path / "x")]) == 2
     assert "unknown experiment(s) ['fig9']" in capsys.readouterr().err
+
+
+def test_run_on_user_clip_classifiers(tmp_path):
+    from analysis.workbench import vision
+
+    base = checkpoints.from_config(vision.raw_config(vision.MINI), seed=0)
+    keys = iter(jax.random.split(jax.random.key(2), len(jax.tree.leaves(base.params))))
+    tuned = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(next(keys), x.shape, x.dtype), base.params)
+    checkpoints.save(tmp_path / "pre", base)
+    checkpoints.save(tmp_path / "post", base, tuned)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", pixel_values=rng.random((40, 3, 16, 16)).astype(np.float32),
+             labels=rng.integers(0, 10, 40))
+    out = tmp_path / "out"
+    assert main(["run", "--pre", str(tmp_path / "pre"), "--post", str(tmp_path / "post"), "--data", str(tmp_path / "eval.npz"),
+                 "--batch-size", "10", "--edits", "dare:p=0.5", "expo:alpha=0.5", "--out", str(out), "--quiet"]) == 0
+    (pair,) = _results(out)["pairs"]
+    assert pair["pair"]["num_batches"] == 4 and pair["pair"]["accuracy_name"] == "top-1 accuracy"
+    for r in pair["edits"]:
+        assert r["estimates"]["gauss-legendre"] == pytest.approx(r["measured"], rel=1e-2, abs=1e-5)
