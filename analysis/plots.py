@@ -80,12 +80,19 @@ def confusion(results: dict[str, Any], estimator: str, ax: Any = None) -> Any:
     return fig
 
 
-def confusions(results: dict[str, Any]) -> Any:
-    """One confusion matrix per estimator, side by side (one pair's results)."""
-    import matplotlib.pyplot as plt
-
+def confusions(results: dict[str, Any], axes: Any = None) -> Any:
+    """One confusion matrix per estimator, side by side (one pair's results); ``axes``: one per
+    estimator, optional."""
     names = list(results["agreement"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(names), figsize=(3.4 * len(names), 3.4), squeeze=False)
+    else:
+        axes = np.asarray(axes, dtype=object).reshape(1, -1)
+        if axes.shape[1] != len(names):
+            raise ValueError(f"confusions needs {len(names)} axes (one per estimator), got {axes.shape[1]}")
+        fig = axes[0, 0].figure
     for ax, name in zip(axes[0], names):
         confusion(results, name, ax=ax)
     fig.suptitle(f"{results['pair']['name']}: predicted vs measured class")

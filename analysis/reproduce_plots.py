@@ -1,5 +1,6 @@
-"""Figures of the reproductions (``analysis.reproduce``). Each takes an experiment record and
-returns a Matplotlib figure; none selects a backend."""
+"""Figures of the reproductions (``analysis.reproduce``). Each takes an experiment record and,
+optionally, the axes to draw on (an array shaped rows × panels, e.g. from ``plt.subplots``), and
+returns the Matplotlib figure; none selects a backend."""
 
 from __future__ import annotations
 
@@ -11,17 +12,23 @@ import numpy as np
 from analysis.claims import param
 
 
-def _grid(nrows: int, ncols: int, w: float = 4.0, h: float = 3.2) -> tuple[Any, Any]:
+def _grid(nrows: int, ncols: int, w: float = 4.0, h: float = 3.2, axes: Any = None) -> tuple[Any, Any]:
+    if axes is not None:
+        axes = np.asarray(axes, dtype=object)
+        if axes.size != nrows * ncols:
+            raise ValueError(f"this figure needs {nrows} × {ncols} axes, got {axes.size}")
+        axes = axes.reshape(nrows, ncols)
+        return axes[0, 0].figure, axes
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
     return fig, axes
 
 
-def dare_grid(record: dict[str, Any]) -> Any:
+def dare_grid(record: dict[str, Any], axes: Any = None) -> Any:
     """Per pair: accuracy, measured ΔL and the term over p, one line per k (Fig. 1/2)."""
     pairs = record["pairs"]
-    fig, axes = _grid(len(pairs), 3)
+    fig, axes = _grid(len(pairs), 3, axes=axes)
     for row, res in zip(axes, pairs):
         ks = sorted({param(r, "k") for r in res["edits"]})
         for k in ks:
@@ -42,10 +49,10 @@ def dare_grid(record: dict[str, Any]) -> Any:
     return fig
 
 
-def table1(record: dict[str, Any]) -> Any:
+def table1(record: dict[str, Any], axes: Any = None) -> Any:
     """Accuracy and measured ΔL over k for the three rescaling variants (Table 1)."""
     res = record["pairs"][0]
-    fig, axes = _grid(1, 3)
+    fig, axes = _grid(1, 3, axes=axes)
     labels = {"dare": "Random (p = 0.5)", "biased_sign": "Biased ΔW", "biased_product": "Biased ΔW·∇L"}
     for variant, label in labels.items():
         rs = [r for r in res["edits"] if r["name"] == variant]
@@ -67,10 +74,10 @@ def table1(record: dict[str, Any]) -> Any:
     return fig
 
 
-def module_boxes(record: dict[str, Any]) -> Any:
+def module_boxes(record: dict[str, Any], axes: Any = None) -> Any:
     """Box plots of the per-module terms of each edit (Fig. 3)."""
     pairs = record["pairs"]
-    fig, axes = _grid(len(pairs), 1, w=11.0, h=3.6)
+    fig, axes = _grid(len(pairs), 1, w=11.0, h=3.6, axes=axes)
     for ax, res in zip(axes[:, 0], pairs):
         data = [np.array(list(r["modules"].values())) for r in res["edits"]]
         ax.boxplot(data, tick_labels=[r["spec"] for r in res["edits"]], showfliers=True, flierprops={"markersize": 2})
@@ -85,9 +92,9 @@ def module_boxes(record: dict[str, Any]) -> Any:
 
 
 def _lines(record: dict[str, Any], x: Callable[[dict[str, Any]], float], group: Callable[[dict[str, Any]], str],
-           xlabel: str, ys: tuple[str, ...]) -> Any:
+           xlabel: str, ys: tuple[str, ...], axes: Any = None) -> Any:
     pairs = record["pairs"]
-    fig, axes = _grid(len(pairs), len(ys))
+    fig, axes = _grid(len(pairs), len(ys), axes=axes)
     for row, res in zip(axes, pairs):
         groups: dict[str, list[dict[str, Any]]] = {}
         for r in res["edits"]:
@@ -118,11 +125,12 @@ FIGURES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "fig2": dare_grid,
     "table1": table1,
     "fig3": module_boxes,
-    "fig4": lambda rec: _lines(rec, lambda r: param(r, "magnitude_bits"), lambda r: "", "magnitude bits",
-                               ("accuracy", "measured", "riemann")),
-    "fig5": lambda rec: _lines(rec, lambda r: param(r, "multiple"), lambda r: str(param(r, "magnitudes")),
-                               "multiple m of mean |ΔW|", ("accuracy", "measured", "riemann")),
-    "fig6": lambda rec: _lines(rec, lambda r: param(r, "alpha"), lambda r: "", "α", ("riemann", "measured", "accuracy")),
-    "fig7": lambda rec: _lines(rec, lambda r: param(r, "alpha"), lambda r: "", "α (< 0 interpolation, > 0 extrapolation)",
-                               ("measured", "accuracy", "first-order")),
+    "fig4": lambda rec, axes=None: _lines(rec, lambda r: param(r, "magnitude_bits"), lambda r: "", "magnitude bits",
+                                          ("accuracy", "measured", "riemann"), axes),
+    "fig5": lambda rec, axes=None: _lines(rec, lambda r: param(r, "multiple"), lambda r: str(param(r, "magnitudes")),
+                                          "multiple m of mean |ΔW|", ("accuracy", "measured", "riemann"), axes),
+    "fig6": lambda rec, axes=None: _lines(rec, lambda r: param(r, "alpha"), lambda r: "", "α",
+                                          ("riemann", "measured", "accuracy"), axes),
+    "fig7": lambda rec, axes=None: _lines(rec, lambda r: param(r, "alpha"), lambda r: "",
+                                          "α (< 0 interpolation, > 0 extrapolation)", ("measured", "accuracy", "first-order"), axes),
 }

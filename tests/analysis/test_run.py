@@ -259,3 +259,20 @@ def test_run_on_user_clip_classifiers(tmp_path):
     assert pair["pair"]["num_batches"] == 4 and pair["pair"]["accuracy_name"] == "top-1 accuracy"
     for r in pair["edits"]:
         assert r["estimates"]["gauss-legendre"] == pytest.approx(r["measured"], rel=1e-2, abs=1e-5)
+
+
+def test_plotting_functions_draw_on_given_axes(mlp_run):
+    import matplotlib.pyplot as plt
+
+    from analysis import plots
+
+    res = _results(mlp_run)
+    pair = res["pairs"][0]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    assert plots.calibration(pair, ax=ax) is fig and plots.line_profile(pair, ax=ax) is fig
+    assert plots.frontier(res, ax=ax) is fig
+    fig2, axes = plt.subplots(1, 5, figsize=(17, 3.4))
+    assert plots.confusions(pair, axes) is fig2
+    with pytest.raises(ValueError, match="needs 5 axes"):
+        plots.confusions(pair, axes[:2])
+    plt.close("all")
