@@ -98,7 +98,7 @@ def expo_direction(results: dict[str, Any]) -> dict[str, str] | None:
         helps = "extrapolation" if slope < 0 else "interpolation"
         # The best α: the minimum of the pre→post line profile (t = 1 + α, step 0.1) where the
         # run has it, else the best EXPO edit of the suite.
-        prof = res["pair"].get("line_profile") if isinstance(res.get("pair"), dict) else None
+        prof = res["pair"].get("line_profile")
         if prof:
             i = min(range(len(prof["t"])), key=lambda j: prof["loss"][j])
             alpha, change = prof["t"][i] - 1.0, prof["loss"][i] - res["pair"]["loss_post"]

@@ -27,8 +27,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+import riemann
 from analysis import io, suite
 from analysis.pairs import Pair
 
@@ -106,9 +108,10 @@ def sweep(pair: Pair, specs: Sequence[str], *, estimators: Sequence[str], seed: 
     parsed = suite.check_specs(specs)
     scorer = suite.Scorer(pair, seed=seed, estimators=estimators)
     loss_post = float(scorer.loss_post.mean())
-    loss_pre = float(np.mean([suite._loss_jit(pair.loss_fn, pair.pre, suite._sub(pair.pre, pair.pre), b)
-                              for b in pair.batches]))
-    gain = loss_pre - loss_post
+    # L(pre) − L(post) is the measured change of moving back by −ΔW: one forward per batch.
+    back = jax.tree.map(lambda d: -d, scorer.delta)
+    gain = riemann.estimate(pair.loss_fn, pair.post, back, pair.batches, method="measured", loss_post=scorer.loss_post).value
+    loss_pre = loss_post + gain
     acc_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
     it: Any = parsed
     if progress:

@@ -45,6 +45,7 @@ def fingerprint(start: PyTree, direction: PyTree, rule: str, n: int, num_batches
 
 def save_state(path: str | os.PathLike, state: riemann.PathState, fp: str) -> Path:
     """Write ``state`` to ``path`` atomically (readers see the old state or the new one)."""
+    state.sync()
     names = riemann.leaf_names(state.acc)
     arrays = {f"acc/{nm}": np.asarray(jax.device_get(x)) for nm, x in zip(names, jax.tree.leaves(state.acc))}
     header = {"rule": state.rule, "n": state.n, "num_batches": state.num_batches, "endpoints": state.endpoints,

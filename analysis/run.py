@@ -115,7 +115,7 @@ def _restore_nan(o: Any) -> Any:
     return o
 
 
-_NAN_KEYS = {"riemann", "first-order", "second-order", "shared-curvature", "gauss-legendre", "measured"}
+_NAN_KEYS = set(suite.ESTIMATORS) | {"measured"}  # keys of the per-estimator stderr, NaN when undefined
 
 
 def execute(
@@ -132,12 +132,13 @@ def execute(
 
     t0 = time.perf_counter()
     specs = list(settings.edits) or suite.default_suite()
+    wanted = set(specs)
     per_pair = []
     for name in settings.pairs:
         pdir = out / "progress" / slug(name)
         (pdir / "edits").mkdir(parents=True, exist_ok=True)
         checks, done = _load_progress(pdir)
-        done = {k: v for k, v in done.items() if k in set(specs)}
+        done = {k: v for k, v in done.items() if k in wanted}
         log(f"[riemann] pair {name}")
         pair = load_pair(name)
         res = suite.analyse(

@@ -24,12 +24,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import riemann
 from analysis import stats
 from analysis.pairs import Pair
 from riemann import edits
+from riemann._src import trees
 
 PyTree = Any
 
@@ -75,25 +77,9 @@ def _add(a: PyTree, b: PyTree) -> PyTree:
     return jax.tree.map(lambda x, y: x + y, a, b)
 
 
-def _loss_step(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, change: PyTree, batch: Any) -> jax.Array:
-    edited = jax.tree.map(lambda p, c: (p.astype(c.dtype) + c).astype(p.dtype), params, change)
-    return loss_fn(edited, batch).astype(np.float32)
-
-
-_loss_jit = jax.jit(_loss_step, static_argnums=0)
-
-
-def measure(loss_fn: Callable[[PyTree, Any], jax.Array], post: PyTree, change: PyTree, batches: Sequence[Any],
-            loss_post: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-    """``L(W_post + ΔW~) − L(W_post)`` paired per batch, with the per-batch ``L(W_post)`` given
-    (computed once per suite): one forward pass per batch. Returns ``(mean, stderr, mean edited
-    loss, per-batch changes)``."""
-    edited = np.asarray(jax.device_get([_loss_jit(loss_fn, post, change, b) for b in batches]), np.float64)
-    if not np.all(np.isfinite(edited)):
-        raise FloatingPointError(f"non-finite loss of the edited model (batch {int(np.argwhere(~np.isfinite(edited))[0, 0])})")
-    diff = edited - loss_post
-    se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    return float(diff.mean()), se, float(edited.mean()), diff
+@jax.jit
+def _norm(tree: PyTree) -> jax.Array:
+    return jnp.sqrt(trees.tree_vdot(tree, tree))
 
 
 def line_profile(pair: Pair, delta: PyTree, ts: Sequence[float]) -> list[float]:
@@ -179,9 +165,8 @@ class Scorer:
                                                       key=jax.random.fold_in(jax.random.key(seed), 0x48757463),
                                                       progress=progress)
             self.curvature_seconds = time.perf_counter() - t
-        zero = jax.tree.map(lambda x: x * 0, self.delta)
-        self.loss_post = np.asarray(jax.device_get([_loss_jit(pair.loss_fn, pair.post, zero, b) for b in pair.batches]), np.float64)
-        self.gain: float | None = None
+        # Per-batch L(W_post) from the gradient pass: measuring each edit then costs one forward.
+        self.loss_post = self.gradient.batch_losses
 
     def shared_record(self) -> dict[str, Any]:
         """What was computed once for the suite, per shared estimator: passes per batch and seconds."""
@@ -213,8 +198,9 @@ class Scorer:
             seconds[name] = time.perf_counter() - t
             estimates[name] = est
         t = time.perf_counter()
-        measured, measured_se, loss_edited, _ = measure(pair.loss_fn, pair.post, change, pair.batches, self.loss_post)
+        m = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=self.loss_post)
         seconds["measured"] = time.perf_counter() - t
+        measured, measured_se, loss_edited = m.value, m.stderr, m.terms["loss_edited"]
         tol = riemann.choose_tolerance(gain=gain, stderr=measured_se)
         t = time.perf_counter()
         acc = pair.accuracy_fn(_add(pair.pre, edited), pair.batches) if pair.accuracy_fn else None
@@ -237,10 +223,9 @@ class Scorer:
                       "measured": riemann.classify(measured, tol)},
             "modules": estimates[modules_source].modules,
             "modules_estimator": modules_source,
-            "cost": {n: e.cost for n, e in estimates.items()} | {"measured": {"gradient": 0, "hvp": 0, "forward": 1}},
+            "cost": {n: e.cost for n, e in estimates.items()} | {"measured": m.cost},
             "seconds": seconds,
-            "change_norm": float(np.sqrt(sum(float(np.sum(np.square(np.asarray(x, np.float64))))
-                                             for x in jax.tree.leaves(change)))),
+            "change_norm": float(_norm(change)),
         }
 
 
@@ -273,7 +258,6 @@ def analyse(
         checks = pair_checks(pair, scorer.delta, log=log, progress=progress)
         if on_checks is not None:
             on_checks(checks)
-    scorer.gain = checks["gain"]
 
     records = []
     todo = [e for e in parsed if e.spec not in done]
@@ -336,7 +320,3 @@ def agreement_of(records: list[dict[str, Any]], estimator: str, *, shared: dict[
         "mean_abs_error": float(np.mean(np.abs(pred - meas))) if records else float("nan"),
     }
 
-
-def measured_cost(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """What measuring every edit costs: one forward per batch per edit (plus a shared L(W_post))."""
-    return {"passes_per_edit_per_batch": {"forward": 1}, "seconds": float(sum(r["seconds"]["measured"] for r in records))}

@@ -47,6 +47,7 @@ class SharedCurvature:
       diagonal: Hutchinson estimate of ``diag(mean_b ∇²L_b(params))``, or ``None`` when no
         probes were spent.
       loss: mean loss at ``params``.
+      batch_losses: the loss at ``params`` on each batch (for ``estimate(..., loss_post=...)``).
       probes: Rademacher probes per batch (each batch gets its own probes).
       num_batches: number of batches averaged.
       cost: passes per batch spent once: ``gradient`` (only when ``probes == 0``) and ``hvp``.
@@ -55,6 +56,7 @@ class SharedCurvature:
     grad: PyTree
     diagonal: PyTree | None
     loss: float
+    batch_losses: np.ndarray
     probes: int
     num_batches: int
     cost: dict[str, int]
@@ -221,5 +223,6 @@ def shared_curvature(
     trees.check_finite(acc_g, "the gradient")
     if acc_d is not None:
         trees.check_finite(acc_d, "the Hessian-diagonal estimate")
-    return SharedCurvature(grad=acc_g, diagonal=acc_d, loss=float(loss_np.mean()), probes=int(probes), num_batches=nb,
+    return SharedCurvature(grad=acc_g, diagonal=acc_d, loss=float(loss_np.mean()), batch_losses=loss_np,
+                           probes=int(probes), num_batches=nb,
                            cost={"gradient": 0 if probes else 1, "hvp": int(probes)})

@@ -32,7 +32,9 @@ class PathState:
 
     ``acc`` is the accumulator (a pytree like ``start`` in the accumulation dtype); ``losses``
     and ``dots`` are ``[num_batches, n]`` arrays (NaN where not yet computed); ``loss_start`` and
-    ``loss_end`` hold the endpoint losses per batch when ``endpoints`` is set.
+    ``loss_end`` hold the endpoint losses per batch when ``endpoints`` is set. Per-step scalars stay
+    on the device until :meth:`sync` (called by :func:`path_result` and before saving), so steps
+    are not serialised by a host round trip each.
     """
 
     rule: str
@@ -45,6 +47,16 @@ class PathState:
     dots: np.ndarray
     loss_start: np.ndarray
     loss_end: np.ndarray
+    pending: list[tuple[str, tuple[int, ...], Any]] = dataclasses.field(default_factory=list)
+
+    def sync(self) -> PathState:
+        """Copy the device scalars of the steps done so far into the NumPy arrays."""
+        if self.pending:
+            values = jax.device_get([v for _, _, v in self.pending])
+            for (field, index, _), v in zip(self.pending, values):
+                getattr(self, field)[index] = float(v)
+            self.pending.clear()
+        return self
 
     @property
     def total(self) -> int:
@@ -90,13 +102,13 @@ def advance_path(
         batch = batches[b]
         state.acc, loss, dot = _path._grad_step_jit(loss_fn, state.acc, start, direction, trees.scalar(nodes[i]),
                                                      trees.scalar(weights[i]), batch)
-        state.losses[b, i], state.dots[b, i] = float(loss), float(dot)
+        state.pending += [("losses", (b, i), loss), ("dots", (b, i), dot)]
         if i == state.n - 1 and state.endpoints:
             # Same order as integrate_path: the endpoint forwards come after a batch's nodes.
             if not has0:
-                state.loss_start[b] = float(_path._loss_at_jit(loss_fn, start, direction, trees.scalar(0.0), batch))
+                state.pending.append(("loss_start", (b,), _path._loss_at_jit(loss_fn, start, direction, trees.scalar(0.0), batch)))
             if not has1:
-                state.loss_end[b] = float(_path._loss_at_jit(loss_fn, start, direction, trees.scalar(1.0), batch))
+                state.pending.append(("loss_end", (b,), _path._loss_at_jit(loss_fn, start, direction, trees.scalar(1.0), batch)))
         state.step += 1
         if on_step is not None:
             on_step(state)
@@ -108,6 +120,7 @@ def path_result(loss_fn: Callable[[PyTree, Any], jax.Array], state: PathState, s
     """The :class:`riemann.PathIntegral` of a finished state (same fields as ``integrate_path``)."""
     if not state.done:
         raise ValueError(f"the path integral is at step {state.step} of {state.total}; advance it to the end first")
+    state.sync()
     nodes, weights = quad.quadrature(state.rule, state.n)
     sums = _path._Sums(state.acc, state.losses.tolist(), state.dots.tolist(),
                        state.loss_start.tolist(), state.loss_end.tolist())

@@ -113,11 +113,9 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_help_is_instant():
-    t = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "analysis.cli", "--help"], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert done.returncode == 0 and "reproduce" in done.stdout and "export" in done.stdout
-    assert "jax" not in sys.modules or time.perf_counter() - t < 30  # generous; the point is no heavy import
     probe = subprocess.run([sys.executable, "-c", "import sys, analysis.cli; print('jax' in sys.modules)"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
     assert probe.stdout.strip() == "False"

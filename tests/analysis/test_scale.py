@@ -15,7 +15,9 @@ def test_tiny_run_reports_every_figure():
         res = scale.run(tiny=True, tokens=256, edits_limit=4)
         forward = scale.run(tiny=True, tokens=256, edits_limit=1, mode="forward")
     for key in ("tokens_per_s", "achieved_tflops", "step_s", "path_integral_value", "suite_s"):
-        assert math.isfinite(res[key]) and res[key] > 0 or key == "path_integral_value", key
+        assert math.isfinite(res[key]), key
+    for key in ("tokens_per_s", "achieved_tflops", "step_s", "suite_s"):
+        assert res[key] > 0, key
     assert res["mode"] in ("accumulate", "forward") and res["suite_edits"] == 4
     assert res["params"] > 0 and res["tokens_per_step"] == 128
     for row in res["suite"]:

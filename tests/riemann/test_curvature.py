@@ -21,6 +21,7 @@ def test_first_order_equals_the_per_edit_first_order_estimate():
             assert got.modules[k] == pytest.approx(ref.modules[k], rel=1e-4, abs=1e-7)
     assert sc.cost == {"gradient": 1, "hvp": 0}
     assert sc.loss == pytest.approx(float(np.mean([loss(post, b) for b in batches])), rel=1e-6)
+    np.testing.assert_allclose(sc.batch_losses, [float(loss(post, b)) for b in batches], rtol=1e-6)
 
 
 def test_diagonal_hessian_is_recovered_exactly_by_any_probe():

@@ -82,3 +82,15 @@ def test_second_order_mismatched_change_names_the_leaf():
     loss, post, change, batches = logistic_problem()
     with pytest.raises(ValueError, match="leaf 'w'"):
         riemann.estimate(loss, post, {**change, "w": change["w"][:3]}, batches, method="second-order")
+
+
+def test_measured_reuses_known_post_losses_with_one_forward():
+    loss, start, direction, batches = logistic_problem()
+    ref = riemann.estimate(loss, start, direction, batches, method="measured")
+    post_losses = [float(loss(start, b)) for b in batches]
+    got = riemann.estimate(loss, start, direction, batches, method="measured", loss_post=post_losses)
+    assert got.value == pytest.approx(ref.value, rel=1e-6)
+    np.testing.assert_allclose(got.batch_values, ref.batch_values, rtol=1e-5)
+    assert ref.cost["forward"] == 2 and got.cost["forward"] == 1
+    with pytest.raises(ValueError, match="loss_post has 2 per-batch losses for 3 batches"):
+        riemann.estimate(loss, start, direction, batches, method="measured", loss_post=post_losses[:2])
