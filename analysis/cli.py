@@ -28,7 +28,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
             raise ValueError("give either --pair or --pre/--post/--data, not both")
         user = {"pre": str(Path(args.pre).resolve()), "post": str(Path(args.post).resolve()),
                 "data": str(Path(args.data).resolve()), "batch_size": args.batch_size, "max_len": args.max_len,
-                "max_batches": args.max_batches, "dtype": args.dtype}
+                "max_batches": args.max_batches, "dtype": args.dtype, "remat": args.remat}
         pairs: tuple[str, ...] = (f"{Path(args.pre).name}→{Path(args.post).name}",)
     else:
         names = list(args.pair or run.DEFAULT_PAIRS)
@@ -55,7 +55,8 @@ def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
 
             c = settings.checkpoints
             return pairs.from_checkpoints(c["pre"], c["post"], c["data"], batch_size=c["batch_size"], max_len=c["max_len"],
-                                          max_batches=c["max_batches"], dtype=c["dtype"], name=name)
+                                          max_batches=c["max_batches"], dtype=c["dtype"], name=name,
+                                          remat=bool(c.get("remat", False)))
         if name == "mlp-teacher":
             from analysis.example import MLPConfig, build_pair
 
@@ -204,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-len", type=int, default=512, help="token limit per sequence for --data (default 512)")
     run.add_argument("--max-batches", type=int, help="use at most this many evaluation batches of --data")
     run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype for --pre/--post (default: as stored)")
+    run.add_argument("--remat", action="store_true",
+                     help="recompute each layer in the backward pass for --pre/--post (less memory, ~1 more forward per step)")
     run.add_argument("--edits", nargs="+", metavar="SPEC", help="edit specs, e.g. dare:p=0.9,k=0.5 (default: the built-in suite)")
     run.add_argument("--estimators", nargs="+", metavar="NAME", help="subset of: riemann first-order shared-curvature second-order gauss-legendre")
     run.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch for the shared-curvature estimator (default 8)")

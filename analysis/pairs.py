@@ -65,6 +65,7 @@ def from_checkpoints(
     dtype: Any = None,
     dpo_beta: float = 0.1,
     name: str | None = None,
+    remat: bool = False,
 ) -> Pair:
     """A pair from two HF checkpoint directories and an evaluation file.
 
@@ -74,6 +75,9 @@ def from_checkpoints(
     model (accuracy: implicit-reward accuracy). CLIP vision checkpoints with a classification head
     (``riemann_num_labels``) take an ``.npz`` file with ``pixel_values`` [N, 3, H, W] and
     ``labels`` [N] (cross-entropy, top-1 accuracy).
+
+    ``remat`` recomputes each layer in the backward pass instead of storing its activations (less
+    memory for long sequences, about one more forward pass per gradient).
 
     Everything that can be checked cheaply — architectures from the file headers, the data file,
     its tokens — is checked before any weights are read; errors name the file and what was expected.
@@ -95,7 +99,7 @@ def from_checkpoints(
         batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
         if not batches:
             raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
-        a, b = checkpoints.load(pre, dtype=dtype), checkpoints.load(post, dtype=dtype)
+        a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
         if "riemann_num_labels" not in a.raw_config:
             raise ValueError(f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
                              "by cross-entropy of a head fine-tuned with the encoder")
@@ -108,7 +112,7 @@ def from_checkpoints(
         tok = data.load_tokenizer(post)
         items = data.tokenize(tok, kind, records, max_len=max_len, source=str(data_file))
         batches = data.make_batches(items, batch_size=batch_size, max_len=max_len)[:max_batches]
-        a, b = checkpoints.load(pre, dtype=dtype), checkpoints.load(post, dtype=dtype)
+        a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
         if kind == "preference":
             batches = data.dpo_batches(batches, a.forward, a.params)
             loss_fn = data.dpo_loss(a.forward, beta=dpo_beta)

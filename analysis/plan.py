@@ -15,9 +15,9 @@ Activations (decoders): with per-layer rematerialisation, the backward pass keep
 input (``L·B·T·H``) and one layer's internals; logits and their gradient are float32
 (``2·B·T·V·4`` bytes). Attention scores are counted as materialised (``B·heads·T²``, float32),
 an upper bound when the backend uses a fused kernel. Estimates are within tens of percent; the
-point is which mode fits on which card. Rematerialisation is honoured by XLA's GPU and TPU
-backends; XLA's CPU backend merges the recomputation back into the forward pass, so on the CPU
-the activations are those of ``remat=False``.
+point is which mode fits on which card. The figures are for accelerators; on the CPU, remat is
+a scan over stacked layers (see ``analysis.models._common.run_layers``), which adds a stacked copy
+of the layer parameters and of their gradient.
 """
 
 from __future__ import annotations

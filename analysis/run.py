@@ -43,7 +43,7 @@ class RunSettings:
     probes: int = suite.DEFAULT_PROBES
     estimators: tuple[str, ...] = tuple(suite.ESTIMATORS)
     size: str = "full"
-    checkpoints: dict[str, Any] | None = None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype"}
+    checkpoints: dict[str, Any] | None = None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}
 
     def record(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -77,3 +78,47 @@ class LayerNorm(nnx.Module):
         h = (h - mean) * jax.lax.rsqrt(var + jnp.float32(self.eps))
         w, b = along_last(self.weight[...], h), along_last(self.bias[...], h)
         return (h * w.astype(jnp.float32) + b.astype(jnp.float32)).astype(x.dtype)
+
+
+def scan_remat_default() -> bool:
+    """Whether :func:`run_layers` rematerialises by a scan over stacked layers: on XLA's CPU
+    backend, whose pipeline drops ``jax.checkpoint``'s optimization barriers and merges the
+    recomputation back into the forward pass (so a plain per-layer checkpoint saves nothing)."""
+    return jax.default_backend() == "cpu"
+
+
+def run_layers(layers: Any, x: jax.Array, call: Callable[[nnx.Module, jax.Array], jax.Array], *, remat: bool,
+               scan: bool | None = None) -> jax.Array:
+    """``x ← call(layer, x)`` for each layer in order.
+
+    With ``remat`` each layer's internals are recomputed in the backward pass instead of stored
+    (only each layer's input is kept). Two ways, same values and gradients:
+
+    - per-layer ``jax.checkpoint`` in a Python loop (accelerators: XLA keeps the recomputation
+      next to the layer's backward pass);
+    - ``scan`` (default on the CPU, see :func:`scan_remat_default`): the layers' parameters are
+      stacked and a checkpointed body is scanned over them, so the recomputation sits inside the
+      backward loop's iteration, where no compiler pass can hoist it. It costs one stacked copy of
+      the layer parameters (and of their gradient) per step, which is why accelerators don't use it.
+      Layers whose structure differs (not one graph) fall back to the loop.
+    """
+    layers = list(layers)
+    if not remat or not layers:
+        for layer in layers:
+            x = call(layer, x)
+        return x
+    graphdefs = [nnx.graphdef(layer) for layer in layers]
+    if (scan_remat_default() if scan is None else scan) and all(g == graphdefs[0] for g in graphdefs):
+        graphdef, template = nnx.split(layers[0])
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.to_pure_dict(nnx.state(layer)) for layer in layers])
+
+        def body(h: jax.Array, pure: Any) -> tuple[jax.Array, None]:
+            state = jax.tree.map(lambda v: v, template)
+            nnx.replace_by_pure_dict(state, pure)
+            return call(nnx.merge(graphdef, state), h), None
+
+        x, _ = jax.lax.scan(jax.checkpoint(body), x, stacked)
+        return x
+    for layer in layers:
+        x = nnx.remat(call)(layer, x)
+    return x

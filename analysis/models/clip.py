@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from analysis.models._common import ConfigError, LayerNorm, Linear, get_dtype
+from analysis.models._common import ConfigError, LayerNorm, Linear, get_dtype, run_layers
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -184,8 +184,7 @@ class CLIPVisionModelWithProjection(nnx.Module):
     def __call__(self, pixel_values: jax.Array) -> jax.Array:
         vm = self.vision_model
         x = vm.pre_layrnorm(vm.embeddings(pixel_values))
-        for layer in vm.encoder.layers:
-            x = nnx.remat(lambda lyr, h: lyr(h))(layer, x) if self.remat else layer(x)
+        x = run_layers(vm.encoder.layers, x, lambda lyr, h: lyr(h), remat=self.remat)
         return self.visual_projection(vm.post_layernorm(x[:, 0]))
 
     def classify(self, pixel_values: jax.Array) -> jax.Array:

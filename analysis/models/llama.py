@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from analysis.models._common import ConfigError, Linear, RMSNorm, get_dtype
+from analysis.models._common import ConfigError, Linear, RMSNorm, get_dtype, run_layers
 
 FAMILIES = ("llama", "mistral", "qwen2")
 
@@ -215,11 +215,7 @@ class LlamaForCausalLM(nnx.Module):
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
         inv_freq = rope_frequencies(cfg)
         x = self.model.embed_tokens(input_ids)
-        for layer in self.model.layers:
-            if self.remat:
-                x = nnx.remat(lambda lyr, h: lyr(h, positions, inv_freq))(layer, x)
-            else:
-                x = layer(x, positions, inv_freq)
+        x = run_layers(self.model.layers, x, lambda lyr, h: lyr(h, positions, inv_freq), remat=self.remat)
         x = self.model.norm(x)
         if cfg.tie_word_embeddings:
             return x @ self.model.embed_tokens.weight[...].T

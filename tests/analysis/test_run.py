@@ -157,6 +157,16 @@ def test_run_on_user_checkpoints(user_pair, tmp_path):
     assert pair["pair"]["num_batches"] == 3 and pair["pair"]["accuracy_name"] == "token accuracy (teacher-forced)"
     for r in pair["edits"]:
         assert r["estimates"]["gauss-legendre"] == pytest.approx(r["measured"], rel=1e-2, abs=1e-4)
+    # Recomputing layers in the backward pass changes memory, not numbers.
+    rem = tmp_path / "remat"
+    assert main([*args[:-3], "--remat", "--out", str(rem), "--quiet"]) == 0
+    (again,) = _results(rem)["pairs"]
+    assert len(again["edits"]) == len(pair["edits"]) == 3
+    for r, q in zip(pair["edits"], again["edits"]):
+        assert q["measured"] == pytest.approx(r["measured"], rel=1e-5)
+        for name, value in r["estimates"].items():
+            assert q["estimates"][name] == pytest.approx(value, rel=1e-4, abs=1e-7), name
+    assert json.loads((rem / "run.json").read_text())["settings"]["checkpoints"]["remat"] is True
     pref = tmp_path / "pref"
     assert main([*args[:5], "--data", str(user_pair / "pref.jsonl"), "--edits", "expo:alpha=0.5", "--out", str(pref),
                  "--quiet", "--estimators", "riemann", "first-order"]) == 0
