@@ -68,3 +68,25 @@ def test_main_refuses_bad_sizes(argv, message, capsys):
     with pytest.raises(SystemExit):
         scale.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_an_accumulator_that_does_not_fit_falls_back_to_forward_mode(monkeypatch):
+    """The plan is an estimate: when the device refuses the accumulator mode's memory, the run
+    records the error and measures everything in forward mode instead of losing the lease."""
+    import riemann
+
+    real = riemann.integrate_path
+
+    def no_room_for_the_accumulator(*args, mode="accumulate", **kw):
+        if mode == "accumulate":
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 32.00GiB")
+        return real(*args, mode=mode, **kw)
+
+    monkeypatch.setattr(riemann, "integrate_path", no_room_for_the_accumulator)
+    with jax.numpy_dtype_promotion("standard"):
+        res = scale.run(tiny=True, tokens=128, edits_limit=2)
+    assert res["mode"] == "forward" and res["suite_edits"] == 2
+    assert "RESOURCE_EXHAUSTED" in res["modes"]["accumulate"]["error"]
+    assert math.isfinite(res["modes"]["forward"]["path_integral_value"])
+    with pytest.raises(jax.errors.JaxRuntimeError):  # an explicit --mode is not second-guessed
+        scale.run(tiny=True, tokens=128, edits_limit=1, mode="accumulate")
