@@ -40,7 +40,9 @@ ESTIMATORS: dict[str, dict[str, Any]] = {
     "first-order": {"method": "first-order", "shared": True},
     "shared-curvature": {"method": "shared-curvature", "shared": True},
     "second-order": {"method": "second-order"},
-    "gauss-legendre": {"method": "riemann", "rule": "gauss-legendre", "n": 8},
+    # Its per-module terms are not reported (the paper's rule supplies them), so forward-mode
+    # products serve: the same value without a gradient accumulator, about 2× faster on the CPU.
+    "gauss-legendre": {"method": "riemann", "rule": "gauss-legendre", "n": 8, "mode": "forward"},
 }
 COMPLETENESS_RULES = [("left", 5), ("right", 5), ("midpoint", 5), ("trapezoid", 5), ("simpson", 5), ("gauss-legendre", 8)]
 PROFILE_T = np.round(np.linspace(-1.0, 2.0, 31), 6).tolist()
@@ -113,7 +115,10 @@ def pair_checks(pair: Pair, delta: PyTree, *, log: Callable[[str], None] = print
 
         rules = tqdm(COMPLETENESS_RULES, desc=f"{pair.name} completeness", unit="rule", leave=False)
     for rule, n in rules:
-        res = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule=rule, n=n, endpoints=True)
+        # Only Gauss-Legendre's per-module terms are kept (the gain's attribution); the other rules
+        # need values alone, which forward-mode products give without a gradient accumulator.
+        mode = "accumulate" if rule == "gauss-legendre" else "forward"
+        res = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule=rule, n=n, endpoints=True, mode=mode)
         completeness[f"{rule}:{n}"] = {"value": res.value, "gap": res.gap, "relative_gap": res.relative_gap}
         if rule == "gauss-legendre":
             gain_modules = res.modules
@@ -205,7 +210,8 @@ class Scorer:
         t = time.perf_counter()
         acc = pair.accuracy_fn(_add(pair.pre, edited), pair.batches) if pair.accuracy_fn else None
         seconds["accuracy"] = time.perf_counter() - t
-        modules_source = "riemann" if "riemann" in estimates else next(iter(estimates))
+        # The paper's rule when it ran, else the first estimator that has a per-module breakdown.
+        modules_source = next((n for n in ("riemann", *estimates) if n in estimates and estimates[n].modules), None)
         return {
             "name": edit.name,
             "spec": edit.spec,
@@ -221,7 +227,7 @@ class Scorer:
             "tolerance": tol,
             "class": {**{n: riemann.classify(e.value, tol) for n, e in estimates.items()},
                       "measured": riemann.classify(measured, tol)},
-            "modules": estimates[modules_source].modules,
+            "modules": estimates[modules_source].modules if modules_source else {},
             "modules_estimator": modules_source,
             "cost": {n: e.cost for n, e in estimates.items()} | {"measured": m.cost},
             "seconds": seconds,

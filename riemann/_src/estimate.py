@@ -43,8 +43,9 @@ class Estimate:
         ``measured``, which has none).
       terms: named parts, e.g. ``first``/``second`` for ``second-order``, ``loss_post``/
         ``loss_edited`` for ``measured``.
-      cost: passes spent per batch: ``gradient`` (forward + backward), ``hvp``
-        (forward-over-reverse), ``forward`` (loss only).
+      cost: passes spent per batch: ``gradient`` (forward + backward), ``jvp`` (forward-mode
+        product, ``riemann`` with ``mode="forward"``), ``hvp`` (forward-over-reverse),
+        ``forward`` (loss only).
       settings: the estimator's settings (rule and n for ``riemann``).
     """
 
@@ -165,7 +166,8 @@ def _from_path(res: _path.PathIntegral, method: str, settings: dict[str, Any]) -
         batch_values=res.batch_values,
         modules=res.modules,
         terms=terms,
-        cost={"gradient": res.evaluations, "hvp": 0, "forward": res.forward},
+        cost=({"gradient": 0, "jvp": res.evaluations, "hvp": 0, "forward": res.forward}
+              if settings.get("mode") == "forward" else {"gradient": res.evaluations, "hvp": 0, "forward": res.forward}),
         settings=settings,
     )
 

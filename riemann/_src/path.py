@@ -50,7 +50,7 @@ class PathIntegral:
       rule, n: the rule's name and node count.
       loss_start, loss_end: mean loss at ``start`` and ``start + direction`` when asked for
         (``endpoints=True``), else ``None``.
-      evaluations: gradient evaluations (forward + backward passes) per batch that were spent,
+      evaluations: gradient evaluations (forward + backward passes; jvps in forward mode) per batch that were spent,
         and ``forward``: loss-only forward passes per batch.
     """
 

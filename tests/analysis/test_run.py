@@ -54,6 +54,11 @@ def test_run_writes_results_report_and_figures(mlp_run):
     assert agree["first-order"]["passes_once_per_batch"] == {"gradient": 1, "hvp": 0}
     assert agree["shared-curvature"]["passes_once_per_batch"] == {"gradient": 0, "hvp": 8}
     assert agree["riemann"]["passes_per_edit_per_batch"]["gradient"] == 5
+    # Gauss-Legendre's per-module terms are not reported, so it runs on forward-mode products.
+    assert agree["gauss-legendre"]["passes_per_edit_per_batch"] == {"gradient": 0, "jvp": 8, "hvp": 0, "forward": 0}
+    assert all(r["modules_estimator"] == "riemann" for r in pair["edits"])
+    # Completeness rules run in forward mode except Gauss-Legendre, whose breakdown attributes the gain.
+    assert sum(pair["pair"]["gain_modules"].values()) == pytest.approx(pair["pair"]["completeness"]["gauss-legendre:8"]["value"], rel=1e-4)
     assert res["summary"]["best"] in agree
     report = (mlp_run / "report.md").read_text()
     assert "## The paper's claims on these pairs" in report and "## Pair `mlp-teacher`" in report

@@ -67,6 +67,11 @@ def test_estimators_on_logistic_regression_rank_as_theory_says():
     assert est["riemann"].cost == {"gradient": 5, "hvp": 0, "forward": 0}
     assert est["second-order"].cost["hvp"] == 1 and est["measured"].cost["forward"] == 2
     assert gl.settings == {"rule": "gauss-legendre", "n": 8, "mode": "accumulate"}
+    # Forward-mode products: the same value and per-batch values, counted as jvps, no breakdown.
+    fwd = riemann.estimate(loss, post, change, batches, method="riemann", rule="gauss-legendre", n=8, mode="forward")
+    assert fwd.value == pytest.approx(gl.value, rel=1e-5)
+    np.testing.assert_allclose(fwd.batch_values, gl.batch_values, rtol=1e-5)
+    assert fwd.cost == {"gradient": 0, "jvp": 8, "hvp": 0, "forward": 0} and fwd.modules == {}
 
 
 def test_unknown_method_and_empty_batches():
