@@ -154,6 +154,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     p = plan.plan(args.model, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, remat=not args.no_remat,
                   device_memory_gib=args.memory)
     print(p.table())
+    if args.xla:
+        for mode in ("accumulator", "forward"):
+            c = plan.compiled(args.model, mode=mode, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
+                              remat=not args.no_remat)
+            verdict = "" if p.device_memory is None else (" — fits" if c.total <= p.device_memory else " — does not fit")
+            print(c.line() + verdict)
     return 0
 
 
@@ -242,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="parameter dtype")
     pl.add_argument("--memory", type=float, metavar="GIB", help="device memory in GiB, e.g. 80 (H100) or 141 (H200)")
     pl.add_argument("--no-remat", action="store_true", help="without per-layer rematerialisation")
+    pl.add_argument("--xla", action="store_true",
+                    help="also compile the engine's step from shapes on this machine's backend and print XLA's own memory plan")
     pl.set_defaults(func=_cmd_plan)
     ed = sub.add_parser("edits", help="list the registered edits and their parameters")
     ed.set_defaults(func=_cmd_edits)

@@ -145,3 +145,92 @@ def plan(source: str | os.PathLike | dict[str, Any], *, batch: int = 1, seq_len:
     mem = None if device_memory_gib is None else int(device_memory_gib * GiB)
     return Plan(family=family, num_params=n, dtype=dtype, batch=batch, seq_len=seq_len, remat=remat,
                 parts={m: {k: int(v) for k, v in p.items()} for m, p in parts.items()}, device_memory=mem)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledPlan:
+    """XLA's own memory plan for one step of the engine on this process's default backend.
+
+    ``step`` is what the compiled step holds at its peak: its arguments (``W_post``, the direction,
+    the float32 accumulator in accumulator mode), its outputs not aliased to an argument, and its
+    temporaries; ``total`` adds the suite's resident ``ΔW``, as :class:`Plan` counts it."""
+
+    backend: str
+    mode: str
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    suite_delta_bytes: int
+    compile_seconds: float
+
+    @property
+    def step(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+    @property
+    def total(self) -> int:
+        return self.step + self.suite_delta_bytes
+
+    def line(self) -> str:
+        return (f"  XLA ({self.backend}), {self.mode} step: {self.total / GiB:.1f} GiB = arguments "
+                f"{self.argument_bytes / GiB:.2f} + temporaries {self.temp_bytes / GiB:.2f} + unaliased outputs "
+                f"{(self.output_bytes - self.alias_bytes) / GiB:.2f} + ΔW (suite) {self.suite_delta_bytes / GiB:.2f} GiB "
+                f"(compiled in {self.compile_seconds:.0f} s)")
+
+
+def compiled(source: str | os.PathLike | dict[str, Any], *, mode: str = "accumulator", batch: int = 1,
+             seq_len: int = 4096, dtype: str = "bfloat16", remat: bool = True) -> CompiledPlan:
+    """Compile the engine's own path-integral step for ``source`` from abstract shapes (no weights
+    exist, nothing is allocated) and read XLA's memory plan for it on the default backend — the
+    exact figure for this card and software, where :func:`plan` is a backend-free estimate.
+
+    Decoders get the causal-LM loss over ``batch × seq_len`` tokens; CLIP vision models the mean
+    squared image embedding (the same activations as any loss on the embedding, without a head).
+    The backend matters: XLA's CPU backend plans a scan over stacked layers for remat (see
+    ``analysis.models._common.run_layers``), accelerators a checkpoint per layer.
+    """
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from analysis import checkpoints, data
+    # The engine's jitted steps themselves (private): the point is to compile exactly what runs.
+    from riemann._src import path as engine
+
+    if mode not in ("accumulator", "forward"):
+        raise ValueError(f"mode={mode!r}; expected 'accumulator' or 'forward'")
+    if dtype not in _BYTES:
+        raise ValueError(f"dtype {dtype!r}; expected one of {', '.join(_BYTES)}")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch={batch}, seq_len={seq_len}; both must be positive")
+    raw, where = _config(source)
+    family, cfg, module = checkpoints.build(raw, source=where, dtype=jnp.dtype(dtype), remat=remat)
+    graphdef, state = nnx.split(module)
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    model = checkpoints.Checkpoint(None, family, cfg, raw, params, graphdef, state)
+    if family == "clip":
+        size = int(raw.get("image_size", 224))
+        batch_spec: Any = {"pixel_values": jax.ShapeDtypeStruct((batch, 3, size, size), jnp.float32)}
+
+        def loss_fn(p: Any, b: dict[str, Any]) -> jax.Array:
+            return jnp.mean(jnp.square(model.forward(p, b["pixel_values"]).astype(jnp.float32)))
+    else:
+        batch_spec = {"input_ids": jax.ShapeDtypeStruct((batch, seq_len), jnp.int32),
+                      "loss_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}
+        loss_fn = data.causal_lm_loss(model.forward)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    t0 = time.perf_counter()
+    if mode == "accumulator":
+        acc = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
+        lowered = engine._grad_step_jit.lower(loss_fn, acc, params, params, scalar, scalar, batch_spec)
+    else:
+        lowered = engine._jvp_step_jit.lower(loss_fn, params, params, scalar, batch_spec)
+    ma = lowered.compile().memory_analysis()
+    n_bytes = sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
+    return CompiledPlan(backend=jax.default_backend(), mode=mode, argument_bytes=int(ma.argument_size_in_bytes),
+                        output_bytes=int(ma.output_size_in_bytes), alias_bytes=int(ma.alias_size_in_bytes),
+                        temp_bytes=int(ma.temp_size_in_bytes), suite_delta_bytes=n_bytes,
+                        compile_seconds=time.perf_counter() - t0)

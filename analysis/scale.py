@@ -85,10 +85,11 @@ def _peak_gib(dev: Any) -> float | None:
 
 
 def run(*, tiny: bool = False, tokens: int = 4096, batch: int = 1, mode: str | None = None, edits_limit: int = 20,
-        seed: int = 0, layers: int | None = None, other_mode: bool = True,
+        seed: int = 0, layers: int | None = None, other_mode: bool = True, xla_plan: bool = True,
         on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Build the pair, time the path integral in the planned mode (and the other when it fits and
-    ``other_mode``), score ``edits_limit`` edits; ``on_update(result)`` is called after each phase
+    ``other_mode``), score ``edits_limit`` edits, and (``xla_plan``) compile each mode's step from
+    shapes for XLA's own memory plan (:func:`analysis.plan.compiled`); ``on_update(result)`` is called after each phase
     so a caller can save partial figures. ``layers`` overrides the number of decoder layers (a
     quick look at a big model's per-layer cost)."""
     import jax
@@ -213,6 +214,13 @@ def run(*, tiny: bool = False, tokens: int = 4096, batch: int = 1, mode: str | N
         o = res["modes"][other]
         say(f"{other}: {o['integral_s']:.2f} s per integral, {o['tokens_per_s']:.0f} tokens/s, "
             f"{o['achieved_tflops']:.0f} TFLOP/s; compile {o['compile_s']:.0f} s")
+        update()
+    if xla_plan:  # last, so that it can only cost time: XLA's own plan next to the analytic one and the peak
+        res["xla_plan_gib"] = {}
+        for m in ("accumulator", "forward"):
+            c = plan.compiled(raw, mode=m, batch=batch, seq_len=seq, dtype="bfloat16", remat=True)
+            res["xla_plan_gib"][_MODES[m]] = c.total / 2**30
+        say("XLA's plan: " + ", ".join(f"{m} {g:.1f} GiB" for m, g in res["xla_plan_gib"].items()))
         update()
     return res
 

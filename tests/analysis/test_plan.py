@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import pytest
 
 from analysis import plan
@@ -48,3 +49,39 @@ def test_bad_input_is_named(tmp_path, capsys):
         plan.plan("llama-3-8b", dtype="int8")
     assert main(["plan", "gpt-5"]) == 2
     assert "not a preset" in capsys.readouterr().err
+
+
+SMALL = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}
+
+
+def test_xla_compiles_the_engines_step_from_shapes_and_reports_its_plan():
+    n = plan.plan(SMALL, dtype="float32").num_params
+    batch_bytes = 2 * 64 * (4 + 4)  # int32 ids and float32 mask, 2 × 64 tokens
+    acc = plan.compiled(SMALL, mode="accumulator", batch=2, seq_len=64, dtype="float32")
+    fwd = plan.compiled(SMALL, mode="forward", batch=2, seq_len=64, dtype="float32")
+    # Arguments are exactly what the step takes: accumulator, W_post and the direction (+ t, w, batch).
+    assert acc.argument_bytes == 3 * 4 * n + 2 * 4 + batch_bytes
+    assert fwd.argument_bytes == 2 * 4 * n + 4 + batch_bytes
+    # The donated accumulator comes back in place; the rest of the output is a few scalars.
+    assert acc.alias_bytes == 4 * n and acc.output_bytes - acc.alias_bytes < 1024
+    assert acc.suite_delta_bytes == 4 * n and acc.total == acc.step + 4 * n
+    assert acc.temp_bytes > 0 and acc.step > fwd.step
+    longer = plan.compiled(SMALL, mode="accumulator", batch=2, seq_len=256, dtype="float32")
+    assert longer.temp_bytes > acc.temp_bytes  # activations grow with tokens
+    assert "XLA (cpu), accumulator step" in acc.line()
+    # bfloat16 attention mixes in float32 internals, which the suite's strict promotion refuses.
+    with jax.numpy_dtype_promotion("standard"):
+        half = plan.compiled(SMALL, mode="forward", batch=2, seq_len=64, dtype="bfloat16")
+    assert half.argument_bytes == 2 * 2 * n + 4 + batch_bytes
+
+
+def test_xla_plan_on_the_command_line_and_bad_modes(tmp_path, capsys):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(SMALL))
+    with jax.numpy_dtype_promotion("standard"):
+        assert main(["plan", str(cfg), "--seq-len", "32", "--xla", "--memory", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "XLA (cpu), accumulator step" in out and "XLA (cpu), forward step" in out and out.count("— fits") >= 3
+    with pytest.raises(ValueError, match="mode='backward'"):
+        plan.compiled(SMALL, mode="backward")
