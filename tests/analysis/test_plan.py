@@ -85,3 +85,12 @@ def test_xla_plan_on_the_command_line_and_bad_modes(tmp_path, capsys):
     assert "XLA (cpu), accumulator step" in out and "XLA (cpu), forward step" in out and out.count("— fits") >= 3
     with pytest.raises(ValueError, match="mode='backward'"):
         plan.compiled(SMALL, mode="backward")
+
+
+def test_xla_plan_of_a_clip_encoder_takes_pixels():
+    clip = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "image_size": 16, "patch_size": 8, "projection_dim": 8, "hidden_act": "quick_gelu"}
+    n = plan.plan(clip, dtype="float32").num_params
+    pixels = 4 * 3 * 16 * 16 * 4
+    assert plan.compiled(clip, mode="accumulator", batch=4, dtype="float32").argument_bytes == 3 * 4 * n + 2 * 4 + pixels
+    assert plan.compiled(clip, mode="forward", batch=4, dtype="float32").argument_bytes == 2 * 4 * n + 4 + pixels
