@@ -107,16 +107,20 @@ def _config(source: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any],
         raise ValueError(f"{f}: not valid JSON ({e})") from None
 
 
+def _check_sizes(dtype: str, batch: int, seq_len: int) -> None:
+    if dtype not in _BYTES:
+        raise ValueError(f"dtype {dtype!r}; expected one of {', '.join(_BYTES)}")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch={batch}, seq_len={seq_len}; both must be positive")
+
+
 def plan(source: str | os.PathLike | dict[str, Any], *, batch: int = 1, seq_len: int = 4096, dtype: str = "bfloat16",
          remat: bool = True, device_memory_gib: float | None = None) -> Plan:
     """Predict device memory for a path integral over the model described by ``source`` (a preset
     name, a checkpoint directory or ``config.json``, or a config dict) from shapes alone."""
     from analysis import checkpoints
 
-    if dtype not in _BYTES:
-        raise ValueError(f"dtype {dtype!r}; expected one of {', '.join(_BYTES)}")
-    if batch < 1 or seq_len < 1:
-        raise ValueError(f"batch={batch}, seq_len={seq_len}; both must be positive")
+    _check_sizes(dtype, batch, seq_len)
     raw, where = _config(source)
     family, cfg, module = checkpoints.build(raw, source=where)  # abstract: shapes only
     n = int(sum(int(np.prod(s.shape)) for s in checkpoints.expected_tensors(module).values()))
@@ -202,10 +206,7 @@ def compiled(source: str | os.PathLike | dict[str, Any], *, mode: str = "accumul
 
     if mode not in ("accumulator", "forward"):
         raise ValueError(f"mode={mode!r}; expected 'accumulator' or 'forward'")
-    if dtype not in _BYTES:
-        raise ValueError(f"dtype {dtype!r}; expected one of {', '.join(_BYTES)}")
-    if batch < 1 or seq_len < 1:
-        raise ValueError(f"batch={batch}, seq_len={seq_len}; both must be positive")
+    _check_sizes(dtype, batch, seq_len)
     raw, where = _config(source)
     family, cfg, module = checkpoints.build(raw, source=where, dtype=jnp.dtype(dtype), remat=remat)
     graphdef, state = nnx.split(module)

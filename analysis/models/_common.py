@@ -107,8 +107,8 @@ def run_layers(layers: Any, x: jax.Array, call: Callable[[nnx.Module, jax.Array]
         for layer in layers:
             x = call(layer, x)
         return x
-    graphdefs = [nnx.graphdef(layer) for layer in layers]
-    if (scan_remat_default() if scan is None else scan) and all(g == graphdefs[0] for g in graphdefs):
+    if (scan_remat_default() if scan is None else scan) and all(nnx.graphdef(lyr) == nnx.graphdef(layers[0])
+                                                                 for lyr in layers[1:]):
         graphdef, template = nnx.split(layers[0])
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.to_pure_dict(nnx.state(layer)) for layer in layers])
 

@@ -166,8 +166,8 @@ def _from_path(res: _path.PathIntegral, method: str, settings: dict[str, Any]) -
         batch_values=res.batch_values,
         modules=res.modules,
         terms=terms,
-        cost=({"gradient": 0, "jvp": res.evaluations, "hvp": 0, "forward": res.forward}
-              if settings.get("mode") == "forward" else {"gradient": res.evaluations, "hvp": 0, "forward": res.forward}),
+        cost={**({"gradient": 0, "jvp": res.evaluations} if settings.get("mode") == "forward"
+                 else {"gradient": res.evaluations}), "hvp": 0, "forward": res.forward},
         settings=settings,
     )
 
