@@ -1,4 +1,4 @@
-"""Command line ``riemann``. Heavy modules are imported inside the commands so ``--help`` is instant."""
+"""The ``riemann`` command. Heavy modules are imported inside the commands so ``--help`` is instant."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-EXTRA_PAIRS = ("mlp-teacher",)
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _run_settings(args: argparse.Namespace) -> Any:
-    from analysis import run, suite
-    from analysis.workbench import PAIRS
+    from analysis.jobs import run
+    from analysis.pairs import registry
+    from analysis.study import estimators, suite
 
     specs = tuple(args.edits or ())
     suite.check_specs(list(specs) or suite.default_suite())  # bad specs fail before anything heavy
@@ -31,20 +31,11 @@ def _run_settings(args: argparse.Namespace) -> Any:
                 "max_batches": args.max_batches, "dtype": args.dtype, "remat": args.remat}
         pairs: tuple[str, ...] = (f"{Path(args.pre).name}→{Path(args.post).name}",)
     else:
-        names = list(args.pair or run.DEFAULT_PAIRS)
-        if "all" in names:
-            names = list(PAIRS)
-        unknown = [n for n in names if n not in PAIRS and n not in EXTRA_PAIRS]
-        if unknown:
-            raise ValueError(f"unknown pair(s) {unknown}; accepted: {', '.join(PAIRS + EXTRA_PAIRS)}, all")
-        pairs = tuple(dict.fromkeys(names))
-    estimators = tuple(args.estimators or suite.ESTIMATORS)
-    unknown = [n for n in estimators if n not in suite.ESTIMATORS]
-    if unknown:
-        raise ValueError(f"unknown estimator(s) {unknown}; accepted: {', '.join(suite.ESTIMATORS)}")
+        pairs = registry.check_names(args.pair or run.DEFAULT_PAIRS)
+    names = tuple(estimators.check_names(tuple(args.estimators or estimators.ESTIMATORS)))
     if args.probes < 1:
         raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
-    return run.RunSettings(pairs=pairs, edits=specs, seed=args.seed, probes=args.probes, estimators=estimators,
+    return run.RunSettings(pairs=pairs, edits=specs, seed=args.seed, probes=args.probes, estimators=names,
                            size=args.size, checkpoints=user)
 
 
@@ -57,23 +48,20 @@ def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
             return pairs.from_checkpoints(c["pre"], c["post"], c["data"], batch_size=c["batch_size"], max_len=c["max_len"],
                                           max_batches=c["max_batches"], dtype=c["dtype"], name=name,
                                           remat=bool(c.get("remat", False)))
-        if name == "mlp-teacher":
-            from analysis.example import MLPConfig, build_pair
+        from analysis.pairs import registry
 
-            return build_pair(MLPConfig(seed=settings.seed))
-        from analysis import workbench
-
-        return workbench.load_pair(name, settings.size, progress=not quiet)
+        return registry.load_pair(name, size=settings.size, seed=settings.seed, progress=not quiet)
 
     return load
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from analysis import run
+    from analysis.jobs import run
 
     settings = _run_settings(args)
     if settings.checkpoints is not None:
-        from analysis import checkpoints, data
+        from analysis.hf import checkpoints
+        from analysis.pairs import data
 
         c = settings.checkpoints
         checkpoints.check_pair(c["pre"], c["post"])  # architectures from headers, before any weights
@@ -93,38 +81,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import jax
+    from analysis import files
+    from analysis.hf import checkpoints
+    from analysis.jobs import export
+    from analysis.study import suite
 
-    from analysis import checkpoints, suite
-
-    edit = suite.check_specs([args.edit])[0]
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"output directory {str(out)!r} exists and is not empty; choose a new --out")
+    edit = suite.check_specs([args.edit])[0]  # a bad spec or an occupied --out fails before any weights are read
+    files.check_new_dir(args.out)
     if args.pre or args.post:
         if not (args.pre and args.post):
             raise ValueError("export from checkpoints needs both --pre and --post")
         checkpoints.check_pair(args.pre, args.post)
-        pre, post = checkpoints.load(args.pre, dtype=args.dtype), checkpoints.load(args.post, dtype=args.dtype)
-        pre_params, template = pre.params, post
+        pre, template = checkpoints.load(args.pre, dtype=args.dtype).params, checkpoints.load(args.post, dtype=args.dtype)
     else:
-        from analysis import workbench
+        from analysis.pairs import registry
 
-        pair = workbench.load_pair(args.pair, args.size, progress=not args.quiet)
-        pre_params, template = pair.pre, pair.template
-    if edit.needs_grad:
-        raise ValueError(f"edit {edit.spec!r} needs the gradient at W_post, which export does not compute; "
-                         "use riemann run or the Python API")
-    delta = jax.tree.map(lambda a, b: b.astype("float32") - a.astype("float32"), pre_params, template.params)
-    edited = edit(delta, key=suite.edit_key(args.seed, edit.spec) if edit.random else None)
-    params = jax.tree.map(lambda a, d, ref: (a.astype("float32") + d).astype(ref.dtype), pre_params, edited, template.params)
-    path = checkpoints.save(out, template, params)
+        pair = registry.load_pair(args.pair, size=args.size, seed=args.seed, progress=not args.quiet)
+        if pair.template is None:
+            raise ValueError(f"pair {args.pair!r} is not a Hugging Face checkpoint pair; nothing to export it as")
+        pre, template = pair.pre, pair.template
+    path = export.export(args.out, pre, template, edit.spec, seed=args.seed)
     print(f"[riemann] wrote {path}: W_pre + F(ΔW) with F = {edit.spec} (seed {args.seed}), Hugging Face layout")
     return 0
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from analysis import io, reproduce
+    from analysis import files
+    from analysis.jobs import reproduce, run
 
     names = list(reproduce.EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
     unknown = [n for n in names if n not in reproduce.EXPERIMENTS]
@@ -136,10 +119,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             raise FileExistsError(f"{args.out} holds reproductions with another seed; choose a new --out")
         out = Path(args.out)  # earlier reproductions: finished experiments are kept, the rest computed
     else:
-        out = io.fresh_output_dir(args.out, root="runs")
-        io.write_json(out / "reproduce.json", {"seed": args.seed, "size": args.size})
-    from analysis import run
-
+        out = files.fresh_output_dir(args.out, root="runs")
+        files.write_json(out / "reproduce.json", {"seed": args.seed, "size": args.size})
     settings = run.RunSettings(seed=args.seed, size=args.size)
     records = reproduce.reproduce(names, _pair_loader(settings, args.quiet), out, seed=args.seed, progress=not args.quiet)
     for rec in records:
@@ -149,13 +130,13 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from analysis import plan
+    from analysis.perf import plan
 
     p = plan.plan(args.model, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, remat=not args.no_remat,
                   device_memory_gib=args.memory)
     print(p.table())
     if args.xla:
-        for mode in ("accumulator", "forward"):
+        for mode in plan.MODES:
             c = plan.compiled(args.model, mode=mode, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
                               remat=not args.no_remat)
             verdict = "" if p.device_memory is None else (" — fits" if c.total <= p.device_memory else " — does not fit")
@@ -173,7 +154,7 @@ def _cmd_edits(args: argparse.Namespace) -> int:
 
 
 def _cmd_workbench(args: argparse.Namespace) -> int:
-    from analysis import workbench
+    from analysis.pairs import workbench
 
     root = workbench.build(args.size, progress=not args.quiet)
     manifest = json.loads((root / "manifest.json").read_text())
@@ -186,19 +167,38 @@ def _cmd_workbench(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from analysis import bench
+    from analysis.perf import bench
 
     return bench.main(args)
 
 
+def _options(*, seed: bool = False, size: bool = False, quiet: bool = False, out: str | None = None) -> argparse.ArgumentParser:
+    """A parent parser holding the options several subcommands share, each declared once."""
+    parent = argparse.ArgumentParser(add_help=False)
+    if out is not None:
+        parent.add_argument("--out", required=out == "required", help=out if out != "required" else "new (or empty) output directory")
+    if seed:
+        parent.add_argument("--seed", type=int, default=0, help="seed for every random edit and probe (default 0)")
+    if size:
+        parent.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
+    if quiet:
+        parent.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from analysis.study.estimators import ESTIMATORS  # no heavy imports: --help stays instant
+
     parser = argparse.ArgumentParser(
         prog="riemann",
         description="Delta parameter editing theory: predict and measure how pruning, quantizing, compressing or "
         "extrapolating a post-trained model's delta changes its loss.",
     )
+    workbench = _options(seed=True, size=True, quiet=True)
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", help="analyse an edit suite end to end (default: the built-in workbench)",
+    run = sub.add_parser("run", parents=[workbench, _options(out="output directory (new or empty, or an unfinished run "
+                                                                  "to resume; default: runs/<timestamp>)")],
+                         help="analyse an edit suite end to end (default: the built-in workbench)",
                          description="Every estimator of every edit's loss change, validated against the measured change. "
                          "With no arguments: the default suite on the workbench pairs lm/arithmetic, lm/arithmetic-dpo "
                          "and vit/rotated (built on first use). Rerun with the same --out and arguments to resume.")
@@ -210,36 +210,28 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=8, help="evaluation batch size for --data (default 8)")
     run.add_argument("--max-len", type=int, default=512, help="token limit per sequence for --data (default 512)")
     run.add_argument("--max-batches", type=int, help="use at most this many evaluation batches of --data")
-    run.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype for --pre/--post (default: as stored)")
+    run.add_argument("--dtype", choices=DTYPES, help="parameter dtype for --pre/--post (default: as stored)")
     run.add_argument("--remat", action="store_true",
                      help="recompute each layer in the backward pass for --pre/--post (less memory, ~1 more forward per step)")
     run.add_argument("--edits", nargs="+", metavar="SPEC", help="edit specs, e.g. dare:p=0.9,k=0.5 (default: the built-in suite)")
-    run.add_argument("--estimators", nargs="+", metavar="NAME", help="subset of: riemann first-order shared-curvature second-order gauss-legendre")
+    run.add_argument("--estimators", nargs="+", metavar="NAME",
+                     help="subset of: " + "; ".join(f"{n} ({e.cost})" for n, e in ESTIMATORS.items()))
     run.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch for the shared-curvature estimator (default 8)")
-    run.add_argument("--out", help="output directory (new or empty, or an unfinished run to resume; default: runs/<timestamp>)")
-    run.add_argument("--seed", type=int, default=0, help="seed for every random edit and probe")
-    run.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
-    ex = sub.add_parser("export", help="write an edited model W_pre + F(ΔW) in Hugging Face layout")
+    ex = sub.add_parser("export", parents=[workbench, _options(out="required")],
+                        help="write an edited model W_pre + F(ΔW) in Hugging Face layout")
     ex.add_argument("--edit", required=True, metavar="SPEC", help="the edit, e.g. dare:p=0.9")
-    ex.add_argument("--out", required=True, help="new (or empty) output directory")
     ex.add_argument("--pair", default="lm/arithmetic", help="workbench pair (default lm/arithmetic)")
     ex.add_argument("--pre", help="pre-trained HF checkpoint directory (instead of --pair)")
     ex.add_argument("--post", help="post-trained HF checkpoint directory")
-    ex.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype (default: as stored)")
-    ex.add_argument("--seed", type=int, default=0, help="seed of a random edit (the key is derived as in riemann run)")
-    ex.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size")
-    ex.add_argument("--quiet", action="store_true", help="no progress bars")
+    ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
     ex.set_defaults(func=_cmd_export)
-    rp = sub.add_parser("reproduce", help="reproduce the paper's figures and tables on the workbench",
+    rp = sub.add_parser("reproduce", parents=[workbench, _options(out="output directory (default: runs/<timestamp>); "
+                                                                       "rerun into it to keep finished experiments")],
+                        help="reproduce the paper's figures and tables on the workbench",
                         description="Experiments: fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7, or all. Each writes "
                         "<name>.json, <name>.md (the paper's claim next to ours) and <name>.png.")
     rp.add_argument("experiment", nargs="+", help="fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7 or all")
-    rp.add_argument("--out", help="output directory (default: runs/<timestamp>); rerun into it to keep finished experiments")
-    rp.add_argument("--seed", type=int, default=0, help="seed for every random edit")
-    rp.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
-    rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(func=_cmd_reproduce)
     pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
     pl.add_argument("model", help="checkpoint directory, config.json, or a preset: llama-3-8b, mistral-7b-v0.3, qwen2-7b, llama-3-70b")
@@ -255,14 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     ed.set_defaults(func=_cmd_edits)
     wb = sub.add_parser("workbench", help="the built-in pre/post pairs")
     wb_sub = wb.add_subparsers(dest="workbench_command", required=True)
-    wb_build = wb_sub.add_parser("build", help="train (or verify the cache of) every built-in pair")
-    wb_build.add_argument("--size", choices=["full", "mini"], default="full", help="mini: seconds, for tests")
-    wb_build.add_argument("--quiet", action="store_true", help="no progress bars")
+    wb_build = wb_sub.add_parser("build", parents=[_options(size=True, quiet=True)],
+                                 help="train (or verify the cache of) every built-in pair")
     wb_build.set_defaults(func=_cmd_workbench)
     bench = sub.add_parser("bench", help="performance ratios measured side by side in one run")
     bench.add_argument("--json", help="also write the figures as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-    bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (path_step, path_memory, edit_cost, lowrank, load_checkpoint, torch_path, suite_scoring)")
+    bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (path_step, path_memory, "
+                       "edit_cost, lowrank, load_checkpoint, torch_path, suite_scoring)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import riemann
-from analysis import workbench
+from analysis.pairs import workbench
 from riemann import edits
 
 SMOKE = os.environ.get("RIEMANN_SMOKE") == "1"

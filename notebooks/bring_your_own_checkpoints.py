@@ -36,7 +36,9 @@ import jax
 import numpy as np
 
 import riemann
-from analysis import checkpoints, pairs, plan
+from analysis import pairs
+from analysis.hf import checkpoints
+from analysis.perf import plan
 from riemann import edits
 
 SMOKE = os.environ.get("RIEMANN_SMOKE") == "1"
@@ -45,7 +47,7 @@ PRE, POST, DATA = (os.environ.get(f"RIEMANN_{k}") for k in ("PRE", "POST", "DATA
 
 if not (PRE and POST and DATA) and SMOKE:
     # Two tiny Llama checkpoints: post = pre + a seeded perturbation, with a byte-level tokenizer.
-    from analysis.workbench import corpus
+    from analysis.pairs.workbench import corpus
 
     tok = corpus.byte_tokenizer()
     raw = {"model_type": "llama", "vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
@@ -62,7 +64,7 @@ if not (PRE and POST and DATA) and SMOKE:
     (WORK / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     PRE, POST, DATA = str(WORK / "pre"), str(WORK / "post"), str(WORK / "eval.jsonl")
 elif not (PRE and POST and DATA):
-    from analysis import workbench
+    from analysis.pairs import workbench
 
     wb = workbench.load_pair("lm/arithmetic", progress=False, log=lambda s: None)
     PRE, POST = wb.info["checkpoints"]["pre"], wb.info["checkpoints"]["post"]
@@ -71,7 +73,7 @@ print(PRE, POST, DATA, sep="\n")
 
 # %% [markdown]
 # ## Plan the memory first — from shapes alone
-# `analysis.plan` reads `config.json` only. The engine's default keeps a float32 gradient
+# `analysis.perf.plan` reads `config.json` only. The engine's default keeps a float32 gradient
 # accumulator (per-module terms, scores of other directions); forward mode (`mode="forward"`)
 # computes each integrand as a Jacobian-vector product instead and needs no gradient memory.
 # The same for the paper's models, on an 80 GB and a 141 GB card:
@@ -122,7 +124,7 @@ for spec in ("dare:p=0.5", "bitdelta", "lowrank:fraction=0.25", "expo:alpha=0.3"
 # ## Export an edited model
 # `checkpoints.save` writes Hugging Face layout (sharded safetensors, `config.json`, tokenizer
 # files), atomically, and refuses a non-empty directory. The export loads back with
-# `transformers` as well as with `analysis.checkpoints.load`.
+# `transformers` as well as with `analysis.hf.checkpoints.load`.
 
 # %%
 post_ck = checkpoints.load(POST)

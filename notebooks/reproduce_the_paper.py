@@ -32,7 +32,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 from IPython.display import Markdown, display
 
-from analysis import reproduce, reproduce_plots, workbench
+from analysis.jobs import reproduce
+from analysis.pairs import workbench
+from analysis.reporting import paper_figures
 
 SMOKE = os.environ.get("RIEMANN_SMOKE") == "1"
 SIZE = "mini" if SMOKE else "full"
@@ -49,7 +51,7 @@ def load(name):
 def show(name):
     rec = reproduce.run_experiment(name, load, OUT, progress=False, log=lambda s: None)
     display(Markdown(f"### {rec['title']}\n\n**Paper:** {rec['paper_claim']}\n\n**Ours:** {rec['ours']}"))
-    fig = reproduce_plots.FIGURES[name](rec)
+    fig = paper_figures.FIGURES[name](rec)
     plt.show()
     plt.close(fig)
     return rec

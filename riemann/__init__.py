@@ -4,12 +4,15 @@ Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path inte
 gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
 and the competitive / decreased / improved classification.
-Edit operators live in :mod:`riemann.edits`.
+Edit operators live in :mod:`riemann.edits`; pytree helpers (inner products, widening to the
+accumulation dtype, leaf names) in :mod:`riemann.tree_utils`. The theory, in this project's words:
+``docs/theory.md``.
 
 Reference: Tang et al., "A Unified View of Delta Parameter Editing in Post-Trained Large-Scale
 Models", arXiv 2410.13841 (2024).
 """
 
+from riemann import tree_utils as tree_utils
 from riemann._src.classify import CLASSES as CLASSES
 from riemann._src.classify import choose_tolerance as choose_tolerance
 from riemann._src.classify import classify as classify
@@ -18,14 +21,17 @@ from riemann._src.curvature import shared_curvature as shared_curvature
 from riemann._src.estimate import METHODS as METHODS
 from riemann._src.estimate import Estimate as Estimate
 from riemann._src.estimate import estimate as estimate
-from riemann._src.path import PathIntegral as PathIntegral
 from riemann._src.path import integrate_adaptive as integrate_adaptive
 from riemann._src.path import integrate_path as integrate_path
+from riemann._src.progress import progress_bar as progress_bar
 from riemann._src.quadrature import RULES as RULES
 from riemann._src.quadrature import Quadrature as Quadrature
 from riemann._src.quadrature import degree as degree
 from riemann._src.quadrature import quadrature as quadrature
 from riemann._src.quadrature import refine as refine
+from riemann._src.steps import MODES as MODES
+from riemann._src.steps import lower_path_step as lower_path_step
+from riemann._src.stepwise import PathIntegral as PathIntegral
 from riemann._src.stepwise import PathState as PathState
 from riemann._src.stepwise import advance_path as advance_path
 from riemann._src.stepwise import path_result as path_result

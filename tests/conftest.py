@@ -3,10 +3,10 @@ promotion are errors, and 8 CPU devices are simulated for sharding tests."""
 
 import os
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+import jax
+import pytest
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+os.environ.setdefault("MPLBACKEND", "Agg")  # before anything imports matplotlib
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -17,7 +17,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def mini_cache(tmp_path_factory):
     """The workbench in its miniature configuration, built once per test session into a private
     cache (``RIEMANN_CACHE`` points there for the whole session)."""
-    from analysis import workbench
+    from analysis.pairs import workbench
 
     root = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()

@@ -1,5 +1,5 @@
-"""The README is true: its set-up commands come first, every public name it mentions exists, and
-every command it shows is a real subcommand."""
+"""The README is true: its set-up commands come first, every public name it mentions exists, every
+command it shows is a real subcommand, and every file it points to is there."""
 
 import importlib
 import re
@@ -7,9 +7,29 @@ from pathlib import Path
 
 from analysis.cli import build_parser
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-MODULES = {"riemann": "riemann", "edits": "riemann.edits", "checkpoints": "analysis.checkpoints", "data": "analysis.data",
-           "workbench": "analysis.workbench", "pairs": "analysis.pairs", "plan": "analysis.plan", "suite": "analysis.suite"}
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+# Short names the README's code uses for modules, and the modules they are.
+MODULES = {"riemann": "riemann", "edits": "riemann.edits", "tree_utils": "riemann.tree_utils",
+           "checkpoints": "analysis.hf.checkpoints", "data": "analysis.pairs.data", "workbench": "analysis.pairs.workbench",
+           "pairs": "analysis.pairs", "plan": "analysis.perf.plan", "suite": "analysis.study.suite"}
+
+
+def _resolve(dotted: str) -> bool:
+    """Whether ``dotted`` (``analysis.study.resume.integrate_path_resumable``) names a module or an
+    attribute of one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[cut:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
 
 
 def test_setup_commands_open_the_readme():
@@ -20,18 +40,19 @@ def test_setup_commands_open_the_readme():
 
 
 def test_every_public_name_in_the_readme_exists():
-    names = set(re.findall(r"\b(riemann|edits|checkpoints|data|workbench|pairs|plan|suite)\.([a-z_][a-zA-Z_0-9]*)\b", README))
-    names |= {(m.split(".")[-1], a) for m, a in re.findall(r"\banalysis\.(\w+)\.(\w+)\b", README)
-              if m in MODULES}
-    assert len(names) > 15
-    missing = []
-    for mod, attr in sorted(names):
-        if mod == "riemann" and attr in ("edits",):
-            continue
-        target = importlib.import_module(MODULES[mod])
-        if not hasattr(target, attr) and not (Path(__file__).resolve().parents[1] / mod / f"{attr}.py").exists():
-            missing.append(f"{mod}.{attr}")
+    short = "|".join(MODULES)
+    names = {f"{MODULES[m]}.{a}" for m, a in re.findall(rf"(?<![\w.])({short})\.([a-z_][a-zA-Z_0-9]*)\b", README)}
+    names |= set(re.findall(r"\b(analysis(?:\.\w+)+)", README))
+    assert len(names) > 20
+    missing = sorted(n for n in names if not _resolve(n) and not n.endswith(".py"))
     assert not missing, f"README mentions names that do not exist: {missing}"
+
+
+def test_every_file_the_readme_points_to_exists():
+    paths = set(re.findall(r"`((?:tests|docs|notebooks|analysis|riemann)/[\w/.-]+\.(?:py|md|png))`", README))
+    paths |= set(re.findall(r"\]\(((?:docs|notebooks)/[\w/.-]+)\)", README))
+    assert len(paths) > 5
+    assert not [p for p in sorted(paths) if not (ROOT / p).exists()]
 
 
 def test_every_command_in_the_readme_is_a_subcommand():

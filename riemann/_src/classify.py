@@ -2,7 +2,7 @@
 
 Tang et al. (2024, §3) read the sign of the approximation term: > 0 predicts a worse model
 (*decreased*), ≈ 0 a model as good as the post-trained one (*competitive*), < 0 a better one
-(*improved*). "≈ 0" needs a tolerance; the paper gives none. :func:`choose_tolerance` derives
+(*improved*; ``docs/theory.md``, §2). "≈ 0" needs a tolerance; the paper gives none. :func:`choose_tolerance` derives
 one from the data:
 
     tolerance = max(fraction · |L(W_post) − L(W_pre)|,  z · stderr,  floor)

@@ -18,7 +18,7 @@ matrix", Appl. Numer. Math. 2007): for Rademacher ``z`` (entries ±1), ``E[z ⊙
 Each probe is one forward-over-reverse Hessian-vector product, which yields the gradient in the
 same pass. For multiplicative edits with ``E[m] = 1`` independent of the rest (DARE and its
 extension), the expected cross terms ``H_ij ΔW~_i ΔW~_j`` (i ≠ j) vanish, so the diagonal carries
-the whole expected quadratic term (PAPER.md, "Where first order is not enough").
+the whole expected quadratic term (docs/theory.md, §5).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 
 from riemann._src import trees
 from riemann._src.estimate import Estimate
+from riemann._src.progress import progress_bar
 
 PyTree = Any
 
@@ -100,7 +101,7 @@ def _first_jit(grad: PyTree, change: PyTree) -> list[jax.Array]:
 
 @jax.jit
 def _quad_jit(grad: PyTree, diagonal: PyTree, change: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
-    sq = jax.tree_util.tree_map(lambda c: jnp.square(c.astype(trees.accum_dtype(c.dtype))), change)
+    sq = jax.tree_util.tree_map(lambda c: jnp.square(trees.widen(c)), change)
     return trees.leaf_vdots(grad, change), trees.leaf_vdots(diagonal, sq)
 
 
@@ -122,7 +123,7 @@ def _probe_step(loss_fn: Any, acc_g: PyTree, acc_d: PyTree, params: PyTree, batc
     acc_g = jax.tree_util.tree_map(lambda a, x: a + wg.astype(a.dtype) * x.astype(a.dtype), acc_g, g)
     acc_d = jax.tree_util.tree_map(lambda a, zi, h: a + wd.astype(a.dtype) * (zi.astype(a.dtype) * h.astype(a.dtype)),
                                    acc_d, z, hz)
-    return acc_g, acc_d, jnp.asarray(loss).astype(trees.accum_dtype(jnp.result_type(loss)))
+    return acc_g, acc_d, trees.widen(loss)
 
 
 _probe_jit = jax.jit(_probe_step, static_argnums=0, donate_argnums=(1, 2))
@@ -131,15 +132,10 @@ _probe_jit = jax.jit(_probe_step, static_argnums=0, donate_argnums=(1, 2))
 def _grad_step(loss_fn: Any, acc_g: PyTree, params: PyTree, batch: Any, wg: jax.Array) -> tuple[PyTree, jax.Array]:
     loss, g = jax.value_and_grad(loss_fn)(params, batch)
     acc_g = jax.tree_util.tree_map(lambda a, x: a + wg.astype(a.dtype) * x.astype(a.dtype), acc_g, g)
-    return acc_g, jnp.asarray(loss).astype(trees.accum_dtype(jnp.result_type(loss)))
+    return acc_g, trees.widen(loss)
 
 
 _grad_jit = jax.jit(_grad_step, static_argnums=0, donate_argnums=1)
-
-
-def _zeros(tree: PyTree) -> PyTree:
-    return jax.tree_util.tree_map(
-        lambda x: jnp.zeros_like(x, dtype=trees.accum_dtype(jnp.result_type(x)), device=x.sharding), tree)
 
 
 def shared_curvature(
@@ -192,31 +188,24 @@ def shared_curvature(
     if not batches:
         raise ValueError("batches is empty; expected at least one batch for loss_fn(params, batch) (shared curvature)")
     nb = len(batches)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=nb * max(probes, 1), desc="shared curvature", unit="pass", leave=False)
-    acc_g = _zeros(params)
-    acc_d = _zeros(params) if probes else None
+    acc_g = trees.zeros_like_wide(params)
+    acc_d = trees.zeros_like_wide(params) if probes else None
     losses = []
-    for b, batch in enumerate(batches):
-        if probes == 0:
-            acc_g, loss = _grad_jit(loss_fn, acc_g, params, batch, trees.scalar(1.0 / nb))
-            losses.append(loss)
-            if bar is not None:
-                bar.update(1)
-            continue
-        for p in range(probes):
-            k = jax.random.fold_in(jax.random.fold_in(key, p), b)
-            wg = trees.scalar(1.0 / nb if p == 0 else 0.0)
-            acc_g, acc_d, loss = _probe_jit(loss_fn, acc_g, acc_d, params, batch, k, wg, trees.scalar(1.0 / (nb * probes)))
-            if p == 0:
+    with progress_bar(progress, desc="shared curvature", unit="pass", total=nb * max(probes, 1), leave=False) as bar:
+        for b, batch in enumerate(batches):
+            if probes == 0:
+                acc_g, loss = _grad_jit(loss_fn, acc_g, params, batch, trees.scalar(1.0 / nb))
                 losses.append(loss)
-            if bar is not None:
                 bar.update(1)
-    if bar is not None:
-        bar.close()
+                continue
+            for p in range(probes):
+                k = jax.random.fold_in(jax.random.fold_in(key, p), b)
+                wg = trees.scalar(1.0 / nb if p == 0 else 0.0)
+                acc_g, acc_d, loss = _probe_jit(loss_fn, acc_g, acc_d, params, batch, k, wg,
+                                                trees.scalar(1.0 / (nb * probes)))
+                if p == 0:
+                    losses.append(loss)
+                bar.update(1)
     loss_np = np.asarray(jax.device_get(losses), np.float64)
     if not np.all(np.isfinite(loss_np)):
         raise FloatingPointError(f"non-finite loss at params (batch {int(np.argwhere(~np.isfinite(loss_np))[0, 0])})")

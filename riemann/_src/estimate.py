@@ -10,6 +10,9 @@
   ``jax.grad``), which yields ``g`` in the same pass; ``H`` is never formed.
 - ``measured``: ``L(W_post + ΔW~) − L(W_post)`` itself, paired per batch.
 
+Why the first-order term and the computed sum differ, and what second order adds:
+``docs/theory.md``, §4 and §5.
+
 Each result carries its standard error across batches (paired: the same batches on both sides)
 and, for the gradient-based terms, the per-leaf (per-module) breakdown.
 """
@@ -21,10 +24,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from riemann._src import path as _path
+from riemann._src import steps as _steps
 from riemann._src import trees
 
 PyTree = Any
@@ -64,18 +67,13 @@ class Estimate:
         return float(np.std(self.batch_values, ddof=1) / np.sqrt(b)) if b > 1 else float("nan")
 
 
-def _wide(loss: Any) -> jax.Array:
-    loss = jnp.asarray(loss)
-    return loss.astype(trees.accum_dtype(loss.dtype))
-
-
 def _second_order_step(loss_fn: Any, post: PyTree, change: PyTree, batch: Any) -> tuple[jax.Array, list, list]:
     def grad_fn(p: PyTree) -> PyTree:
         return jax.grad(loss_fn)(p, batch)
 
     loss = loss_fn(post, batch)
     g, hc = jax.jvp(grad_fn, (post,), (change,))
-    return _wide(loss), trees.leaf_vdots(g, change), trees.leaf_vdots(change, hc)
+    return trees.widen(loss), trees.leaf_vdots(g, change), trees.leaf_vdots(change, hc)
 
 
 _second_order_jit = jax.jit(_second_order_step, static_argnums=0)
@@ -83,14 +81,14 @@ _second_order_jit = jax.jit(_second_order_step, static_argnums=0)
 
 def _measured_step(loss_fn: Any, post: PyTree, change: PyTree, batch: Any) -> tuple[jax.Array, jax.Array]:
     edited = trees.move_along(post, change, trees.scalar(1.0))
-    return _wide(loss_fn(post, batch)), _wide(loss_fn(edited, batch))
+    return trees.widen(loss_fn(post, batch)), trees.widen(loss_fn(edited, batch))
 
 
 _measured_jit = jax.jit(_measured_step, static_argnums=0)
 
 
 def _edited_step(loss_fn: Any, post: PyTree, change: PyTree, batch: Any) -> jax.Array:
-    return _wide(loss_fn(trees.move_along(post, change, trees.scalar(1.0)), batch))
+    return trees.widen(loss_fn(trees.move_along(post, change, trees.scalar(1.0)), batch))
 
 
 _edited_jit = jax.jit(_edited_step, static_argnums=0)
@@ -152,7 +150,7 @@ def estimate(
     if method == "first-order":
         res = _path.integrate_path(loss_fn, post, change, batches, rule="left", n=1)
         return _from_path(res, "first-order", {})
-    _path._check_inputs(loss_fn, post, change)
+    _steps.check_inputs(loss_fn, post, change)
     if method == "second-order":
         return _second_order(loss_fn, post, change, batches)
     return _measured(loss_fn, post, change, batches, loss_post)

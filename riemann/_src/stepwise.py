@@ -1,13 +1,14 @@
-"""Path integrals one (batch, node) step at a time, with all progress in a plain state object.
+"""The path integral as a sequence of (batch, node) steps over a state that is a value.
 
-:func:`riemann.integrate_path` runs the whole quadrature in one call. For runs long enough to be
-interrupted (7-8B models, many batches), :func:`path_state` / :func:`advance_path` /
-:func:`path_result` split the same computation into steps: the state holds the float32
-accumulator ``Σ w_i ∇L(start + t_i·D)`` (summed over the batches done so far), the position,
-and the per-step losses and directional derivatives. The steps are the very same jitted steps
-in the same order (batch-major, nodes inner), so a state saved after step ``k`` and advanced
-later gives a result bit-identical to an uninterrupted :func:`integrate_path`. Saving and loading
-states is file I/O and lives outside the engine (``analysis.resume``).
+:func:`path_state` makes the state, :func:`advance_path` returns a new state some steps further,
+:func:`path_result` turns a finished state into a :class:`PathIntegral`. :func:`riemann.integrate_path`
+is exactly this loop run to the end, so a state saved after step ``k`` and advanced later (in
+another process, after a crash) gives a result bit-identical to one uninterrupted call. Saving and
+loading states is file I/O and lives outside the engine (``analysis.study.resume``).
+
+Steps are batch-major with nodes inner: the endpoint losses of a batch (when asked for) are
+computed right after its last node. Per-step losses and directional derivatives stay on the device
+until the result is formed, so steps are not serialised by a host round trip each.
 """
 
 from __future__ import annotations
@@ -19,67 +20,160 @@ from typing import Any
 import jax
 import numpy as np
 
-from riemann._src import path as _path
 from riemann._src import quadrature as quad
+from riemann._src import steps as _steps
 from riemann._src import trees
+from riemann._src.progress import progress_bar
 
 PyTree = Any
+LossFn = _steps.LossFn
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class PathIntegral:
+    """Result of :func:`riemann.integrate_path`.
+
+    Attributes:
+      value: ``Σ_i w_i ⟨∇L(start + t_i·direction), direction⟩``, averaged over batches.
+      grad: ``Σ_i w_i ∇L(start + t_i·direction)`` averaged over batches; a pytree like ``start``
+        in the accumulation dtype (float32 for 16-bit and 32-bit parameters); ``None`` in forward
+        mode.
+      nodes, weights: the quadrature rule used (float64, weights sum to 1).
+      losses: mean loss over batches at each node.
+      integrand: mean ``⟨∇L(start + t_i·direction), direction⟩`` over batches at each node.
+      batch_values: the estimate computed on each batch alone (their mean is ``value``).
+      modules: per-leaf breakdown ``{leaf name: ⟨grad_leaf, direction_leaf⟩}``; sums to ``value``.
+      rule, n: the rule's name and node count.
+      loss_start, loss_end: mean loss at ``start`` and ``start + direction`` when asked for
+        (``endpoints=True``), else ``None``.
+      evaluations: gradient evaluations (forward + backward passes; jvps in forward mode) per
+        batch that were spent, and ``forward``: loss-only forward passes per batch.
+    """
+
+    value: float
+    grad: PyTree
+    nodes: np.ndarray
+    weights: np.ndarray
+    losses: np.ndarray
+    integrand: np.ndarray
+    batch_values: np.ndarray
+    modules: dict[str, float]
+    rule: str
+    n: int
+    loss_start: float | None = None
+    loss_end: float | None = None
+    evaluations: int = 0
+    forward: int = 0
+
+    @property
+    def num_batches(self) -> int:
+        return int(self.batch_values.shape[0])
+
+    @property
+    def stderr(self) -> float:
+        """Standard error of ``value`` across batches (NaN with a single batch)."""
+        b = self.num_batches
+        return float(np.std(self.batch_values, ddof=1) / np.sqrt(b)) if b > 1 else float("nan")
+
+    @property
+    def gap(self) -> float | None:
+        """Completeness gap ``value − (L(end) − L(start))``: the rule's error on this segment."""
+        if self.loss_start is None or self.loss_end is None:
+            return None
+        return self.value - (self.loss_end - self.loss_start)
+
+    @property
+    def relative_gap(self) -> float | None:
+        """``|gap| / |L(end) − L(start)|``."""
+        if self.gap is None:
+            return None
+        return abs(self.gap) / max(abs(self.loss_end - self.loss_start), np.finfo(np.float64).tiny)
+
+    def score(self, other: PyTree) -> float:
+        """``⟨grad, other⟩``: the same weighted gradients applied to another direction."""
+        if self.grad is None:
+            raise ValueError("this PathIntegral was computed in forward mode and holds no gradient; use mode='accumulate'")
+        trees.check_compatible(self.grad, trees.widen_tree(other), ("grad", "other"))
+        return float(trees.tree_vdot(self.grad, other))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class PathState:
-    """Progress of a path integral: ``step`` of ``num_batches · n`` (batch, node) steps done.
+    """Progress of a path integral: ``step`` of ``num_batches · len(nodes)`` (batch, node) steps done.
 
-    ``acc`` is the accumulator (a pytree like ``start`` in the accumulation dtype); ``losses``
-    and ``dots`` are ``[num_batches, n]`` arrays (NaN where not yet computed); ``loss_start`` and
-    ``loss_end`` hold the endpoint losses per batch when ``endpoints`` is set. Per-step scalars stay
-    on the device until :meth:`sync` (called by :func:`path_result` and before saving), so steps
-    are not serialised by a host round trip each.
+    Attributes:
+      rule, n, mode, endpoints: what is being integrated (see :func:`riemann.integrate_path`).
+      num_batches: batches the integral averages over.
+      nodes, weights: the nodes this state evaluates and their weights.
+      acc: ``Σ w_i ∇L`` summed over the steps done, a pytree like ``start`` in the accumulation
+        dtype; ``None`` in forward mode.
+      step: steps done.
+      losses, dots: the loss and ``⟨∇L, D⟩`` of each step done, in step order (device scalars
+        until :meth:`host` copies them).
+      loss_start, loss_end: per batch done, the loss at ``t = 0`` and ``t = 1`` when
+        ``endpoints`` asks for them and no node lies there.
+
+    A state is never changed in place. :func:`advance_path` donates ``acc`` into its first step,
+    as a training loop's ``state = step(state, batch)`` does: keep the returned state, not the one
+    passed in.
     """
 
     rule: str
     n: int
     num_batches: int
     endpoints: bool
-    acc: PyTree
-    step: int
-    losses: np.ndarray
-    dots: np.ndarray
-    loss_start: np.ndarray
-    loss_end: np.ndarray
-    pending: list[tuple[str, tuple[int, ...], Any]] = dataclasses.field(default_factory=list)
-
-    def sync(self) -> PathState:
-        """Copy the device scalars of the steps done so far into the NumPy arrays."""
-        if self.pending:
-            values = jax.device_get([v for _, _, v in self.pending])
-            for (field, index, _), v in zip(self.pending, values):
-                getattr(self, field)[index] = float(v)
-            self.pending.clear()
-        return self
+    mode: str
+    nodes: np.ndarray
+    weights: np.ndarray
+    acc: PyTree | None
+    step: int = 0
+    losses: tuple[Any, ...] = ()
+    dots: tuple[Any, ...] = ()
+    loss_start: tuple[Any, ...] = ()
+    loss_end: tuple[Any, ...] = ()
 
     @property
     def total(self) -> int:
-        return self.num_batches * self.n
+        return self.num_batches * len(self.nodes)
 
     @property
     def done(self) -> bool:
         return self.step >= self.total
 
+    def host(self) -> PathState:
+        """The same state with its per-step scalars copied to the host (NumPy scalars of the
+        steps' own dtype, so that results formed from a saved state equal those formed at once)."""
+        fields = ("losses", "dots", "loss_start", "loss_end")
+        values = jax.device_get([list(getattr(self, f)) for f in fields])
+        return dataclasses.replace(self, **{f: tuple(np.asarray(x)[()] for x in v) for f, v in zip(fields, values)})
 
-def path_state(start: PyTree, *, rule: str = "left", n: int = 5, num_batches: int, endpoints: bool = False) -> PathState:
-    """A fresh state for integrating from ``start`` with ``rule``/``n`` over ``num_batches`` batches."""
-    quad.quadrature(rule, n)  # validates rule and n
+
+def path_state(start: PyTree, *, rule: str = "left", n: int = 5, num_batches: int, endpoints: bool = False,
+               mode: str = "accumulate") -> PathState:
+    """A fresh state for integrating from ``start`` with ``rule``/``n`` over ``num_batches`` batches.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = lambda p, x: jnp.sum(p["w"] ** 2 * x)
+      >>> start, direction, batches = {"w": jnp.array([1.0, 2.0])}, {"w": jnp.array([1.0, 0.0])}, [jnp.ones(2)]
+      >>> s0 = path_state(start, rule="midpoint", n=2, num_batches=1)
+      >>> s1 = advance_path(loss, s0, start, direction, batches, steps=1)
+      >>> s0.step, s1.step, s1.done
+      (0, 1, False)
+      >>> round(path_result(loss, advance_path(loss, s1, start, direction, batches), start, direction, batches).value, 6)
+      3.0
+    """
+    nodes, weights = quad.quadrature(rule, n)
+    _steps.check_mode(mode)
     if num_batches < 1:
         raise ValueError(f"num_batches={num_batches}; expected at least one batch")
-    nan = lambda *shape: np.full(shape, np.nan)  # noqa: E731
-    return PathState(rule=rule, n=int(n), num_batches=int(num_batches), endpoints=endpoints,
-                     acc=_path._zeros_like_accum(start), step=0, losses=nan(num_batches, n), dots=nan(num_batches, n),
-                     loss_start=nan(num_batches), loss_end=nan(num_batches))
+    acc = None if mode == "forward" else trees.zeros_like_wide(start)
+    return PathState(rule=rule, n=int(n), num_batches=int(num_batches), endpoints=bool(endpoints), mode=mode,
+                     nodes=nodes, weights=weights, acc=acc)
 
 
 def advance_path(
-    loss_fn: Callable[[PyTree, Any], jax.Array],
+    loss_fn: LossFn,
     state: PathState,
     start: PyTree,
     direction: PyTree,
@@ -87,41 +181,110 @@ def advance_path(
     *,
     steps: int | None = None,
     on_step: Callable[[PathState], None] | None = None,
+    progress: bool = False,
 ) -> PathState:
-    """Run up to ``steps`` more (batch, node) steps (all remaining by default), updating and
-    returning ``state``; ``on_step(state)`` is called after each (e.g. to save every N steps)."""
+    """The state ``steps`` (batch, node) steps further (all remaining by default).
+
+    ``on_step(state)`` is called with the new state after each step (for example to save it every
+    N steps); ``progress`` shows a bar over the steps.
+    """
     if not isinstance(batches, Sequence) or len(batches) != state.num_batches:
         raise ValueError(f"batches must be a sequence of the state's {state.num_batches} batches")
     if state.step == 0:
-        _path._check_inputs(loss_fn, start, direction)
-    nodes, weights = quad.quadrature(state.rule, state.n)
-    has0, has1 = bool(np.any(nodes == 0.0)), bool(np.any(nodes == 1.0))
+        _steps.check_inputs(loss_fn, start, direction)
+    ts = [trees.scalar(t) for t in state.nodes]
+    ws = [trees.scalar(w) for w in state.weights]
+    per_batch = len(state.nodes)
+    want_start = state.endpoints and not bool(np.any(state.nodes == 0.0))
+    want_end = state.endpoints and not bool(np.any(state.nodes == 1.0))
+    acc, step = state.acc, state.step
+    losses, dots, l0, l1 = list(state.losses), list(state.dots), list(state.loss_start), list(state.loss_end)
+
+    def now() -> PathState:
+        return dataclasses.replace(state, acc=acc, step=step, losses=tuple(losses), dots=tuple(dots),
+                                   loss_start=tuple(l0), loss_end=tuple(l1))
+
     stop = state.total if steps is None else min(state.total, state.step + int(steps))
-    while state.step < stop:
-        b, i = divmod(state.step, state.n)
-        batch = batches[b]
-        state.acc, loss, dot = _path._grad_step_jit(loss_fn, state.acc, start, direction, trees.scalar(nodes[i]),
-                                                     trees.scalar(weights[i]), batch)
-        state.pending += [("losses", (b, i), loss), ("dots", (b, i), dot)]
-        if i == state.n - 1 and state.endpoints:
-            # Same order as integrate_path: the endpoint forwards come after a batch's nodes.
-            if not has0:
-                state.pending.append(("loss_start", (b,), _path._loss_at_jit(loss_fn, start, direction, trees.scalar(0.0), batch)))
-            if not has1:
-                state.pending.append(("loss_end", (b,), _path._loss_at_jit(loss_fn, start, direction, trees.scalar(1.0), batch)))
-        state.step += 1
-        if on_step is not None:
-            on_step(state)
-    return state
+    with progress_bar(progress, desc=f"path integral ({state.rule}, n={state.n})", total=state.total,
+                      initial=state.step) as bar:
+        while step < stop:
+            b, i = divmod(step, per_batch)
+            batch = batches[b]
+            if acc is None:
+                loss, dot = _steps.jvp_step(loss_fn, start, direction, ts[i], batch)
+            else:
+                acc, loss, dot = _steps.grad_step(loss_fn, acc, start, direction, ts[i], ws[i], batch)
+            losses.append(loss)
+            dots.append(dot)
+            if i == per_batch - 1:
+                if want_start:
+                    l0.append(_steps.loss_at(loss_fn, start, direction, trees.scalar(0.0), batch))
+                if want_end:
+                    l1.append(_steps.loss_at(loss_fn, start, direction, trees.scalar(1.0), batch))
+            step += 1
+            bar.update(1)
+            if on_step is not None:
+                on_step(now())
+    return now()
 
 
-def path_result(loss_fn: Callable[[PyTree, Any], jax.Array], state: PathState, start: PyTree, direction: PyTree,
-                batches: Sequence[Any]) -> _path.PathIntegral:
-    """The :class:`riemann.PathIntegral` of a finished state (same fields as ``integrate_path``)."""
+def path_result(loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree,
+                batches: Sequence[Any]) -> PathIntegral:
+    """The :class:`PathIntegral` of a finished state (the fields of :func:`riemann.integrate_path`)."""
     if not state.done:
         raise ValueError(f"the path integral is at step {state.step} of {state.total}; advance it to the end first")
-    state.sync()
-    nodes, weights = quad.quadrature(state.rule, state.n)
-    sums = _path._Sums(state.acc, state.losses.tolist(), state.dots.tolist(),
-                       state.loss_start.tolist(), state.loss_end.tolist())
-    return _path._finish(loss_fn, start, direction, batches, state.rule, state.n, nodes, weights, sums, state.endpoints)
+    nodes, weights = state.nodes, state.weights
+    host = state.host()
+    losses = np.asarray(host.losses, np.float64).reshape(-1, len(nodes))
+    dots = np.asarray(host.dots, np.float64).reshape(-1, len(nodes))
+    _diagnose_nonfinite(loss_fn, start, direction, nodes, losses, dots, batches)
+    batch_values = dots @ weights
+    if state.acc is None:  # forward mode: no gradient, the value comes from the directional derivatives
+        grad, modules, value = None, {}, float(batch_values.mean())
+    else:
+        grad = _scale_tree(state.acc, trees.scalar(1.0 / state.num_batches))
+        per_leaf = [float(v) for v in jax.device_get(_leaf_vdots(grad, direction))]
+        modules = dict(zip(trees.leaf_names(start), per_leaf))
+        value = float(np.sum(per_leaf)) if per_leaf else 0.0
+    has0, has1 = bool(np.any(nodes == 0.0)), bool(np.any(nodes == 1.0))
+    loss_start = loss_end = None
+    if state.endpoints:
+        loss_start = float(losses[:, nodes == 0.0][:, 0].mean()) if has0 else float(np.mean(host.loss_start))
+        loss_end = float(losses[:, nodes == 1.0][:, 0].mean()) if has1 else float(np.mean(host.loss_end))
+        if not (np.isfinite(loss_start) and np.isfinite(loss_end)):
+            which = "start (t=0)" if not np.isfinite(loss_start) else "end (t=1)"
+            raise FloatingPointError(f"non-finite loss at the {which} of the segment")
+    return PathIntegral(value=value, grad=grad, nodes=nodes, weights=weights, losses=losses.mean(axis=0),
+                        integrand=dots.mean(axis=0), batch_values=batch_values, modules=modules, rule=state.rule,
+                        n=state.n, loss_start=loss_start, loss_end=loss_end, evaluations=len(nodes),
+                        forward=int(state.endpoints and not has0) + int(state.endpoints and not has1))
+
+
+@jax.jit
+def _scale_tree(tree: PyTree, c: jax.Array) -> PyTree:
+    return jax.tree_util.tree_map(lambda x: x * c.astype(x.dtype), tree)
+
+
+@jax.jit
+def _leaf_vdots(a: PyTree, b: PyTree) -> list[jax.Array]:
+    return trees.leaf_vdots(a, b)
+
+
+def _diagnose_nonfinite(loss_fn: LossFn, start: PyTree, direction: PyTree, nodes: np.ndarray, losses: np.ndarray,
+                        dots: np.ndarray, batches: Sequence[Any]) -> None:
+    bad = ~(np.isfinite(losses) & np.isfinite(dots))
+    if not bad.any():
+        return
+    b, i = map(int, np.argwhere(bad)[0])
+    t = float(nodes[i])
+    what = "loss" if not np.isfinite(losses[b, i]) else "gradient"
+    where = ""
+    point = trees.move_along(start, direction, trees.scalar(t))
+    bad_params = trees.nonfinite_leaves(point)
+    if bad_params:
+        where = f"; parameters non-finite in leaves {bad_params[:5]}"
+    else:
+        bad_grad = trees.nonfinite_leaves(jax.grad(loss_fn)(point, batches[b]))
+        if bad_grad:
+            where = f"; gradient non-finite in leaves {bad_grad[:5]}"
+    raise FloatingPointError(f"non-finite {what} at node t={t:.6g} (batch {b}){where}")

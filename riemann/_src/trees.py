@@ -7,7 +7,8 @@ parameter trees keyed by Hugging Face names the per-module reports speak those n
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,29 @@ def accum_dtype(*dtypes: Any) -> np.dtype:
         if jnp.issubdtype(d, jnp.floating) and d.itemsize > widest.itemsize:
             widest = d
     return widest
+
+
+def widen(x: Any) -> jax.Array:
+    """``x`` as an array in its accumulation dtype (:func:`accum_dtype`): float32 for 16-bit and
+    32-bit floats, float64 for float64. Traceable."""
+    x = jnp.asarray(x)
+    return x.astype(accum_dtype(x.dtype))
+
+
+def widen_tree(tree: PyTree) -> PyTree:
+    """Every leaf of ``tree`` widened with :func:`widen`."""
+    return jax.tree_util.tree_map(widen, tree)
+
+
+def zeros_like_wide(tree: PyTree) -> PyTree:
+    """Zeros laid out like ``tree`` (same shapes and shardings) in each leaf's accumulation dtype,
+    so that an accumulator donated into a jitted step is updated in place, never re-laid out."""
+
+    def one(x: Any) -> jax.Array:
+        x = jnp.asarray(x)
+        return jnp.zeros_like(x, dtype=accum_dtype(x.dtype), device=x.sharding)
+
+    return jax.tree_util.tree_map(one, tree)
 
 
 def check_compatible(reference: PyTree, other: PyTree, names: tuple[str, str]) -> None:

@@ -7,8 +7,8 @@ Competitive (Tang et al., 2024, §4): :func:`dare` (with the k-extension and "dr
 Decreased (§5): :func:`magnitude`, :func:`ties`, :func:`bitdelta`, :func:`lowrank`.
 Improved (§6): :func:`expo`.
 
-Random edits take an explicit ``key``; each leaf's randomness is ``fold_in(key, hash(leaf
-name))``. :data:`REGISTRY`, :func:`parse` and :func:`make` give every edit by name and compact
+Random edits take an explicit ``key``; each leaf's randomness is ``fold_in(key, crc32(leaf
+name))`` (:func:`leaf_key`). :data:`REGISTRY`, :func:`parse` and :func:`make` give every edit by name and compact
 spec (``dare:p=0.9,k=0.5``) for command lines and reports; :func:`register` adds your own.
 """
 

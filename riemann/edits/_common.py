@@ -153,8 +153,8 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     are 64 bits drawn from ``key`` with JAX's threefry. Like Philox this is a counter-based
     generator, so the value of each entry depends only on the key and its index: the same on
     every device, sharding and backend. It fuses into the edit's single pass over the tensor,
-    which makes a DARE mask cost ~1.5 elementwise multiplies instead of ~12 with
-    ``jax.random.bernoulli`` on CPU (``riemann bench``).
+    where ``jax.random.bernoulli`` makes passes of its own (``riemann bench --only edit_cost``
+    measures the edits against an elementwise multiply).
     """
     size = math.prod(shape)
     if size >= 2**32:
@@ -165,6 +165,4 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-def wide(x: jax.Array) -> jax.Array:
-    """``x`` in its accumulation dtype (float32 for 16-bit floats)."""
-    return x.astype(trees.accum_dtype(x.dtype))
+wide = trees.widen  # edits compute in the accumulation dtype (float32 for 16-bit floats)

@@ -58,7 +58,7 @@ def dare(
       delta: pytree of floating arrays ``ΔW``.
       p: drop probability in [0, 1).
       k: factor for dropped entries.
-      key: JAX PRNG key; each leaf uses ``fold_in(key, hash(leaf name))``.
+      key: JAX PRNG key; each leaf uses ``fold_in(key, crc32(leaf name))`` (:func:`leaf_key`).
       rescale: rescale kept entries (True) or not ("drop only").
       include, exclude, ndim: leaf selection (regexes on the dotted leaf name, accepted ranks);
         default: every leaf.
@@ -121,8 +121,9 @@ def biased_sign(
 
     How ``p`` enters is not stated in the paper. Here ``p`` plays the role of the drop rate in the
     rescale factor. ``p=None`` (default) uses, per tensor, the fraction of entries in the
-    ``× k`` group, which makes the edit preserve ``Σ ΔW`` in the sense that the random mask
-    does in expectation (``E[M] = p``); a number uses that value for every tensor.
+    ``× k`` group, so that the factors average to 1 over the tensor, as the random mask's do in
+    expectation (``E[M] = p``); ``ΣΔW`` itself is not preserved. A number uses that value for every
+    tensor (``docs/theory.md``, §6).
 
     Example:
       >>> import jax.numpy as jnp

@@ -4,7 +4,6 @@ compression; Lu et al., 2024), exact or randomized (Halko, Martinsson & Tropp, 2
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
@@ -97,8 +96,8 @@ def lowrank(
 
     Args:
       rank: keep ``r`` singular values (1 ≤ r ≤ the matrix's smaller dimension).
-      fraction: keep ``round(fraction · min(m, n))`` of them (at least 1); the paper's
-        "sparsity 0.9" is ``fraction=0.1``.
+      fraction: keep ``round(fraction · min(m, n))`` of them (at least 1); we read the paper's
+        "sparsity 0.9" as ``fraction=0.1`` (``docs/theory.md``, §9).
       energy: keep the fewest that hold at least this share of ``Σ σ²``.
       method: ``"svd"`` (exact) or ``"randomized"`` (Halko et al., 2011: ``oversample`` extra
         columns, ``power_iters`` power iterations; needs ``key``) for large matrices.

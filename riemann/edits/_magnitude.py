@@ -166,6 +166,6 @@ def ties(
         if c.selected(name, x, include, exclude, ndim):
             merged = _ties_leaf(jnp.stack([c.wide(jnp.asarray(t[i])) for t in tleaves]), lam_a)
         else:
-            merged = jnp.mean(jnp.stack([c.wide(jnp.asarray(l[i])) for l in leaves]), axis=0)  # noqa: E741
+            merged = jnp.mean(jnp.stack([c.wide(jnp.asarray(leaf[i])) for leaf in leaves]), axis=0)
         out.append(merged.astype(x.dtype))  # replicated: a merge of several models has no one layout
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(deltas[0]), out)

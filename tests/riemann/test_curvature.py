@@ -12,7 +12,7 @@ def test_first_order_equals_the_per_edit_first_order_estimate():
     loss, post, direction, batches = logistic_problem()
     sc = riemann.shared_curvature(loss, post, batches, probes=0)
     for scale in (0.3, -1.0):
-        change = jax.tree.map(lambda d: scale * d, direction)
+        change = jax.tree.map(lambda d, s=scale: s * d, direction)
         ref = riemann.estimate(loss, post, change, batches, method="first-order")
         got = sc.first_order(change)
         assert got.value == pytest.approx(ref.value, rel=1e-5, abs=1e-7)
@@ -28,7 +28,7 @@ def test_diagonal_hessian_is_recovered_exactly_by_any_probe():
     # z ⊙ Hz = diag(H) exactly when H is diagonal (z_i² = 1), so the surrogate is exact second order.
     with jax.enable_x64(True):
         h = jnp.array([0.5, 2.0, 3.0], jnp.float64)
-        loss = lambda p, s: s * (0.5 * jnp.sum(h * p["w"] ** 2) + jnp.sum(p["w"]))  # noqa: E731
+        loss = lambda p, s: s * (0.5 * jnp.sum(h * p["w"] ** 2) + jnp.sum(p["w"]))
         post = {"w": jnp.array([1.0, -1.0, 0.5], jnp.float64)}
         change = {"w": jnp.array([0.2, -0.7, 1.5], jnp.float64)}
         batches = [jnp.float64(1.0), jnp.float64(2.0)]

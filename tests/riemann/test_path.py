@@ -1,3 +1,4 @@
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +56,7 @@ def test_order_of_convergence_on_a_polynomial_path(rule, order):
     with jax.enable_x64(True):
         start = {"w": jnp.array([0.3, -0.7, 1.1], jnp.float64)}
         direction = {"w": jnp.array([0.9, 0.8, -0.6], jnp.float64)}
-        loss = lambda p, _: jnp.sum(p["w"] ** 6)  # noqa: E731
+        loss = lambda p, _: jnp.sum(p["w"] ** 6)
         exact = float(loss(jax.tree.map(jnp.add, start, direction), None) - loss(start, None))
         ns = [9, 17, 33, 65] if rule in ("trapezoid", "simpson") else [8, 16, 32, 64]
         errs = [abs(riemann.integrate_path(loss, start, direction, [None], rule=rule, n=n).value - exact) for n in ns]
@@ -68,7 +69,7 @@ def test_gauss_legendre_is_exact_on_its_degree():
     with jax.enable_x64(True):
         start = {"w": jnp.array([0.3, -0.7], jnp.float64)}
         direction = {"w": jnp.array([0.9, -0.6], jnp.float64)}
-        loss = lambda p, _: jnp.sum(p["w"] ** 6)  # noqa: E731 — integrand of degree 5 = 2·3 − 1
+        loss = lambda p, _: jnp.sum(p["w"] ** 6)  # integrand of degree 5 = 2·3 − 1
         exact = float(loss(jax.tree.map(jnp.add, start, direction), None) - loss(start, None))
         assert riemann.integrate_path(loss, start, direction, [None], rule="gauss-legendre", n=3).value == pytest.approx(exact, rel=1e-12)
         assert abs(riemann.integrate_path(loss, start, direction, [None], rule="gauss-legendre", n=2).value - exact) > 1e-6
@@ -94,7 +95,7 @@ def test_grad_accumulator_reproduces_value_and_scores_other_directions():
     res = riemann.integrate_path(loss, start, direction, batches, rule="simpson", n=5)
     # Independent computation: explicit per-node gradients, weights and batch mean.
     nodes, weights = riemann.quadrature("simpson", 5)
-    grads = [jax.grad(loss)(jax.tree.map(lambda s, d: s + t * d, start, direction), b) for t in nodes for b in batches]
+    grads = [jax.grad(loss)(jax.tree.map(lambda s, d, t=t: s + t * d, start, direction), b) for t in nodes for b in batches]
     expected = jax.tree.map(lambda *g: sum(w * gi for w, gi in zip(np.repeat(weights, len(batches)), g)) / len(batches), *grads)
     for leaf in ("w", "b"):
         np.testing.assert_allclose(res.grad[leaf], expected[leaf], rtol=1e-5, atol=1e-7)
@@ -112,9 +113,9 @@ def test_batches_are_averaged_and_node_losses_are_the_losses():
     assert res.value == pytest.approx(np.mean(singles), rel=1e-5)
     np.testing.assert_allclose(res.batch_values, singles, rtol=1e-5)
     assert res.stderr == pytest.approx(np.std(singles, ddof=1) / np.sqrt(3), rel=1e-4)
-    for t, l in zip(res.nodes, res.losses):
-        p = jax.tree.map(lambda s, d: s + t * d, start, direction)
-        assert l == pytest.approx(float(np.mean([loss(p, b) for b in batches])), rel=1e-5)
+    for t, node_loss in zip(res.nodes, res.losses):
+        p = jax.tree.map(lambda s, d, t=t: s + t * d, start, direction)
+        assert node_loss == pytest.approx(float(np.mean([loss(p, b) for b in batches])), rel=1e-5)
     assert res.integrand @ res.weights == pytest.approx(res.value, rel=1e-5)
 
 
@@ -136,16 +137,12 @@ def test_endpoint_losses_are_reused_from_nodes():
 
 
 def test_compiles_once_per_shape_across_rules_and_node_counts():
-    traces = []
     loss0, start, direction, batches = logistic_problem()
-
-    def loss(p, b):
-        traces.append(1)
-        return loss0(p, b)
-
+    # Traced once per compilation of the step that calls it: a second trace raises.
+    loss = eqx.debug.assert_max_traces(loss0, max_traces=1)
     for rule, n in [("left", 5), ("gauss-legendre", 3), ("simpson", 7)]:
         riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n)
-    assert len(traces) == 1
+    assert eqx.debug.get_num_traces(loss) == 1
 
 
 def test_adaptive_refinement_reuses_nested_evaluations():
@@ -170,7 +167,7 @@ def test_adaptive_gauss_legendre_restarts_and_counts_all_work():
 
 def test_bfloat16_parameters_accumulate_in_float32():
     loss, start, direction, batches = logistic_problem()
-    cast = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)  # noqa: E731
+    cast = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)
 
     def loss16(p, b):
         return loss(jax.tree.map(lambda x: x.astype(jnp.float32), p), b)
@@ -234,7 +231,7 @@ def test_nonfinite_parameters_name_the_leaf():
 
 def test_nonfinite_loss_names_the_node():
     # log(1 − t) blows up at t = 1: finite on the left rule's nodes, infinite at the right rule's last.
-    loss = lambda p, _: -jnp.log(1.0 - p["w"][0])  # noqa: E731
+    loss = lambda p, _: -jnp.log(1.0 - p["w"][0])
     start, direction = {"w": jnp.array([0.0, 0.0])}, {"w": jnp.array([1.0, 0.0])}
     riemann.integrate_path(loss, start, direction, [None], rule="left", n=4)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at node t=1 \(batch 0\)"):
@@ -242,7 +239,7 @@ def test_nonfinite_loss_names_the_node():
 
 
 def test_nonfinite_gradient_names_node_and_leaf():
-    loss = lambda p, _: jnp.sqrt(p["a"][0]) + jnp.sum(p["b"])  # noqa: E731 — d/da sqrt at 0 is inf
+    loss = lambda p, _: jnp.sqrt(p["a"][0]) + jnp.sum(p["b"])  # d/da sqrt at 0 is inf
     start, direction = {"a": jnp.array([0.0]), "b": jnp.ones(2)}, {"a": jnp.array([1.0]), "b": jnp.ones(2)}
     with pytest.raises(FloatingPointError, match=r"non-finite gradient at node t=0 .*\['a'\]"):
         riemann.integrate_path(loss, start, direction, [None], rule="left", n=2)

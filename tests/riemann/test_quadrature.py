@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import riemann
-from riemann._src.quadrature import degree, refine
+from riemann import degree, refine
 
 NS = {"left": [1, 2, 5, 17], "right": [1, 3, 8], "midpoint": [1, 4, 9], "trapezoid": [2, 3, 10],
       "simpson": [3, 5, 21], "gauss-legendre": [1, 2, 5, 8]}

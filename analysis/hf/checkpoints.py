@@ -1,0 +1,318 @@
+"""Hugging Face checkpoints in and out: ``load(path)`` and ``save(out_dir, model, params)``.
+
+``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 decoders, CLIP vision),
+checks every tensor name, shape and dtype from the safetensors headers before reading any data
+(all problems reported at once), then streams tensors one at a time to the device (optionally
+with a sharding per tensor). ``params`` is a nested dict whose dotted paths are the HF tensor
+names, so ``riemann`` and its edits speak those names.
+
+``save`` writes an HF-layout directory (sharded safetensors + index + config + tokenizer files)
+into a temporary directory next to ``out_dir`` and renames it into place, so a reader never sees
+a partial checkpoint; it refuses an existing non-empty ``out_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from analysis.hf.models._common import ConfigError
+from analysis.hf.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
+from analysis.hf.models.llama import FAMILIES as DECODERS
+from analysis.hf.models.llama import LlamaConfig, LlamaForCausalLM
+from analysis.hf.safetensors_file import CheckpointError, TensorInfo, read_header, read_tensor, write_file
+from riemann.tree_utils import leaf_names
+
+PyTree = Any
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5", "flax_model.msgpack")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "chat_template.jinja")
+# Tensors a checkpoint may hold that our model deliberately does not use.
+IGNORED = {
+    "decoder": ("rotary_emb.inv_freq",),
+    "clip": ("text_model.", "text_projection.", "logit_scale", "vision_model.embeddings.position_ids"),
+}
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A loaded checkpoint: ``params`` keyed by HF names, its config, and a pure ``forward``."""
+
+    path: Path | None
+    family: str
+    config: Any
+    raw_config: dict[str, Any]
+    params: PyTree
+    graphdef: Any
+    state: Any
+
+    def module(self, params: PyTree | None = None) -> nnx.Module:
+        """The NNX module holding ``params`` (default: the loaded ones)."""
+        state = jax.tree.map(lambda x: x, self.state)
+        nnx.replace_by_pure_dict(state, self.params if params is None else params)
+        return nnx.merge(self.graphdef, state)
+
+    def forward(self, params: PyTree, inputs: jax.Array) -> jax.Array:
+        """Logits [batch, seq, vocab] from int32 ids [batch, seq] (decoders), or image embeddings
+        [batch, projection_dim] from pixels [batch, 3, H, W] (CLIP vision). Pure and jit-able."""
+        return self.module(params)(inputs)
+
+    def classify(self, params: PyTree, pixel_values: jax.Array) -> jax.Array:
+        """Logits of a CLIP model's classification head."""
+        return self.module(params).classify(pixel_values)
+
+    @property
+    def names(self) -> list[str]:
+        return leaf_names(self.params)
+
+
+def family_of(raw: dict[str, Any], source: str = "config.json") -> str:
+    mt = raw.get("model_type")
+    if mt in DECODERS:
+        return str(mt)
+    if mt in ("clip", "clip_vision_model"):
+        return "clip"
+    raise ConfigError(f"{source}: unknown architecture model_type={mt!r}; supported: {', '.join(DECODERS)}, clip, clip_vision_model")
+
+
+def build(raw: dict[str, Any], *, dtype: Any = None, source: str = "config.json", remat: bool = False,
+          rngs: nnx.Rngs | None = None, abstract: bool = True) -> tuple[str, Any, nnx.Module]:
+    """Family, parsed config and NNX module (abstract shapes only unless ``abstract=False``)."""
+    family = family_of(raw, source)
+    if family == "clip":
+        cfg: Any = CLIPVisionConfig.from_dict(raw, source=source)
+        cls: Any = CLIPVisionModelWithProjection
+    else:
+        cfg, cls = LlamaConfig.from_dict(raw, source=source), LlamaForCausalLM
+
+    def make() -> nnx.Module:
+        return cls(cfg, dtype=dtype, rngs=rngs, remat=remat)
+
+    return family, cfg, (nnx.eval_shape(make) if abstract else make())
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory)")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+
+
+def tensor_index(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """Every tensor of a checkpoint directory (single file or sharded with an index), from the
+    headers alone."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    single = path / "model.safetensors"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        infos: dict[str, TensorInfo] = {}
+        for shard in sorted(set(weight_map.values())):
+            if not (path / shard).is_file():
+                raise CheckpointError(f"{path / shard}: shard listed in {index.name} is missing")
+            shard_infos, _ = read_header(path / shard)
+            for name in shard_infos:
+                if weight_map.get(name) != shard:
+                    raise CheckpointError(f"{path / shard}: tensor {name!r} is not listed for this shard in {index.name}")
+            infos.update(shard_infos)
+        missing = sorted(set(weight_map) - set(infos))
+        if missing:
+            raise CheckpointError(f"{index}: tensors listed but not found in their shards: {missing[:5]}")
+        return infos
+    if single.is_file():
+        return read_header(single)[0]
+    pickled = [f for f in PICKLE_FILES if (path / f).exists()]
+    if pickled:
+        raise CheckpointError(
+            f"{path}: only pickle-based weights ({', '.join(pickled)}); they can run arbitrary code when loaded, so "
+            "this toolkit reads safetensors only. Convert once where you trust the file, e.g. "
+            "model.save_pretrained(dir) with transformers, which writes safetensors by default."
+        )
+    raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json")
+
+
+def _ignored(family: str, name: str) -> bool:
+    prefixes = IGNORED["clip" if family == "clip" else "decoder"]
+    return any(name.startswith(p) or name.endswith(p) for p in prefixes)
+
+
+def expected_tensors(module: nnx.Module) -> dict[str, jax.ShapeDtypeStruct]:
+    _, state = nnx.split(module)
+    pure = nnx.to_pure_dict(state)
+    return dict(zip(leaf_names(pure), jax.tree.leaves(pure)))
+
+
+def check_tensors(family: str, expected: dict[str, Any], infos: dict[str, TensorInfo], source: Path) -> None:
+    """All missing, unexpected and mis-shaped tensors at once."""
+    problems = []
+    missing = [n for n in expected if n not in infos]
+    unexpected = [n for n in infos if n not in expected and not _ignored(family, n)]
+    shape = [f"{n}: file {infos[n].shape}, model {tuple(expected[n].shape)}"
+             for n in expected if n in infos and tuple(infos[n].shape) != tuple(expected[n].shape)]
+    dtypes = [f"{n}: {infos[n].dtype}" for n in expected if n in infos and not jnp.issubdtype(infos[n].dtype, jnp.floating)]
+    if missing:
+        problems.append(f"missing tensors {missing}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected}")
+    if shape:
+        problems.append("shape mismatches: " + "; ".join(shape))
+    if dtypes:
+        problems.append("non-floating tensors: " + "; ".join(dtypes))
+    if problems:
+        raise CheckpointError(f"{source}: does not match its config.json ({family}): " + " | ".join(problems))
+
+
+def load(
+    path: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    sharding: Callable[[str, tuple[int, ...]], Any] | None = None,
+    remat: bool = False,
+) -> Checkpoint:
+    """Load an HF checkpoint directory (safetensors only).
+
+    Args:
+      path: directory with ``config.json`` and ``model.safetensors`` or a sharded index.
+      dtype: parameter dtype (default: as stored in the file, tensor by tensor).
+      sharding: optional ``sharding(name, shape) -> jax.sharding.Sharding`` for each tensor.
+      remat: rematerialise each layer in the backward pass (less memory, one more forward).
+    """
+    path = Path(path)
+    raw = _read_config(path)
+    family, cfg, module = build(raw, dtype=dtype, source=str(path / "config.json"), remat=remat)
+    infos = tensor_index(path)
+    expected = expected_tensors(module)
+    check_tensors(family, expected, infos, path)
+    graphdef, state = nnx.split(module)
+    flat = []
+    for name in expected:
+        info = infos[name]
+        host = read_tensor(info)  # a private copy: the device array may alias it on the CPU
+        if dtype is not None and host.dtype != jnp.dtype(dtype):
+            host = host.astype(jnp.dtype(dtype))
+        flat.append(jax.device_put(host, sharding(name, info.shape) if sharding else None))
+        del host
+    params = jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(state)), flat)
+    # The abstract state is kept (shapes only) to rebuild modules around any params.
+    return Checkpoint(path, family, cfg, raw, params, graphdef, state)
+
+
+def from_config(raw: dict[str, Any], *, seed: int = 0, dtype: Any = None, remat: bool = False) -> Checkpoint:
+    """A freshly initialised model (for building pairs to train) with the same interface as ``load``."""
+    family, cfg, module = build(raw, dtype=dtype, remat=remat, rngs=nnx.Rngs(seed), abstract=False)
+    graphdef, state = nnx.split(module)
+    return Checkpoint(None, family, cfg, raw, nnx.to_pure_dict(state), graphdef, state)
+
+
+def save(
+    out_dir: str | os.PathLike,
+    model: Checkpoint,
+    params: PyTree | None = None,
+    *,
+    max_shard_bytes: int = 5 * 2**30,
+    dtype: Any = None,
+    copy_from: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``params`` (default: the model's own) as an HF checkpoint directory.
+
+    Tensors are written under their HF names, in shards of at most ``max_shard_bytes`` with a
+    ``model.safetensors.index.json`` when more than one; ``config.json`` is the model's, and
+    tokenizer/processor files are copied from ``copy_from`` (default: the directory the model was
+    loaded from). The directory appears atomically; an existing non-empty ``out_dir`` is refused.
+    """
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not empty; refusing to overwrite")
+    params = model.params if params is None else params
+    names = leaf_names(params)
+    leaves = jax.tree.leaves(params)
+    expected = dict(zip(model.names, (np.shape(x) for x in jax.tree.leaves(model.params))))
+    got = dict(zip(names, (np.shape(x) for x in leaves)))
+    if got != expected:
+        bad = sorted(set(expected) ^ set(got)) or [n for n in expected if expected[n] != got[n]]
+        raise ValueError(f"params do not match the model's tensors (names or shapes), first: {bad[:5]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        shards: list[dict[str, np.ndarray]] = [{}]
+        size = 0
+        for name, leaf in zip(names, leaves):
+            arr = np.asarray(jax.device_get(leaf))
+            if dtype is not None:
+                arr = arr.astype(jnp.dtype(dtype))
+            if shards[-1] and size + arr.nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][name] = arr
+            size += arr.nbytes
+        weight_map, total = {}, 0
+        for i, shard in enumerate(shards):
+            fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            write_file(tmp / fname, shard)
+            total += sum(a.nbytes for a in shard.values())
+            weight_map.update({n: fname for n in shard})
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        raw = dict(model.raw_config)
+        if dtype is not None:
+            raw["dtype"] = jnp.dtype(dtype).name
+        (tmp / "config.json").write_text(json.dumps(raw, indent=2))
+        src = Path(copy_from) if copy_from is not None else model.path
+        if src is not None:
+            for f in TOKENIZER_FILES:
+                if (src / f).is_file():
+                    shutil.copy2(src / f, tmp / f)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _header_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
+    raw = _read_config(path)
+    family, _, module = build(raw, source=str(path / "config.json"))
+    expected = expected_tensors(module)
+    check_tensors(family, expected, tensor_index(path), path)
+    return family, {n: tuple(x.shape) for n, x in expected.items()}
+
+
+def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
+    """Check, from ``config.json`` and the safetensors headers alone (no weights read), that two
+    checkpoints share family, tensor names and shapes — the delta is only defined between
+    identical architectures. Returns the family; the error names the first mismatching tensor."""
+    fa, sa = _header_shapes(Path(pre))
+    fb, sb = _header_shapes(Path(post))
+    if fa != fb:
+        raise ValueError(f"pre ({pre}) is {fa} but post ({post}) is {fb}; a delta needs one architecture")
+    for name in sorted(set(sa) | set(sb)):
+        if sa.get(name) != sb.get(name):
+            raise ValueError(f"pre ({pre}) and post ({post}) differ at tensor {name}: pre {sa.get(name)}, post {sb.get(name)}")
+    return fa
+
+
+def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
+    """Load a pre/post pair after :func:`check_pair` (so a mismatch is reported before any
+    weights are read)."""
+    check_pair(pre, post)
+    return load(pre, **kwargs), load(post, **kwargs)

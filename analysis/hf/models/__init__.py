@@ -1,0 +1,7 @@
+"""Model families in Flax NNX with Hugging Face parameter names and layouts: Llama-style decoders
+(Llama-3, Mistral, Qwen2) and the CLIP vision tower."""
+
+from analysis.hf.models.clip import CLIPVisionConfig as CLIPVisionConfig
+from analysis.hf.models.clip import CLIPVisionModelWithProjection as CLIPVisionModelWithProjection
+from analysis.hf.models.llama import LlamaConfig as LlamaConfig
+from analysis.hf.models.llama import LlamaForCausalLM as LlamaForCausalLM

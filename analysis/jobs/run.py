@@ -1,0 +1,189 @@
+"""The main job: an edit suite on one or more pairs, written to a run directory that a killed
+run resumes from.
+
+Run directory::
+
+    run.json                 settings, versions, status ("running" → "complete")
+    progress/<pair>/checks.json        per-pair checks, written when done
+    progress/<pair>/edits/<id>.json    one record per scored edit, each written atomically
+    results.json, report.md, *.png     at the end
+
+Starting with an ``out`` that holds an unfinished run with the same settings resumes it: the
+pair checks and every edit already written are kept; only the rest is computed. Anything else
+already in ``out`` (a complete run, another run's settings, unrelated files) is refused, never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from analysis import files
+from analysis.pairs.pair import Pair
+from analysis.study import claims, suite
+from analysis.study.estimators import ESTIMATORS
+
+DEFAULT_PAIRS = ("lm/arithmetic", "lm/arithmetic-dpo", "vit/rotated")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What a run computes; two runs with equal settings give equal numbers."""
+
+    pairs: tuple[str, ...] = DEFAULT_PAIRS
+    edits: tuple[str, ...] = ()
+    seed: int = 0
+    probes: int = suite.DEFAULT_PROBES
+    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    size: str = "full"
+    checkpoints: dict[str, Any] | None = None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}
+
+    def record(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def versions() -> dict[str, str]:
+    import flax
+    import jax
+    import numpy as np
+    import optax
+
+    import riemann
+
+    return {"riemann": riemann.__version__, "python": sys.version.split()[0], "jax": jax.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
+            "platform": platform.platform(), "backend": jax.default_backend(),
+            "devices": f"{jax.device_count()} × {jax.devices()[0].device_kind}"}
+
+
+def _edit_file(spec: str) -> str:
+    return f"{zlib.crc32(spec.encode()):08x}-{files.slug(spec)[:60]}.json"
+
+
+def prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
+    """The run directory and whether this is a resumption. Refuses (``FileExistsError``) a
+    directory holding anything but an unfinished run with identical settings."""
+    state = {"settings": settings.record()}
+    if out is not None and Path(out).is_dir() and (Path(out) / "run.json").is_file():
+        out = Path(out)
+        try:
+            prev = json.loads((out / "run.json").read_text())
+        except json.JSONDecodeError:
+            raise FileExistsError(f"{out}/run.json is not valid JSON; choose a new --out") from None
+        if prev.get("status") == "complete":
+            raise FileExistsError(f"{out} holds a complete run; it is never overwritten — choose a new --out")
+        if prev.get("settings") != state["settings"]:
+            diff = sorted(k for k in set(prev.get("settings", {})) | set(state["settings"])
+                          if prev.get("settings", {}).get(k) != state["settings"].get(k))
+            raise FileExistsError(f"{out} holds an unfinished run with other settings (differing: {', '.join(diff)}); "
+                                  "rerun with the same arguments to resume it, or choose a new --out")
+        return out, True
+    path = files.fresh_output_dir(out)
+    files.write_json(path / "run.json", {**state, "status": "running", "versions": versions(),
+                                      "started": datetime.datetime.now().isoformat(timespec="seconds")})
+    return path, False
+
+
+@dataclasses.dataclass(frozen=True)
+class PairStore:
+    """The :class:`analysis.study.suite.Store` of one pair in a run directory:
+    ``progress/<pair>/checks.json`` and ``progress/<pair>/edits/<id>.json``, each written atomically."""
+
+    root: Path
+
+    def checks(self) -> dict[str, Any] | None:
+        f = self.root / "checks.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def save_checks(self, checks: dict[str, Any]) -> None:
+        files.write_json(self.root / "checks.json", checks)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        done = {}
+        for f in sorted((self.root / "edits").glob("*.json")):
+            rec = json.loads(f.read_text())
+            done[rec["spec"]] = _restore_nan(rec)
+        return done
+
+    def save_record(self, record: dict[str, Any]) -> None:
+        files.write_json(self.root / "edits" / _edit_file(record["spec"]), record)
+
+
+def _restore_nan(o: Any) -> Any:
+    # JSON has no NaN: files.write_json stores it as null; records read back use NaN again so
+    # resumed and uninterrupted runs give the same statistics.
+    if isinstance(o, dict):
+        return {k: (float("nan") if v is None and k in _NAN_KEYS else _restore_nan(v)) for k, v in o.items()}
+    return o
+
+
+_NAN_KEYS = set(ESTIMATORS) | {"measured"}  # keys of the per-estimator stderr, NaN when undefined
+
+
+def execute(
+    settings: RunSettings,
+    out: Path,
+    load_pair: Callable[[str], Pair],
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every pair of ``settings`` into ``out`` (see :func:`prepare`), resuming what exists,
+    and write the report. Returns the results record."""
+    from analysis.reporting import report  # Matplotlib only when a report is written
+
+    t0 = time.perf_counter()
+    specs = list(settings.edits) or suite.default_suite()
+    per_pair = []
+    for name in settings.pairs:
+        store = PairStore(out / "progress" / files.slug(name))
+        (store.root / "edits").mkdir(parents=True, exist_ok=True)
+        log(f"[riemann] pair {name}")
+        per_pair.append(suite.analyse(load_pair(name), specs, seed=settings.seed, probes=settings.probes,
+                                      estimators=settings.estimators, progress=progress, log=log, store=store))
+    run_state = json.loads((out / "run.json").read_text())
+    results = {
+        "settings": {**settings.record(), "edits": specs,
+                     "estimators": {n: dict(ESTIMATORS[n].settings) for n in settings.estimators},
+                     "tolerance_rule": "max(0.05·|L(pre) − L(post)|, 2·stderr(measured))",
+                     "edit_keys": "fold_in(key(seed), crc32(spec))"},
+        "versions": run_state.get("versions", versions()),
+        "pairs": per_pair,
+        "summary": summary(per_pair),
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    results["claims"] = claims.check(results)
+    for path in report.write(results, out):
+        log(f"[riemann] wrote {path}")
+    files.write_json(out / "run.json", {**run_state, "status": "complete",
+                                     "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+    return results
+
+
+def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per estimator, across pairs: Spearman per pair (min and mean), class agreement pooled over
+    every edit of every pair, seconds spent; and the best estimator by mean Spearman."""
+    import numpy as np
+
+    names = list(per_pair[0]["agreement"]) if per_pair else []
+    out: dict[str, Any] = {}
+    for n in names:
+        rhos = [p["agreement"][n]["spearman"] for p in per_pair]
+        agree = [r["class"][n] == r["class"]["measured"] for p in per_pair for r in p["edits"]]
+        out[n] = {"spearman_by_pair": {p["pair"]["name"]: p["agreement"][n]["spearman"] for p in per_pair},
+                  "spearman_min": float(np.min(rhos)), "spearman_mean": float(np.mean(rhos)),
+                  "class_agreement": float(np.mean(agree)) if agree else float("nan"),
+                  "seconds": float(sum(p["agreement"][n]["seconds"] for p in per_pair)),
+                  "edits": len(agree)}
+    measured_s = float(sum(r["seconds"]["measured"] for p in per_pair for r in p["edits"]))
+    best = max(names, key=lambda n: (out[n]["spearman_mean"], out[n]["class_agreement"])) if names else None
+    return {"estimators": out, "best": best, "measured_seconds": measured_s}

@@ -1,7 +1,0 @@
-"""Model families in Flax NNX with Hugging Face parameter names and layouts: Llama-style decoders
-(Llama-3, Mistral, Qwen2) and the CLIP vision tower."""
-
-from analysis.models.clip import CLIPVisionConfig as CLIPVisionConfig
-from analysis.models.clip import CLIPVisionModelWithProjection as CLIPVisionModelWithProjection
-from analysis.models.llama import LlamaConfig as LlamaConfig
-from analysis.models.llama import LlamaForCausalLM as LlamaForCausalLM

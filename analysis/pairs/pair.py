@@ -1,0 +1,32 @@
+"""The unit every analysis works on: a pre-trained / post-trained pair with its task loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A pre/post pair with its task loss, held-out batches and (optionally) accuracy.
+
+    ``loss_fn(params, batch)`` is the loss the estimators use; ``batches`` are held-out data never
+    seen in post-training; ``accuracy_fn(params, batches)`` is the task metric the paper's plots use
+    (see :mod:`analysis.pairs.accuracy`). ``template`` (an ``analysis.hf.checkpoints.Checkpoint``),
+    when present, is what an edited model is saved as (``riemann export``).
+    """
+
+    name: str
+    description: str
+    pre: PyTree
+    post: PyTree
+    loss_fn: Callable[[PyTree, Any], jax.Array]
+    batches: list[Any]
+    accuracy_fn: Callable[[PyTree, list[Any]], float] | None
+    info: dict[str, Any]
+    template: Any = None

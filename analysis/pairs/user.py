@@ -1,0 +1,83 @@
+"""A pair from what a user holds: two Hugging Face checkpoint directories and an evaluation file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.hf import checkpoints
+from analysis.pairs import accuracy, data
+from analysis.pairs.pair import Pair
+
+
+def from_checkpoints(
+    pre: str | os.PathLike,
+    post: str | os.PathLike,
+    data_file: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    max_len: int = 512,
+    max_batches: int | None = None,
+    dtype: Any = None,
+    dpo_beta: float = 0.1,
+    name: str | None = None,
+    remat: bool = False,
+) -> Pair:
+    """A pair from two HF checkpoint directories and an evaluation file.
+
+    Decoders (Llama/Mistral/Qwen2) take a JSONL file: ``{"text"}`` records give the LM loss on all
+    tokens, ``{"prompt", "response"}`` the loss on response tokens (accuracy: teacher-forced token
+    accuracy), ``{"prompt", "chosen", "rejected"}`` the DPO loss with ``pre`` as the reference
+    model (accuracy: implicit-reward accuracy). CLIP vision checkpoints with a classification head
+    (``riemann_num_labels``) take an ``.npz`` file with ``pixel_values`` [N, 3, H, W] and
+    ``labels`` [N] (cross-entropy, top-1 accuracy).
+
+    ``remat`` recomputes each layer in the backward pass instead of storing its activations (less
+    memory for long sequences, about one more forward pass per gradient).
+
+    Everything that can be checked cheaply — architectures from the file headers, the data file,
+    its tokens — is checked before any weights are read; errors name the file and what was expected.
+    """
+    pre, post, data_file = Path(pre), Path(post), Path(data_file)
+    family = checkpoints.check_pair(pre, post)
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches={max_batches}; expected a positive number of evaluation batches")
+    if family == "clip":
+        if data_file.suffix != ".npz":
+            raise data.DataError(f"{data_file}: a CLIP pair needs an .npz file with pixel_values and labels")
+        try:
+            with np.load(data_file) as f:
+                images, labels = f["pixel_values"], f["labels"]
+        except (KeyError, ValueError, OSError) as e:
+            raise data.DataError(f"{data_file}: expected arrays 'pixel_values' [N, 3, H, W] and 'labels' [N] ({e})") from None
+        batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
+        if not batches:
+            raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
+        a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
+        if "riemann_num_labels" not in a.raw_config:
+            raise ValueError(f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
+                             "by cross-entropy of a head fine-tuned with the encoder")
+        loss_fn = data.image_classification_loss(a.classify)
+        acc, acc_name, kind = accuracy.top1_accuracy_fn(a.classify), "top-1 accuracy", "images"
+    else:
+        kind, records = data.read_jsonl(data_file)
+        tok = data.load_tokenizer(post)
+        items = data.tokenize(tok, kind, records, max_len=max_len, source=str(data_file))
+        batches = data.make_batches(items, batch_size=batch_size, max_len=max_len)[:max_batches]
+        a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
+        if kind == "preference":
+            batches = data.dpo_batches(batches, a.forward, a.params)
+            loss_fn = data.dpo_loss(a.forward, beta=dpo_beta)
+            acc, acc_name = accuracy.reward_accuracy_fn(a.forward), "implicit-reward accuracy"
+        else:
+            loss_fn = data.causal_lm_loss(a.forward)
+            acc, acc_name = accuracy.token_accuracy_fn(a.forward), "token accuracy (teacher-forced)"
+    desc = f"{family} checkpoints {pre} → {post}, evaluated on {data_file} ({kind}, {len(batches)} batches of {batch_size})"
+    return Pair(name=name or f"{pre.name}→{post.name}", description=desc, pre=a.params, post=b.params, loss_fn=loss_fn,
+                batches=batches, accuracy_fn=acc,
+                info={"accuracy_name": acc_name, "checkpoints": {"pre": str(pre), "post": str(post)},
+                      "data": str(data_file), "kind": kind, "family": family},
+                template=b)

@@ -1,0 +1,132 @@
+"""The estimators a study can run, in one registry read by the suite, the report, the plots and
+the command line alike.
+
+Each entry says what the estimator computes, what it costs, whether its passes are shared by the
+whole suite (computed once per pair) or spent per edit, how it is drawn, and how it scores one
+edit's change ``ΔW~`` from the pair and the shared quantities. Users add their own with
+:func:`register_estimator`. The theory behind each one: ``docs/theory.md``, §2 (Eq. 1), §4 (first
+order vs the computed term) and §5 (second order, the Hutchinson diagonal).
+
+This module imports nothing heavy, so that ``riemann --help`` can list the estimators instantly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import riemann
+    from analysis.pairs.pair import Pair
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """What is computed once per pair and shared by every edit's estimators: the gradient at
+    ``W_post`` (``riemann.shared_curvature(..., probes=0)``, which also holds the per-batch
+    ``L(W_post)``) and, when an estimator needs it, the Hutchinson Hessian diagonal."""
+
+    pair: Pair
+    gradient: riemann.SharedCurvature
+    curvature: riemann.SharedCurvature | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """One registered estimator.
+
+    Attributes:
+      name: the name used in results, reports and ``--estimators``.
+      settings: recorded in ``results.json`` (``method`` and, for quadratures, ``rule``, ``n``,
+        ``mode``; ``shared: True`` when no pass is spent per edit).
+      description: one line for the report.
+      cost: the cost model in words, per batch (for the command line and the README).
+      marker: the Matplotlib marker of its points.
+      needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal)
+        or ``None`` (nothing shared).
+      score: ``score(shared, change) -> riemann.Estimate``.
+    """
+
+    name: str
+    settings: Mapping[str, Any]
+    description: str
+    cost: str
+    marker: str
+    needs: str | None
+    score: Callable[[Shared, PyTree], riemann.Estimate]
+
+    @property
+    def shared(self) -> bool:
+        """Whether the estimator spends no pass per edit."""
+        return bool(self.settings.get("shared", False))
+
+
+ESTIMATORS: dict[str, Estimator] = {}
+
+
+def register_estimator(estimator: Estimator) -> Estimator:
+    """Add ``estimator`` to :data:`ESTIMATORS`; refuses a name already taken or an unknown ``needs``."""
+    if estimator.name in ESTIMATORS:
+        raise ValueError(f"an estimator named {estimator.name!r} is already registered")
+    if estimator.needs not in (None, "gradient", "curvature"):
+        raise ValueError(f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected None, 'gradient' or 'curvature'")
+    ESTIMATORS[estimator.name] = estimator
+    return estimator
+
+
+def check_names(names: list[str] | tuple[str, ...]) -> list[str]:
+    """``names`` if every one is registered (and there is at least one), else a ``ValueError``
+    listing the unknown and the accepted names."""
+    unknown = [n for n in names if n not in ESTIMATORS]
+    if unknown or not names:
+        raise ValueError(f"unknown estimator(s) {unknown}; accepted: {', '.join(ESTIMATORS)}")
+    return list(names)
+
+
+def per_edit(**settings: Any) -> Callable[[Shared, PyTree], riemann.Estimate]:
+    """A scorer that runs ``riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, **settings)``."""
+
+    def score(shared: Shared, change: PyTree) -> riemann.Estimate:
+        import riemann
+
+        p = shared.pair
+        return riemann.estimate(p.loss_fn, p.post, change, p.batches, **settings)
+
+    return score
+
+
+def _first_order(shared: Shared, change: PyTree) -> riemann.Estimate:
+    return shared.gradient.first_order(change)
+
+
+def _shared_curvature(shared: Shared, change: PyTree) -> riemann.Estimate:
+    if shared.curvature is None:
+        raise ValueError("the shared-curvature estimator needs the Hutchinson diagonal; none was computed")
+    return shared.curvature.estimate(change)
+
+
+register_estimator(Estimator(
+    "riemann", {"method": "riemann", "rule": "left", "n": 5},
+    "the paper's computed Eq. 1 term: left rule, C = 5, gradients inside the segment",
+    "5 gradients per batch per edit", "o", None, per_edit(method="riemann", rule="left", n=5)))
+register_estimator(Estimator(
+    "first-order", {"method": "first-order", "shared": True},
+    "⟨∇L(W_post), ΔW~⟩ alone — what the zero-expectation argument is about (gradient shared by the suite)",
+    "1 gradient per batch, once per pair", "s", "gradient", _first_order))
+register_estimator(Estimator(
+    "shared-curvature", {"method": "shared-curvature", "shared": True},
+    "first order + ½·Σ diag(H)·ΔW~², diag(H) by Hutchinson probes at W_post, computed once for the suite",
+    "probes HVPs per batch, once per pair", "v", "curvature", _shared_curvature))
+register_estimator(Estimator(
+    "second-order", {"method": "second-order"},
+    "first order + ½⟨ΔW~, HΔW~⟩, one Hessian-vector product per edit",
+    "1 HVP per batch per edit", "^", None, per_edit(method="second-order")))
+# Its per-module terms are not reported (the paper's rule supplies them), so forward-mode products
+# serve: the same value without a gradient accumulator.
+register_estimator(Estimator(
+    "gauss-legendre", {"method": "riemann", "rule": "gauss-legendre", "n": 8, "mode": "forward"},
+    "Gauss–Legendre quadrature of the same integral, 8 nodes",
+    "8 jvps per batch per edit", "D", None, per_edit(method="riemann", rule="gauss-legendre", n=8, mode="forward")))

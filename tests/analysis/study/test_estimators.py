@@ -1,0 +1,58 @@
+"""The estimator registry: every entry scores a change as its method says, and the suite, the
+report, the plots and the command line read the same entries."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import riemann
+from analysis.cli import build_parser
+from analysis.pairs.pair import Pair
+from analysis.reporting import plots, report
+from analysis.study import estimators
+from analysis.study.estimators import ESTIMATORS, Estimator, Shared
+
+
+def _pair():
+    def loss(p, x):  # H = diag(x): every estimator but the left rule is exact on it
+        return 0.5 * jnp.sum(x * p["w"] ** 2)
+
+    post = {"w": jnp.array([1.0, -2.0, 0.5])}
+    return Pair("quadratic", "½ Σ x w²", post, post, loss, [jnp.array([1.0, 2.0, 3.0])], None, {})
+
+
+def test_every_estimator_scores_a_change_by_its_method():
+    pair = _pair()
+    g = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
+    c = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=1, key=jax.random.key(0))
+    shared = Shared(pair, g, c)
+    change = {"w": jnp.array([0.5, 1.0, -1.0])}
+    exact = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
+    first = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="first-order").value
+    want = {"riemann": None, "first-order": first, "shared-curvature": exact, "second-order": exact, "gauss-legendre": exact}
+    assert set(ESTIMATORS) == set(want)
+    for name, est in ESTIMATORS.items():
+        got = est.score(shared, change)
+        assert got.method == est.settings["method"]
+        if want[name] is not None:
+            assert got.value == pytest.approx(want[name], rel=1e-6), name
+        assert est.shared == (est.needs is not None)
+
+
+def test_the_report_plots_and_command_line_read_the_registry(monkeypatch):
+    monkeypatch.setattr(estimators, "ESTIMATORS", dict(ESTIMATORS))
+    new = Estimator("third-order", {"method": "third-order"}, "a user's estimator", "1 miracle per edit", "*", None,
+                    estimators.per_edit(method="second-order"))
+    estimators.register_estimator(new)
+    monkeypatch.setattr(plots, "ESTIMATORS", estimators.ESTIMATORS)
+    monkeypatch.setattr(report, "ESTIMATORS", estimators.ESTIMATORS)
+    assert plots._marker("third-order") == "*"
+    run = next(a for a in build_parser()._actions if a.dest == "command").choices["run"]
+    help_text = next(a.help for a in run._actions if a.dest == "estimators")
+    assert "gauss-legendre (8 jvps per batch per edit)" in help_text
+    with pytest.raises(ValueError, match="already registered"):
+        estimators.register_estimator(new)
+    with pytest.raises(ValueError, match="needs='hessian'"):
+        estimators.register_estimator(Estimator("x", {}, "", "", "o", "hessian", new.score))
+    with pytest.raises(ValueError, match=r"unknown estimator\(s\) \['magic'\]"):
+        estimators.check_names(["riemann", "magic"])
