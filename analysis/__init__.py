@@ -21,8 +21,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_SHORT = {"checkpoints": "analysis.hf.checkpoints", "data": "analysis.pairs.data", "workbench": "analysis.pairs.workbench",
-          "plan": "analysis.perf.plan", "suite": "analysis.study.suite", "resume": "analysis.study.resume"}
+_SHORT = {
+    "checkpoints": "analysis.hf.checkpoints",
+    "data": "analysis.pairs.data",
+    "workbench": "analysis.pairs.workbench",
+    "plan": "analysis.perf.plan",
+    "suite": "analysis.study.suite",
+    "resume": "analysis.study.resume",
+}
 
 
 def __getattr__(name: str) -> Any:

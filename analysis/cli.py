@@ -26,17 +26,25 @@ def _run_settings(args: argparse.Namespace) -> Any:
             raise ValueError(f"checkpoint pairs need --pre, --post and --data; missing {', '.join(missing)}")
         if args.pair:
             raise ValueError("give either --pair or --pre/--post/--data, not both")
-        user = {"pre": str(Path(args.pre).resolve()), "post": str(Path(args.post).resolve()),
-                "data": str(Path(args.data).resolve()), "batch_size": args.batch_size, "max_len": args.max_len,
-                "max_batches": args.max_batches, "dtype": args.dtype, "remat": args.remat}
+        user = {
+            "pre": str(Path(args.pre).resolve()),
+            "post": str(Path(args.post).resolve()),
+            "data": str(Path(args.data).resolve()),
+            "batch_size": args.batch_size,
+            "max_len": args.max_len,
+            "max_batches": args.max_batches,
+            "dtype": args.dtype,
+            "remat": args.remat,
+        }
         pairs: tuple[str, ...] = (f"{Path(args.pre).name}→{Path(args.post).name}",)
     else:
         pairs = registry.check_names(args.pair or run.DEFAULT_PAIRS)
     names = tuple(estimators.check_names(tuple(args.estimators or estimators.ESTIMATORS)))
     if args.probes < 1:
         raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
-    return run.RunSettings(pairs=pairs, edits=specs, seed=args.seed, probes=args.probes, estimators=names,
-                           size=args.size, checkpoints=user)
+    return run.RunSettings(
+        pairs=pairs, edits=specs, seed=args.seed, probes=args.probes, estimators=names, size=args.size, checkpoints=user
+    )
 
 
 def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
@@ -45,9 +53,17 @@ def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
             from analysis import pairs
 
             c = settings.checkpoints
-            return pairs.from_checkpoints(c["pre"], c["post"], c["data"], batch_size=c["batch_size"], max_len=c["max_len"],
-                                          max_batches=c["max_batches"], dtype=c["dtype"], name=name,
-                                          remat=bool(c.get("remat", False)))
+            return pairs.from_checkpoints(
+                c["pre"],
+                c["post"],
+                c["data"],
+                batch_size=c["batch_size"],
+                max_len=c["max_len"],
+                max_batches=c["max_batches"],
+                dtype=c["dtype"],
+                name=name,
+                remat=bool(c.get("remat", False)),
+            )
         from analysis.pairs import registry
 
         return registry.load_pair(name, size=settings.size, seed=settings.seed, progress=not quiet)
@@ -69,14 +85,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
             kind, records = data.read_jsonl(c["data"])
             data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
     out, resumed = run.prepare(args.out, settings)
-    print(f"[riemann] {'resuming' if resumed else 'writing'} {out}: {len(settings.pairs)} pair(s), "
-          f"{len(settings.edits) or 'default'} edits, seed {settings.seed}", flush=True)
+    print(
+        f"[riemann] {'resuming' if resumed else 'writing'} {out}: {len(settings.pairs)} pair(s), "
+        f"{len(settings.edits) or 'default'} edits, seed {settings.seed}",
+        flush=True,
+    )
     results = run.execute(settings, out, _pair_loader(settings, args.quiet), progress=not args.quiet)
     summ = results["summary"]
     best = summ["estimators"][summ["best"]]
-    print(f"[riemann] best estimator: {summ['best']} (Spearman {best['spearman_min']:.3f}–"
-          f"{max(best['spearman_by_pair'].values()):.3f} across pairs, class agreement {best['class_agreement']:.2f}); "
-          f"report: {out / 'report.md'}")
+    print(
+        f"[riemann] best estimator: {summ['best']} (Spearman {best['spearman_min']:.3f}–"
+        f"{max(best['spearman_by_pair'].values()):.3f} across pairs, class agreement {best['class_agreement']:.2f}); "
+        f"report: {out / 'report.md'}"
+    )
     return 0
 
 
@@ -92,7 +113,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if not (args.pre and args.post):
             raise ValueError("export from checkpoints needs both --pre and --post")
         checkpoints.check_pair(args.pre, args.post)
-        pre, template = checkpoints.load(args.pre, dtype=args.dtype).params, checkpoints.load(args.post, dtype=args.dtype)
+        pre, template = (
+            checkpoints.load(args.pre, dtype=args.dtype).params,
+            checkpoints.load(args.post, dtype=args.dtype),
+        )
     else:
         from analysis.pairs import registry
 
@@ -122,7 +146,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
         out = files.fresh_output_dir(args.out, root="runs")
         files.write_json(out / "reproduce.json", {"seed": args.seed, "size": args.size})
     settings = run.RunSettings(seed=args.seed, size=args.size)
-    records = reproduce.reproduce(names, _pair_loader(settings, args.quiet), out, seed=args.seed, progress=not args.quiet)
+    records = reproduce.reproduce(
+        names, _pair_loader(settings, args.quiet), out, seed=args.seed, progress=not args.quiet
+    )
     for rec in records:
         print(f"[riemann] {rec['title']}\n    paper: {rec['paper_claim']}\n    ours:  {rec['ours']}")
     print(f"[riemann] wrote {out / 'README.md'}")
@@ -132,14 +158,23 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from analysis.perf import plan
 
-    p = plan.plan(args.model, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, remat=not args.no_remat,
-                  device_memory_gib=args.memory)
+    p = plan.plan(
+        args.model,
+        batch=args.batch,
+        seq_len=args.seq_len,
+        dtype=args.dtype,
+        remat=not args.no_remat,
+        device_memory_gib=args.memory,
+    )
     print(p.table())
     if args.xla:
         for mode in plan.MODES:
-            c = plan.compiled(args.model, mode=mode, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype,
-                              remat=not args.no_remat)
-            verdict = "" if p.device_memory is None else (" — fits" if c.total <= p.device_memory else " — does not fit")
+            c = plan.compiled(
+                args.model, mode=mode, batch=args.batch, seq_len=args.seq_len, dtype=args.dtype, remat=not args.no_remat
+            )
+            verdict = (
+                "" if p.device_memory is None else (" — fits" if c.total <= p.device_memory else " — does not fit")
+            )
             print(c.line() + verdict)
     return 0
 
@@ -159,8 +194,11 @@ def _cmd_workbench(args: argparse.Namespace) -> int:
     root = workbench.build(args.size, progress=not args.quiet)
     manifest = json.loads((root / "manifest.json").read_text())
     for name, result in manifest["stages"].items():
-        keep = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()
-                if k in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post", "heldout_loss", "seconds")}
+        keep = {
+            k: round(v, 4) if isinstance(v, float) else v
+            for k, v in result.items()
+            if k in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post", "heldout_loss", "seconds")
+        }
         print(f"{name}: {keep}")
     print(f"[riemann] workbench ready in {root}")
     return 0
@@ -172,15 +210,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return bench.main(args)
 
 
-def _options(*, seed: bool = False, size: bool = False, quiet: bool = False, out: str | None = None) -> argparse.ArgumentParser:
+def _options(
+    *, seed: bool = False, size: bool = False, quiet: bool = False, out: str | None = None
+) -> argparse.ArgumentParser:
     """A parent parser holding the options several subcommands share, each declared once."""
     parent = argparse.ArgumentParser(add_help=False)
     if out is not None:
-        parent.add_argument("--out", required=out == "required", help=out if out != "required" else "new (or empty) output directory")
+        parent.add_argument(
+            "--out", required=out == "required", help=out if out != "required" else "new (or empty) output directory"
+        )
     if seed:
         parent.add_argument("--seed", type=int, default=0, help="seed for every random edit and probe (default 0)")
     if size:
-        parent.add_argument("--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)")
+        parent.add_argument(
+            "--size", choices=["full", "mini"], default="full", help="workbench size (mini: seconds, for tests)"
+        )
     if quiet:
         parent.add_argument("--quiet", action="store_true", help="no progress bars")
     return parent
@@ -196,65 +240,110 @@ def build_parser() -> argparse.ArgumentParser:
     )
     workbench = _options(seed=True, size=True, quiet=True)
     sub = parser.add_subparsers(dest="command")
-    run = sub.add_parser("run", parents=[workbench, _options(out="output directory (new or empty, or an unfinished run "
-                                                                  "to resume; default: runs/<timestamp>)")],
-                         help="analyse an edit suite end to end (default: the built-in workbench)",
-                         description="Every estimator of every edit's loss change, validated against the measured change. "
-                         "With no arguments: the default suite on the workbench pairs lm/arithmetic, lm/arithmetic-dpo "
-                         "and vit/rotated (built on first use). Rerun with the same --out and arguments to resume.")
-    run.add_argument("--pair", nargs="+", metavar="NAME", help="workbench pair(s), or 'all' (default: lm/arithmetic "
-                     "lm/arithmetic-dpo vit/rotated; also mlp-teacher)")
+    run = sub.add_parser(
+        "run",
+        parents=[
+            workbench,
+            _options(out="output directory (new or empty, or an unfinished run to resume; default: runs/<timestamp>)"),
+        ],
+        help="analyse an edit suite end to end (default: the built-in workbench)",
+        description="Every estimator of every edit's loss change, validated against the measured change. "
+        "With no arguments: the default suite on the workbench pairs lm/arithmetic, lm/arithmetic-dpo "
+        "and vit/rotated (built on first use). Rerun with the same --out and arguments to resume.",
+    )
+    run.add_argument(
+        "--pair",
+        nargs="+",
+        metavar="NAME",
+        help="workbench pair(s), or 'all' (default: lm/arithmetic lm/arithmetic-dpo vit/rotated; also mlp-teacher)",
+    )
     run.add_argument("--pre", help="pre-trained HF checkpoint directory (with --post and --data)")
     run.add_argument("--post", help="post-trained HF checkpoint directory")
-    run.add_argument("--data", help="evaluation JSONL (decoders: text, prompt/response or prompt/chosen/rejected) or .npz (CLIP)")
+    run.add_argument(
+        "--data", help="evaluation JSONL (decoders: text, prompt/response or prompt/chosen/rejected) or .npz (CLIP)"
+    )
     run.add_argument("--batch-size", type=int, default=8, help="evaluation batch size for --data (default 8)")
     run.add_argument("--max-len", type=int, default=512, help="token limit per sequence for --data (default 512)")
     run.add_argument("--max-batches", type=int, help="use at most this many evaluation batches of --data")
     run.add_argument("--dtype", choices=DTYPES, help="parameter dtype for --pre/--post (default: as stored)")
-    run.add_argument("--remat", action="store_true",
-                     help="recompute each layer in the backward pass for --pre/--post (less memory, ~1 more forward per step)")
-    run.add_argument("--edits", nargs="+", metavar="SPEC", help="edit specs, e.g. dare:p=0.9,k=0.5 (default: the built-in suite)")
-    run.add_argument("--estimators", nargs="+", metavar="NAME",
-                     help="subset of: " + "; ".join(f"{n} ({e.cost})" for n, e in ESTIMATORS.items()))
-    run.add_argument("--probes", type=int, default=8, help="Hutchinson probes per batch for the shared-curvature estimator (default 8)")
+    run.add_argument(
+        "--remat",
+        action="store_true",
+        help="recompute each layer in the backward pass for --pre/--post (less memory, ~1 more forward per step)",
+    )
+    run.add_argument(
+        "--edits", nargs="+", metavar="SPEC", help="edit specs, e.g. dare:p=0.9,k=0.5 (default: the built-in suite)"
+    )
+    run.add_argument(
+        "--estimators",
+        nargs="+",
+        metavar="NAME",
+        help="subset of: " + "; ".join(f"{n} ({e.cost})" for n, e in ESTIMATORS.items()),
+    )
+    run.add_argument(
+        "--probes",
+        type=int,
+        default=8,
+        help="Hutchinson probes per batch for the shared-curvature estimator (default 8)",
+    )
     run.set_defaults(func=_cmd_run)
-    ex = sub.add_parser("export", parents=[workbench, _options(out="required")],
-                        help="write an edited model W_pre + F(ΔW) in Hugging Face layout")
+    ex = sub.add_parser(
+        "export",
+        parents=[workbench, _options(out="required")],
+        help="write an edited model W_pre + F(ΔW) in Hugging Face layout",
+    )
     ex.add_argument("--edit", required=True, metavar="SPEC", help="the edit, e.g. dare:p=0.9")
     ex.add_argument("--pair", default="lm/arithmetic", help="workbench pair (default lm/arithmetic)")
     ex.add_argument("--pre", help="pre-trained HF checkpoint directory (instead of --pair)")
     ex.add_argument("--post", help="post-trained HF checkpoint directory")
     ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
     ex.set_defaults(func=_cmd_export)
-    rp = sub.add_parser("reproduce", parents=[workbench, _options(out="output directory (default: runs/<timestamp>); "
-                                                                       "rerun into it to keep finished experiments")],
-                        help="reproduce the paper's figures and tables on the workbench",
-                        description="Experiments: fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7, or all. Each writes "
-                        "<name>.json, <name>.md (the paper's claim next to ours) and <name>.png.")
+    rp = sub.add_parser(
+        "reproduce",
+        parents=[
+            workbench,
+            _options(out="output directory (default: runs/<timestamp>); rerun into it to keep finished experiments"),
+        ],
+        help="reproduce the paper's figures and tables on the workbench",
+        description="Experiments: fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7, or all. Each writes "
+        "<name>.json, <name>.md (the paper's claim next to ours) and <name>.png.",
+    )
     rp.add_argument("experiment", nargs="+", help="fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7 or all")
     rp.set_defaults(func=_cmd_reproduce)
     pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
-    pl.add_argument("model", help="checkpoint directory, config.json, or a preset: llama-3-8b, mistral-7b-v0.3, qwen2-7b, llama-3-70b")
+    pl.add_argument(
+        "model",
+        help="checkpoint directory, config.json, or a preset: llama-3-8b, mistral-7b-v0.3, qwen2-7b, llama-3-70b",
+    )
     pl.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
     pl.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")
     pl.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="parameter dtype")
     pl.add_argument("--memory", type=float, metavar="GIB", help="device memory in GiB, e.g. 80 (H100) or 141 (H200)")
     pl.add_argument("--no-remat", action="store_true", help="without per-layer rematerialisation")
-    pl.add_argument("--xla", action="store_true",
-                    help="also compile the engine's step from shapes on this machine's backend and print XLA's own memory plan")
+    pl.add_argument(
+        "--xla",
+        action="store_true",
+        help="also compile the engine's step from shapes on this machine's backend and print XLA's own memory plan",
+    )
     pl.set_defaults(func=_cmd_plan)
     ed = sub.add_parser("edits", help="list the registered edits and their parameters")
     ed.set_defaults(func=_cmd_edits)
     wb = sub.add_parser("workbench", help="the built-in pre/post pairs")
     wb_sub = wb.add_subparsers(dest="workbench_command", required=True)
-    wb_build = wb_sub.add_parser("build", parents=[_options(size=True, quiet=True)],
-                                 help="train (or verify the cache of) every built-in pair")
+    wb_build = wb_sub.add_parser(
+        "build", parents=[_options(size=True, quiet=True)], help="train (or verify the cache of) every built-in pair"
+    )
     wb_build.set_defaults(func=_cmd_workbench)
     bench = sub.add_parser("bench", help="performance ratios measured side by side in one run")
     bench.add_argument("--json", help="also write the figures as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
-    bench.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks (path_step, path_memory, "
-                       "edit_cost, lowrank, load_checkpoint, torch_path, suite_scoring)")
+    bench.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="run only these benchmarks (path_step, path_memory, "
+        "edit_cost, lowrank, load_checkpoint, torch_path, suite_scoring)",
+    )
     bench.set_defaults(func=_cmd_bench)
     return parser
 

@@ -42,8 +42,9 @@ from riemann import edits
 SMOKE = os.environ.get("RIEMANN_SMOKE") == "1"
 pair = workbench.load_pair("lm/arithmetic", "mini" if SMOKE else "full", progress=False, log=lambda s: None)
 delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
-gain = riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
-                        method="measured").value
+gain = riemann.estimate(
+    pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches, method="measured"
+).value
 assert gain > 0, "post-training lowers the loss on its own task"
 tolerance = 0.05 * gain
 print(pair.description, f"\ngain L(pre) − L(post) = {gain:.3f}; competitive means ΔL ≤ {tolerance:.3f}")
@@ -55,8 +56,10 @@ print(pair.description, f"\ngain L(pre) − L(post) = {gain:.3f}; competitive me
 
 # %%
 sc = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=4 if SMOKE else 16, key=jax.random.key(0))
-curv = sum(float(np.sum(np.asarray(d) * np.asarray(x) ** 2))
-           for d, x in zip(jax.tree.leaves(sc.diagonal), jax.tree.leaves(delta)))   # Σ_i H_ii ΔW_i²
+curv = sum(
+    float(np.sum(np.asarray(d) * np.asarray(x) ** 2))
+    for d, x in zip(jax.tree.leaves(sc.diagonal), jax.tree.leaves(delta))
+)  # Σ_i H_ii ΔW_i²
 
 
 def intensity(p, k=0.0):
@@ -68,10 +71,15 @@ rows = []
 for p in ps:
     d = edits.dare(delta, p, key=jax.random.key(1))
     change = jax.tree.map(lambda e, x: e - x, d, delta)
-    rows.append({"p": p, "first": sc.first_order(change).value,
-                 "second": riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="second-order").value,
-                 "intensity": intensity(p),
-                 "measured": riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value})
+    rows.append(
+        {
+            "p": p,
+            "first": sc.first_order(change).value,
+            "second": riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="second-order").value,
+            "intensity": intensity(p),
+            "measured": riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value,
+        }
+    )
 print(f"Σ H_ii ΔW_i² = {curv:.4g}")
 print(f"{'p':>5}{'first order':>14}{'second order':>14}{'intensity':>12}{'measured':>12}")
 for r in rows:
@@ -83,8 +91,12 @@ print(f"intensity crosses the tolerance at p = {boundary}; measured change first
 # %%
 fig, ax = plt.subplots(figsize=(6.5, 4))
 x = [r["p"] for r in rows]
-for key, label, m in (("first", "first order ⟨g, ΔW~⟩", "s"), ("second", "second order (HVP)", "^"),
-                      ("intensity", "editing intensity (expected quadratic term)", "v"), ("measured", "measured ΔL", "o")):
+for key, label, m in (
+    ("first", "first order ⟨g, ΔW~⟩", "s"),
+    ("second", "second order (HVP)", "^"),
+    ("intensity", "editing intensity (expected quadratic term)", "v"),
+    ("measured", "measured ΔL", "o"),
+):
     ax.plot(x, [max(r[key], 1e-6) if key != "first" else abs(r[key]) + 1e-6 for r in rows], marker=m, label=label)
 ax.axhline(tolerance, color="gray", ls="--", lw=0.8, label="tolerance (5 % of the gain)")
 ax.set_yscale("log")
@@ -102,10 +114,15 @@ ax.grid(alpha=0.3)
 for k in (0.5, 1.5):
     e = edits.biased_product(delta, k=k, grad=sc.grad)
     change = jax.tree.map(lambda a, b: a - b, e, delta)
-    f, s = sc.first_order(change).value, riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="second-order")
+    f, s = (
+        sc.first_order(change).value,
+        riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="second-order"),
+    )
     m = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
-    print(f"k = {k}: first order {f:+.4f}, second order {s.value:+.4f} (quadratic part {s.terms['second']:+.4f}), "
-          f"measured {m:+.4f}")
+    print(
+        f"k = {k}: first order {f:+.4f}, second order {s.value:+.4f} (quadratic part {s.terms['second']:+.4f}), "
+        f"measured {m:+.4f}"
+    )
 
 # %% [markdown]
 # ## How fast each quadrature converges
@@ -115,10 +132,23 @@ for k in (0.5, 1.5):
 # smooth. The paper's left rule with C = 5 is the first point of the `left` line.
 
 # %%
-ns = {"left": [2, 5, 10], "midpoint": [2, 5, 10], "trapezoid": [2, 5, 9], "simpson": [3, 5, 9],
-      "gauss-legendre": [2, 4, 8]} if SMOKE else \
-     {"left": [2, 5, 10, 20, 40], "midpoint": [2, 5, 10, 20], "trapezoid": [3, 5, 9, 17], "simpson": [3, 5, 9, 17],
-      "gauss-legendre": [2, 3, 4, 6, 8]}
+ns = (
+    {
+        "left": [2, 5, 10],
+        "midpoint": [2, 5, 10],
+        "trapezoid": [2, 5, 9],
+        "simpson": [3, 5, 9],
+        "gauss-legendre": [2, 4, 8],
+    }
+    if SMOKE
+    else {
+        "left": [2, 5, 10, 20, 40],
+        "midpoint": [2, 5, 10, 20],
+        "trapezoid": [3, 5, 9, 17],
+        "simpson": [3, 5, 9, 17],
+        "gauss-legendre": [2, 3, 4, 6, 8],
+    }
+)
 d5 = jax.tree.map(lambda e, x: e - x, edits.dare(delta, 0.5, key=jax.random.key(1)), delta)
 segments = {"pre → post": (pair.pre, delta), "DARE p = 0.5 (post → edited)": (pair.post, d5)}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))

@@ -50,9 +50,17 @@ if not (PRE and POST and DATA) and SMOKE:
     from analysis.pairs.workbench import corpus
 
     tok = corpus.byte_tokenizer()
-    raw = {"model_type": "llama", "vocab_size": tok.get_vocab_size(), "hidden_size": 32, "intermediate_size": 64,
-           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 10000.0,
-           "tie_word_embeddings": False}
+    raw = {
+        "model_type": "llama",
+        "vocab_size": tok.get_vocab_size(),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": False,
+    }
     base = checkpoints.from_config(raw, seed=0)
     keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(base.params))))
     tuned = jax.tree.map(lambda x: x + 0.02 * jax.random.normal(next(keys), x.shape, x.dtype), base.params)
@@ -95,9 +103,12 @@ print(plan.plan("llama-3-8b", batch=1, seq_len=4096, dtype="bfloat16", device_me
 pair = pairs.from_checkpoints(PRE, POST, DATA, batch_size=8, max_len=64, max_batches=4)
 print(pair.description)
 delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
-gain = riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
-                        method="measured").value
-print(f"L(pre) − L(post) = {gain:.4f}; {pair.info['accuracy_name']} post = {pair.accuracy_fn(pair.post, pair.batches):.3f}")
+gain = riemann.estimate(
+    pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches, method="measured"
+).value
+print(
+    f"L(pre) − L(post) = {gain:.4f}; {pair.info['accuracy_name']} post = {pair.accuracy_fn(pair.post, pair.batches):.3f}"
+)
 
 # %% [markdown]
 # ## Analyse a few edits — both modes
@@ -111,7 +122,9 @@ for spec in ("dare:p=0.5", "bitdelta", "lowrank:fraction=0.25", "expo:alpha=0.3"
     term_fwd = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, mode="forward")
     measured = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured")
     cls = riemann.classify(measured.value, riemann.choose_tolerance(gain=gain, stderr=measured.stderr))
-    print(f"{spec:<24} term {term.value:+.5f} (forward mode {term_fwd.value:+.5f})  measured {measured.value:+.5f}  {cls}")
+    print(
+        f"{spec:<24} term {term.value:+.5f} (forward mode {term_fwd.value:+.5f})  measured {measured.value:+.5f}  {cls}"
+    )
 
 # %% [markdown]
 # The command line does all of this for a whole suite, with every estimator and a report:
@@ -133,4 +146,6 @@ params = jax.tree.map(lambda p, f: p + f, pair.pre, edited)
 out = checkpoints.save(WORK / "dare-0.5", post_ck, params)
 print(sorted(p.name for p in out.iterdir()))
 back = checkpoints.load(out)
-assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(params)))
+assert all(
+    np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(params))
+)

@@ -45,8 +45,10 @@ SIZE = "mini" if SMOKE else "full"
 
 pair = workbench.load_pair("lm/arithmetic", SIZE, progress=False)
 print(pair.description)
-print(f"{len(pair.batches)} held-out batches; {pair.info['accuracy_name']} of W_post: "
-      f"{pair.accuracy_fn(pair.post, pair.batches):.3f}")
+print(
+    f"{len(pair.batches)} held-out batches; {pair.info['accuracy_name']} of W_post: "
+    f"{pair.accuracy_fn(pair.post, pair.batches):.3f}"
+)
 
 # %% [markdown]
 # ## The delta and three edits
@@ -73,25 +75,38 @@ changes = {name: jax.tree.map(lambda e, d: e - d, f, delta) for name, f in edite
 # the post-training gain or two paired standard errors, whichever is larger.
 
 # %%
-gain = riemann.estimate(pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches,
-                        method="measured").value          # L(W_post − ΔW) − L(W_post) = L(pre) − L(post)
+gain = riemann.estimate(
+    pair.loss_fn, pair.post, jax.tree.map(lambda d: -d, delta), pair.batches, method="measured"
+).value  # L(W_post − ΔW) − L(W_post) = L(pre) − L(post)
 assert gain > 0, "post-training lowers the loss on its own task"
 rows = []
 for name, change in changes.items():
-    est = {m: riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method=m)
-           for m in ("riemann", "first-order", "second-order", "measured")}
+    est = {
+        m: riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method=m)
+        for m in ("riemann", "first-order", "second-order", "measured")
+    }
     tol = riemann.choose_tolerance(gain=gain, stderr=est["measured"].stderr)
     acc = pair.accuracy_fn(jax.tree.map(lambda p, f: p + f, pair.pre, edited[name]), pair.batches)
-    rows.append({"edit": name, **{m: e.value for m, e in est.items()},
-                 "predicted": riemann.classify(est["riemann"].value, tol),
-                 "measured class": riemann.classify(est["measured"].value, tol), "accuracy": acc,
-                 "modules": est["riemann"].modules})
+    rows.append(
+        {
+            "edit": name,
+            **{m: e.value for m, e in est.items()},
+            "predicted": riemann.classify(est["riemann"].value, tol),
+            "measured class": riemann.classify(est["measured"].value, tol),
+            "accuracy": acc,
+            "modules": est["riemann"].modules,
+        }
+    )
 
 print(f"post-training gain L(pre) − L(post) = {gain:.3f}")
-print(f"{'edit':<13}{'term (C=5)':>12}{'1st order':>12}{'2nd order':>12}{'measured':>12}  {'predicted':<12}{'measured':<12}{'accuracy':>8}")
+print(
+    f"{'edit':<13}{'term (C=5)':>12}{'1st order':>12}{'2nd order':>12}{'measured':>12}  {'predicted':<12}{'measured':<12}{'accuracy':>8}"
+)
 for r in rows:
-    print(f"{r['edit']:<13}{r['riemann']:>12.4f}{r['first-order']:>12.4f}{r['second-order']:>12.4f}"
-          f"{r['measured']:>12.4f}  {r['predicted']:<12}{r['measured class']:<12}{r['accuracy']:>8.3f}")
+    print(
+        f"{r['edit']:<13}{r['riemann']:>12.4f}{r['first-order']:>12.4f}{r['second-order']:>12.4f}"
+        f"{r['measured']:>12.4f}  {r['predicted']:<12}{r['measured class']:<12}{r['accuracy']:>8.3f}"
+    )
 
 # %% [markdown]
 # DARE's first-order term is near zero at every `p` (the paper's zero-expectation argument); the
@@ -100,8 +115,14 @@ for r in rows:
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
 x = np.arange(len(rows))
-for i, (m, label) in enumerate([("first-order", "first order"), ("riemann", "term, C = 5"),
-                                ("second-order", "second order"), ("measured", "measured")]):
+for i, (m, label) in enumerate(
+    [
+        ("first-order", "first order"),
+        ("riemann", "term, C = 5"),
+        ("second-order", "second order"),
+        ("measured", "measured"),
+    ]
+):
     axes[0].bar(x + (i - 1.5) * 0.2, [r[m] for r in rows], width=0.2, label=label)
 axes[0].set_xticks(x, [r["edit"] for r in rows], rotation=20)
 axes[0].set_yscale("symlog", linthresh=1e-2)

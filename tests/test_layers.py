@@ -50,8 +50,16 @@ def test_analysis_imports_point_down():
 
 
 def test_the_engine_stands_alone():
-    wrong = [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in _sources("riemann")
-             for line, m in _imports(p) if m.split(".")[0] == "analysis"]
-    wrong += [f"{p.relative_to(ROOT)}:{line} imports {m}" for p in _sources("analysis", "tests", "notebooks")
-              for line, m in _imports(p) if m.startswith("riemann._src")]
+    wrong = [
+        f"{p.relative_to(ROOT)}:{line} imports {m}"
+        for p in _sources("riemann")
+        for line, m in _imports(p)
+        if m.split(".")[0] == "analysis"
+    ]
+    wrong += [
+        f"{p.relative_to(ROOT)}:{line} imports {m}"
+        for p in _sources("analysis", "tests", "notebooks")
+        for line, m in _imports(p)
+        if m.startswith("riemann._src")
+    ]
     assert not wrong, "\n".join(wrong)

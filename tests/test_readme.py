@@ -10,9 +10,17 @@ from analysis.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 # Short names the README's code uses for modules, and the modules they are.
-MODULES = {"riemann": "riemann", "edits": "riemann.edits", "tree_utils": "riemann.tree_utils",
-           "checkpoints": "analysis.hf.checkpoints", "data": "analysis.pairs.data", "workbench": "analysis.pairs.workbench",
-           "pairs": "analysis.pairs", "plan": "analysis.perf.plan", "suite": "analysis.study.suite"}
+MODULES = {
+    "riemann": "riemann",
+    "edits": "riemann.edits",
+    "tree_utils": "riemann.tree_utils",
+    "checkpoints": "analysis.hf.checkpoints",
+    "data": "analysis.pairs.data",
+    "workbench": "analysis.pairs.workbench",
+    "pairs": "analysis.pairs",
+    "plan": "analysis.perf.plan",
+    "suite": "analysis.study.suite",
+}
 
 
 def _resolve(dotted: str) -> bool:
@@ -35,7 +43,9 @@ def _resolve(dotted: str) -> bool:
 def test_setup_commands_open_the_readme():
     block = README.split("```bash", 1)[1].split("```", 1)[0].strip().splitlines()
     assert block[0].startswith("python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/riemann run")
-    assert block[1].startswith('python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest')
+    assert block[1].startswith(
+        'python3 -m venv .venv && .venv/bin/pip install -e ".[test]" && .venv/bin/python -m pytest'
+    )
     assert README.index("```bash") < README.index("##")
 
 

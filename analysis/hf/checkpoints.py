@@ -35,9 +35,25 @@ from analysis.hf.safetensors_file import CheckpointError, TensorInfo, read_heade
 from riemann.tree_utils import leaf_names
 
 PyTree = Any
-PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5", "flax_model.msgpack")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "generation_config.json", "preprocessor_config.json", "vocab.json", "merges.txt", "chat_template.jinja")
+PICKLE_FILES = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "model.pt",
+    "model.pth",
+    "tf_model.h5",
+    "flax_model.msgpack",
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+)
 # Tensors a checkpoint may hold that our model deliberately does not use.
 IGNORED = {
     "decoder": ("rotary_emb.inv_freq",),
@@ -83,11 +99,20 @@ def family_of(raw: dict[str, Any], source: str = "config.json") -> str:
         return str(mt)
     if mt in ("clip", "clip_vision_model"):
         return "clip"
-    raise ConfigError(f"{source}: unknown architecture model_type={mt!r}; supported: {', '.join(DECODERS)}, clip, clip_vision_model")
+    raise ConfigError(
+        f"{source}: unknown architecture model_type={mt!r}; supported: {', '.join(DECODERS)}, clip, clip_vision_model"
+    )
 
 
-def build(raw: dict[str, Any], *, dtype: Any = None, source: str = "config.json", remat: bool = False,
-          rngs: nnx.Rngs | None = None, abstract: bool = True) -> tuple[str, Any, nnx.Module]:
+def build(
+    raw: dict[str, Any],
+    *,
+    dtype: Any = None,
+    source: str = "config.json",
+    remat: bool = False,
+    rngs: nnx.Rngs | None = None,
+    abstract: bool = True,
+) -> tuple[str, Any, nnx.Module]:
     """Family, parsed config and NNX module (abstract shapes only unless ``abstract=False``)."""
     family = family_of(raw, source)
     if family == "clip":
@@ -130,7 +155,9 @@ def tensor_index(path: str | os.PathLike) -> dict[str, TensorInfo]:
             shard_infos, _ = read_header(path / shard)
             for name in shard_infos:
                 if weight_map.get(name) != shard:
-                    raise CheckpointError(f"{path / shard}: tensor {name!r} is not listed for this shard in {index.name}")
+                    raise CheckpointError(
+                        f"{path / shard}: tensor {name!r} is not listed for this shard in {index.name}"
+                    )
             infos.update(shard_infos)
         missing = sorted(set(weight_map) - set(infos))
         if missing:
@@ -164,9 +191,14 @@ def check_tensors(family: str, expected: dict[str, Any], infos: dict[str, Tensor
     problems = []
     missing = [n for n in expected if n not in infos]
     unexpected = [n for n in infos if n not in expected and not _ignored(family, n)]
-    shape = [f"{n}: file {infos[n].shape}, model {tuple(expected[n].shape)}"
-             for n in expected if n in infos and tuple(infos[n].shape) != tuple(expected[n].shape)]
-    dtypes = [f"{n}: {infos[n].dtype}" for n in expected if n in infos and not jnp.issubdtype(infos[n].dtype, jnp.floating)]
+    shape = [
+        f"{n}: file {infos[n].shape}, model {tuple(expected[n].shape)}"
+        for n in expected
+        if n in infos and tuple(infos[n].shape) != tuple(expected[n].shape)
+    ]
+    dtypes = [
+        f"{n}: {infos[n].dtype}" for n in expected if n in infos and not jnp.issubdtype(infos[n].dtype, jnp.floating)
+    ]
     if missing:
         problems.append(f"missing tensors {missing}")
     if unexpected:
@@ -307,7 +339,9 @@ def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
         raise ValueError(f"pre ({pre}) is {fa} but post ({post}) is {fb}; a delta needs one architecture")
     for name in sorted(set(sa) | set(sb)):
         if sa.get(name) != sb.get(name):
-            raise ValueError(f"pre ({pre}) and post ({post}) differ at tensor {name}: pre {sa.get(name)}, post {sb.get(name)}")
+            raise ValueError(
+                f"pre ({pre}) and post ({post}) differ at tensor {name}: pre {sa.get(name)}, post {sb.get(name)}"
+            )
     return fa
 
 

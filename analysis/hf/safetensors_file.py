@@ -22,8 +22,15 @@ import ml_dtypes
 import numpy as np
 
 DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"),
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
 CODES = {v: k for k, v in DTYPES.items()}
@@ -77,7 +84,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         if end - begin != nbytes or begin < 0:
             raise CheckpointError(f"{path}: tensor {name!r}: {end - begin} bytes stored for shape {shape} {h['dtype']}")
         if data_start + end > size:
-            raise CheckpointError(f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}")
+            raise CheckpointError(
+                f"{path}: truncated: tensor {name!r} ends at byte {data_start + end}, file has {size}"
+            )
         infos[name] = TensorInfo(name, dtype, shape, data_start + begin, nbytes, path)
     return infos, meta
 

@@ -18,8 +18,10 @@ def edited_params(pre: Any, post: Any, spec: str, *, seed: int = 0) -> Any:
     a random edit gets the key ``riemann run`` gives it (:func:`analysis.study.suite.edit_key`)."""
     edit = suite.check_specs([spec])[0]
     if edit.needs_grad:
-        raise ValueError(f"edit {edit.spec!r} needs the gradient at W_post, which export does not compute; "
-                         "use riemann run or the Python API")
+        raise ValueError(
+            f"edit {edit.spec!r} needs the gradient at W_post, which export does not compute; "
+            "use riemann run or the Python API"
+        )
     delta = jax.tree.map(lambda a, b: b.astype("float32") - a.astype("float32"), pre, post)
     edited = edit(delta, key=suite.edit_key(seed, edit.spec) if edit.random else None)
     return jax.tree.map(lambda a, d, ref: (a.astype("float32") + d).astype(ref.dtype), pre, edited, post)

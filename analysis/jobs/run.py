@@ -45,7 +45,9 @@ class RunSettings:
     probes: int = suite.DEFAULT_PROBES
     estimators: tuple[str, ...] = tuple(ESTIMATORS)
     size: str = "full"
-    checkpoints: dict[str, Any] | None = None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}
+    checkpoints: dict[str, Any] | None = (
+        None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}
+    )
 
     def record(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -59,10 +61,17 @@ def versions() -> dict[str, str]:
 
     import riemann
 
-    return {"riemann": riemann.__version__, "python": sys.version.split()[0], "jax": jax.__version__,
-            "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
-            "platform": platform.platform(), "backend": jax.default_backend(),
-            "devices": f"{jax.device_count()} × {jax.devices()[0].device_kind}"}
+    return {
+        "riemann": riemann.__version__,
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "backend": jax.default_backend(),
+        "devices": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
+    }
 
 
 def _edit_file(spec: str) -> str:
@@ -82,14 +91,26 @@ def prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
         if prev.get("status") == "complete":
             raise FileExistsError(f"{out} holds a complete run; it is never overwritten — choose a new --out")
         if prev.get("settings") != state["settings"]:
-            diff = sorted(k for k in set(prev.get("settings", {})) | set(state["settings"])
-                          if prev.get("settings", {}).get(k) != state["settings"].get(k))
-            raise FileExistsError(f"{out} holds an unfinished run with other settings (differing: {', '.join(diff)}); "
-                                  "rerun with the same arguments to resume it, or choose a new --out")
+            diff = sorted(
+                k
+                for k in set(prev.get("settings", {})) | set(state["settings"])
+                if prev.get("settings", {}).get(k) != state["settings"].get(k)
+            )
+            raise FileExistsError(
+                f"{out} holds an unfinished run with other settings (differing: {', '.join(diff)}); "
+                "rerun with the same arguments to resume it, or choose a new --out"
+            )
         return out, True
     path = files.fresh_output_dir(out)
-    files.write_json(path / "run.json", {**state, "status": "running", "versions": versions(),
-                                      "started": datetime.datetime.now().isoformat(timespec="seconds")})
+    files.write_json(
+        path / "run.json",
+        {
+            **state,
+            "status": "running",
+            "versions": versions(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        },
+    )
     return path, False
 
 
@@ -148,14 +169,27 @@ def execute(
         store = PairStore(out / "progress" / files.slug(name))
         (store.root / "edits").mkdir(parents=True, exist_ok=True)
         log(f"[riemann] pair {name}")
-        per_pair.append(suite.analyse(load_pair(name), specs, seed=settings.seed, probes=settings.probes,
-                                      estimators=settings.estimators, progress=progress, log=log, store=store))
+        per_pair.append(
+            suite.analyse(
+                load_pair(name),
+                specs,
+                seed=settings.seed,
+                probes=settings.probes,
+                estimators=settings.estimators,
+                progress=progress,
+                log=log,
+                store=store,
+            )
+        )
     run_state = json.loads((out / "run.json").read_text())
     results = {
-        "settings": {**settings.record(), "edits": specs,
-                     "estimators": {n: dict(ESTIMATORS[n].settings) for n in settings.estimators},
-                     "tolerance_rule": "max(0.05·|L(pre) − L(post)|, 2·stderr(measured))",
-                     "edit_keys": "fold_in(key(seed), crc32(spec))"},
+        "settings": {
+            **settings.record(),
+            "edits": specs,
+            "estimators": {n: dict(ESTIMATORS[n].settings) for n in settings.estimators},
+            "tolerance_rule": "max(0.05·|L(pre) − L(post)|, 2·stderr(measured))",
+            "edit_keys": "fold_in(key(seed), crc32(spec))",
+        },
         "versions": run_state.get("versions", versions()),
         "pairs": per_pair,
         "summary": summary(per_pair),
@@ -164,8 +198,10 @@ def execute(
     results["claims"] = claims.check(results)
     for path in report.write(results, out):
         log(f"[riemann] wrote {path}")
-    files.write_json(out / "run.json", {**run_state, "status": "complete",
-                                     "finished": datetime.datetime.now().isoformat(timespec="seconds")})
+    files.write_json(
+        out / "run.json",
+        {**run_state, "status": "complete", "finished": datetime.datetime.now().isoformat(timespec="seconds")},
+    )
     return results
 
 
@@ -179,11 +215,14 @@ def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for n in names:
         rhos = [p["agreement"][n]["spearman"] for p in per_pair]
         agree = [r["class"][n] == r["class"]["measured"] for p in per_pair for r in p["edits"]]
-        out[n] = {"spearman_by_pair": {p["pair"]["name"]: p["agreement"][n]["spearman"] for p in per_pair},
-                  "spearman_min": float(np.min(rhos)), "spearman_mean": float(np.mean(rhos)),
-                  "class_agreement": float(np.mean(agree)) if agree else float("nan"),
-                  "seconds": float(sum(p["agreement"][n]["seconds"] for p in per_pair)),
-                  "edits": len(agree)}
+        out[n] = {
+            "spearman_by_pair": {p["pair"]["name"]: p["agreement"][n]["spearman"] for p in per_pair},
+            "spearman_min": float(np.min(rhos)),
+            "spearman_mean": float(np.mean(rhos)),
+            "class_agreement": float(np.mean(agree)) if agree else float("nan"),
+            "seconds": float(sum(p["agreement"][n]["seconds"] for p in per_pair)),
+            "edits": len(agree),
+        }
     measured_s = float(sum(r["seconds"]["measured"] for p in per_pair for r in p["edits"]))
     best = max(names, key=lambda n: (out[n]["spearman_mean"], out[n]["class_agreement"])) if names else None
     return {"estimators": out, "best": best, "measured_seconds": measured_s}

@@ -61,7 +61,9 @@ def reward_accuracy_fn(forward: Forward) -> AccuracyFn:
         wins, total = 0.0, 0.0
         for b in batches:
             c = np.asarray(score(params, b["chosen_input_ids"], b["chosen_loss_mask"])) - np.asarray(b["ref_chosen"])
-            r = np.asarray(score(params, b["rejected_input_ids"], b["rejected_loss_mask"])) - np.asarray(b["ref_rejected"])
+            r = np.asarray(score(params, b["rejected_input_ids"], b["rejected_loss_mask"])) - np.asarray(
+                b["ref_rejected"]
+            )
             valid = np.asarray(b["valid"]) > 0
             wins += float(np.sum((c > r)[valid]) + 0.5 * np.sum((c == r)[valid]))
             total += float(np.sum(valid))
@@ -70,7 +72,9 @@ def reward_accuracy_fn(forward: Forward) -> AccuracyFn:
     return accuracy
 
 
-def exact_match(forward: Forward, params: PyTree, tok: Any, records: Sequence[dict[str, str]], *, max_new: int) -> float:
+def exact_match(
+    forward: Forward, params: PyTree, tok: Any, records: Sequence[dict[str, str]], *, max_new: int
+) -> float:
     """Share of prompts whose greedy continuation (at most ``max_new`` tokens, until ``</s>``)
     equals the reference response exactly."""
     prompts = [tok.encode(r["prompt"]).ids for r in records]

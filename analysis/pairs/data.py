@@ -63,8 +63,10 @@ def read_jsonl(path: str | os.PathLike) -> tuple[str, list[dict[str, str]]]:
             if kind is None:
                 kind = next((k for k in ("preference", "response", "text") if all(f in rec for f in KINDS[k])), None)
                 if kind is None:
-                    raise DataError(f"{path}:{i}: a record needs 'text', or 'prompt' and 'response', or 'prompt', "
-                                    f"'chosen' and 'rejected'; found keys {sorted(rec)}")
+                    raise DataError(
+                        f"{path}:{i}: a record needs 'text', or 'prompt' and 'response', or 'prompt', "
+                        f"'chosen' and 'rejected'; found keys {sorted(rec)}"
+                    )
             missing = [k for k in KINDS[kind] if not isinstance(rec.get(k), str)]
             if missing:
                 raise DataError(f"{path}:{i}: missing or non-string field(s) {missing} (file has {kind} records)")
@@ -85,8 +87,15 @@ def _encode(tok: Any, text: str, special: bool) -> list[int]:
     return list(tok.encode(text, add_special_tokens=special).ids)
 
 
-def tokenize(tok: Any, kind: str, records: Sequence[dict[str, str]], *, max_len: int = 512,
-             source: str = "data", eos_id: int | None = None) -> list[dict[str, Any]]:
+def tokenize(
+    tok: Any,
+    kind: str,
+    records: Sequence[dict[str, str]],
+    *,
+    max_len: int = 512,
+    source: str = "data",
+    eos_id: int | None = None,
+) -> list[dict[str, Any]]:
     """Token ids and a target mask per record (per side for preference records).
 
     ``mask[t] = 1`` where token ``t`` is a scored target (predicted from tokens < t): every token
@@ -112,7 +121,9 @@ def tokenize(tok: Any, kind: str, records: Sequence[dict[str, str]], *, max_len:
                 item[f"{key}ids"], item[f"{key}mask"] = ids, mask
                 n_scored = sum(mask) if n_scored is None else min(n_scored, sum(mask))
         if not n_scored:
-            raise DataError(f"{source}: record {i} yields no scored tokens (empty text or response, or prompt ≥ max_len)")
+            raise DataError(
+                f"{source}: record {i} yields no scored tokens (empty text or response, or prompt ≥ max_len)"
+            )
         out.append(item)
     return out
 
@@ -124,7 +135,9 @@ def _pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
     return a
 
 
-def make_batches(items: Sequence[dict[str, Any]], *, batch_size: int, max_len: int = 512) -> list[dict[str, np.ndarray]]:
+def make_batches(
+    items: Sequence[dict[str, Any]], *, batch_size: int, max_len: int = 512
+) -> list[dict[str, np.ndarray]]:
     """Group tokenized items into fixed-size batches padded to bucket lengths.
 
     Items are grouped by bucket (stable order within a bucket); a last partial batch of a bucket
@@ -172,26 +185,35 @@ def causal_lm_loss(forward: Callable[[PyTree, jax.Array], jax.Array]) -> Callabl
     return loss
 
 
-def sequence_logprob(forward: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, ids: jax.Array,
-                     mask: jax.Array) -> jax.Array:
+def sequence_logprob(
+    forward: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, ids: jax.Array, mask: jax.Array
+) -> jax.Array:
     """Summed log-probability of each sequence's scored tokens, shape [B]."""
     return jnp.sum(token_logprobs(forward(params, ids), ids) * mask[:, 1:].astype(jnp.float32), axis=-1)
 
 
-def dpo_batches(batches: Sequence[dict[str, np.ndarray]], forward: Callable[[PyTree, jax.Array], jax.Array],
-                reference: PyTree) -> list[dict[str, Any]]:
+def dpo_batches(
+    batches: Sequence[dict[str, np.ndarray]], forward: Callable[[PyTree, jax.Array], jax.Array], reference: PyTree
+) -> list[dict[str, Any]]:
     """Attach the reference model's sequence log-probabilities to preference batches (computed
     once, since the reference model is fixed along any path)."""
     ref = jax.jit(lambda p, ids, m: sequence_logprob(forward, p, ids, m))
     out = []
     for b in batches:
-        out.append({**b, "ref_chosen": ref(reference, b["chosen_input_ids"], b["chosen_loss_mask"]),
-                    "ref_rejected": ref(reference, b["rejected_input_ids"], b["rejected_loss_mask"]),
-                    "valid": (b["chosen_loss_mask"].sum(-1) > 0).astype(np.float32)})
+        out.append(
+            {
+                **b,
+                "ref_chosen": ref(reference, b["chosen_input_ids"], b["chosen_loss_mask"]),
+                "ref_rejected": ref(reference, b["rejected_input_ids"], b["rejected_loss_mask"]),
+                "valid": (b["chosen_loss_mask"].sum(-1) > 0).astype(np.float32),
+            }
+        )
     return out
 
 
-def dpo_loss(forward: Callable[[PyTree, jax.Array], jax.Array], beta: float = 0.1) -> Callable[[PyTree, dict[str, Any]], jax.Array]:
+def dpo_loss(
+    forward: Callable[[PyTree, jax.Array], jax.Array], beta: float = 0.1
+) -> Callable[[PyTree, dict[str, Any]], jax.Array]:
     """DPO loss ``−log σ(β[(log π(y_w) − log π_ref(y_w)) − (log π(y_l) − log π_ref(y_l))])``
     averaged over the batch's real (non-padding) pairs; batches from :func:`dpo_batches`."""
 
@@ -205,8 +227,14 @@ def dpo_loss(forward: Callable[[PyTree, jax.Array], jax.Array], beta: float = 0.
     return loss
 
 
-def jsonl_batches(path: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, batch_size: int = 8,
-                  max_len: int = 512, limit: int | None = None) -> tuple[str, list[dict[str, np.ndarray]]]:
+def jsonl_batches(
+    path: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    max_len: int = 512,
+    limit: int | None = None,
+) -> tuple[str, list[dict[str, np.ndarray]]]:
     """Read, tokenize and batch a JSONL file in one call; returns ``(kind, batches)``."""
     kind, records = read_jsonl(path)
     records = records[:limit] if limit else records
@@ -214,7 +242,9 @@ def jsonl_batches(path: str | os.PathLike, tokenizer_dir: str | os.PathLike, *, 
     return kind, make_batches(items, batch_size=batch_size, max_len=max_len)
 
 
-def image_classification_loss(classify: Callable[[PyTree, jax.Array], jax.Array]) -> Callable[[PyTree, dict[str, Any]], jax.Array]:
+def image_classification_loss(
+    classify: Callable[[PyTree, jax.Array], jax.Array],
+) -> Callable[[PyTree, dict[str, Any]], jax.Array]:
     """Mean softmax cross-entropy of ``classify(params, pixel_values)`` against ``labels``."""
 
     def loss(params: PyTree, batch: dict[str, Any]) -> jax.Array:

@@ -15,8 +15,9 @@ PyTree = Any
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _greedy(forward: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, buf: jax.Array, lens: jax.Array,
-            max_new: int) -> jax.Array:
+def _greedy(
+    forward: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, buf: jax.Array, lens: jax.Array, max_new: int
+) -> jax.Array:
     rows = jnp.arange(buf.shape[0])
 
     def body(i: int, state: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -29,8 +30,15 @@ def _greedy(forward: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, b
     return buf
 
 
-def greedy_decode(forward: Callable[[PyTree, jax.Array], jax.Array], params: PyTree, prompts: Sequence[Sequence[int]],
-                  *, max_new: int, eos_id: int | None = None, batch_size: int = 64) -> list[list[int]]:
+def greedy_decode(
+    forward: Callable[[PyTree, jax.Array], jax.Array],
+    params: PyTree,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new: int,
+    eos_id: int | None = None,
+    batch_size: int = 64,
+) -> list[list[int]]:
     """Greedy continuations (up to ``max_new`` tokens, cut at ``eos_id``) of tokenized prompts.
     ``forward`` must be the same function object across calls to reuse its compilation."""
     width = max(len(p) for p in prompts) + max_new

@@ -73,8 +73,10 @@ def accuracy(params: PyTree, batches: list[tuple[jax.Array, jax.Array]]) -> floa
 
 def _teacher(key: jax.Array, cfg: MLPConfig) -> tuple[jax.Array, jax.Array]:
     k1, k2 = jax.random.split(key)
-    return (jax.random.normal(k1, (cfg.inputs, cfg.teacher_hidden)),
-            jax.random.normal(k2, (cfg.teacher_hidden, cfg.classes)))
+    return (
+        jax.random.normal(k1, (cfg.inputs, cfg.teacher_hidden)),
+        jax.random.normal(k2, (cfg.teacher_hidden, cfg.classes)),
+    )
 
 
 def _labels(teacher: tuple[jax.Array, jax.Array], x: jax.Array) -> jax.Array:

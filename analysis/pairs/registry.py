@@ -58,8 +58,9 @@ def check_names(requested: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(wanted))
 
 
-def load_pair(name: str, *, size: str = "full", seed: int = 0, progress: bool = True,
-              log: Callable[[str], None] = print) -> Pair:
+def load_pair(
+    name: str, *, size: str = "full", seed: int = 0, progress: bool = True, log: Callable[[str], None] = print
+) -> Pair:
     """Load a registered pair (workbench pairs are built first if the cache lacks them)."""
     check_names([name])
     return PAIRS[name].load(size=size, seed=seed, progress=progress, log=log)
@@ -90,5 +91,9 @@ _WORKBENCH: dict[str, str] = {
 }
 for _name, _description in _WORKBENCH.items():
     register_pair(_name, _workbench(_name), description=_description)
-register_pair("mlp-teacher", _mlp_teacher, kind="example",
-              description="a 10-second MLP pair: pre-trained on one teacher network, post-trained on a shifted one")
+register_pair(
+    "mlp-teacher",
+    _mlp_teacher,
+    kind="example",
+    description="a 10-second MLP pair: pre-trained on one teacher network, post-trained on a shifted one",
+)

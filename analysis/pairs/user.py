@@ -52,14 +52,18 @@ def from_checkpoints(
             with np.load(data_file) as f:
                 images, labels = f["pixel_values"], f["labels"]
         except (KeyError, ValueError, OSError) as e:
-            raise data.DataError(f"{data_file}: expected arrays 'pixel_values' [N, 3, H, W] and 'labels' [N] ({e})") from None
+            raise data.DataError(
+                f"{data_file}: expected arrays 'pixel_values' [N, 3, H, W] and 'labels' [N] ({e})"
+            ) from None
         batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
         if not batches:
             raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
         a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
         if "riemann_num_labels" not in a.raw_config:
-            raise ValueError(f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
-                             "by cross-entropy of a head fine-tuned with the encoder")
+            raise ValueError(
+                f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
+                "by cross-entropy of a head fine-tuned with the encoder"
+            )
         loss_fn = data.image_classification_loss(a.classify)
         acc, acc_name, kind = accuracy.top1_accuracy_fn(a.classify), "top-1 accuracy", "images"
     else:
@@ -75,9 +79,24 @@ def from_checkpoints(
         else:
             loss_fn = data.causal_lm_loss(a.forward)
             acc, acc_name = accuracy.token_accuracy_fn(a.forward), "token accuracy (teacher-forced)"
-    desc = f"{family} checkpoints {pre} → {post}, evaluated on {data_file} ({kind}, {len(batches)} batches of {batch_size})"
-    return Pair(name=name or f"{pre.name}→{post.name}", description=desc, pre=a.params, post=b.params, loss_fn=loss_fn,
-                batches=batches, accuracy_fn=acc,
-                info={"accuracy_name": acc_name, "checkpoints": {"pre": str(pre), "post": str(post)},
-                      "data": str(data_file), "kind": kind, "family": family},
-                template=b)
+    desc = (
+        f"{family} checkpoints {pre} → {post}, evaluated on {data_file} "
+        f"({kind}, {len(batches)} batches of {batch_size})"
+    )
+    return Pair(
+        name=name or f"{pre.name}→{post.name}",
+        description=desc,
+        pre=a.params,
+        post=b.params,
+        loss_fn=loss_fn,
+        batches=batches,
+        accuracy_fn=acc,
+        info={
+            "accuracy_name": acc_name,
+            "checkpoints": {"pre": str(pre), "post": str(post)},
+            "data": str(data_file),
+            "kind": kind,
+            "family": family,
+        },
+        template=b,
+    )

@@ -105,10 +105,16 @@ def _path_step_row(width: int, depth: int, batch: int, n: int, nb: int, repeats:
 
     t_bare = _time(lambda: bare(params, data), repeats * n * nb)
     t_min = _time(run_minimal, repeats) / (n * nb)
-    t_path = _time(lambda: riemann.integrate_path(loss, params, direction, [data] * nb, rule="left", n=n).grad,
-                   repeats) / (n * nb)
-    return {"ratio_vs_value_and_grad": t_path / t_bare, "ratio_vs_minimal_path_step": t_path / t_min,
-            "path_step_ms": 1e3 * t_path, "bare_value_and_grad_ms": 1e3 * t_bare, "minimal_path_step_ms": 1e3 * t_min}
+    t_path = _time(
+        lambda: riemann.integrate_path(loss, params, direction, [data] * nb, rule="left", n=n).grad, repeats
+    ) / (n * nb)
+    return {
+        "ratio_vs_value_and_grad": t_path / t_bare,
+        "ratio_vs_minimal_path_step": t_path / t_min,
+        "path_step_ms": 1e3 * t_path,
+        "bare_value_and_grad_ms": 1e3 * t_bare,
+        "minimal_path_step_ms": 1e3 * t_min,
+    }
 
 
 @benchmark("target", "model", "n", "batches")
@@ -120,15 +126,27 @@ def path_step(quick: bool) -> dict[str, Any]:
     width, depth = (512, 4) if quick else (1024, 8)
     n, nb = 5, 4
     repeats = 3 if quick else 5
-    rows = {f"batch {b}": _path_step_row(width, depth, b, n, nb, repeats) for b in ((256, 1024) if quick else (1024, 4096))}
-    return {"target": "ratio_vs_value_and_grad ≤ 1.10", **rows,
-            "model": f"tanh MLP {depth}×{width}² ({depth * width * width / 1e6:.1f} M params, float32)", "n": n, "batches": nb}
+    rows = {
+        f"batch {b}": _path_step_row(width, depth, b, n, nb, repeats) for b in ((256, 1024) if quick else (1024, 4096))
+    }
+    return {
+        "target": "ratio_vs_value_and_grad ≤ 1.10",
+        **rows,
+        "model": f"tanh MLP {depth}×{width}² ({depth * width * width / 1e6:.1f} M params, float32)",
+        "n": n,
+        "batches": nb,
+    }
 
 
 def _child(*args: str) -> list[float]:
     """Run :mod:`analysis.perf.bench_children` with ``args`` in a fresh process; its printed figures."""
-    out = subprocess.run([sys.executable, "-m", "analysis.perf.bench_children", *args], check=True, capture_output=True,
-                         text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    out = subprocess.run(
+        [sys.executable, "-m", "analysis.perf.bench_children", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     return [float(x) for x in out.stdout.split()[-3:]]
 
 
@@ -139,9 +157,14 @@ def path_memory(quick: bool) -> dict[str, Any]:
     for n in (2, 32):
         peaks[n] = _child("memory", str(width), str(depth), str(n))[-1] / 1024
     params_mib = depth * width * width * 4 / 2**20
-    return {"ratio": peaks[32] / peaks[2], "target": 1.10, "peak_rss_mib_n2": peaks[2], "peak_rss_mib_n32": peaks[32],
-            "params_mib": params_mib,
-            "note": f"storing per-node gradients would add {31 * params_mib:.0f} MiB at n = 32"}
+    return {
+        "ratio": peaks[32] / peaks[2],
+        "target": 1.10,
+        "peak_rss_mib_n2": peaks[2],
+        "peak_rss_mib_n32": peaks[32],
+        "params_mib": params_mib,
+        "note": f"storing per-node gradients would add {31 * params_mib:.0f} MiB at n = 32",
+    }
 
 
 @benchmark("shape", "float32", "bfloat16", "target")
@@ -152,10 +175,20 @@ def edit_cost(quick: bool) -> dict[str, Any]:
     from riemann import edits
 
     shape = (1024, 3584) if quick else (4096, 14336)
-    specs = {"elementwise": ["dare:p=0.9", "dare:p=0.5,k=-0.5", "dare:p=0.9,rescale=false", "expo:alpha=0.3",
-                             "biased_sign:k=0.5", "biased_product:k=1.5", "bitdelta", "bitdelta:multiple=2",
-                             "bitdelta:magnitudes=uniform"],
-             "ranking": ["della:density=0.3,epsilon=0.1", "magnitude:keep=0.2", "bitdelta:magnitude_bits=2"]}
+    specs = {
+        "elementwise": [
+            "dare:p=0.9",
+            "dare:p=0.5,k=-0.5",
+            "dare:p=0.9,rescale=false",
+            "expo:alpha=0.3",
+            "biased_sign:k=0.5",
+            "biased_product:k=1.5",
+            "bitdelta",
+            "bitdelta:multiple=2",
+            "bitdelta:magnitudes=uniform",
+        ],
+        "ranking": ["della:density=0.3,epsilon=0.1", "magnitude:keep=0.2", "bitdelta:magnitude_bits=2"],
+    }
     mul = jax.jit(lambda a, s: a * s)
     key = jax.random.key(0)
     out: dict[str, Any] = {"shape": list(shape)}
@@ -170,7 +203,10 @@ def edit_cost(quick: bool) -> dict[str, Any]:
                 e = edits.parse(spec)
                 grad = g if e.needs_grad else None
                 reps = 3 if group == "elementwise" else 1  # a ranking edit sorts the whole tensor: one repeat
-                rows[spec] = {"group": group, "ratio": _time(lambda e=e, x=x, grad=grad: e(x, key=key, grad=grad), reps) / base}
+                rows[spec] = {
+                    "group": group,
+                    "ratio": _time(lambda e=e, x=x, grad=grad: e(x, key=key, grad=grad), reps) / base,
+                }
         out[jnp.dtype(dtype).name] = {"multiply_ms": 1e3 * base, "edits": rows}
     out["target"] = "elementwise ≤ 3"
     return out
@@ -195,16 +231,29 @@ def lowrank(quick: bool) -> dict[str, Any]:
     d = {"w": x}
     t_full = _time(lambda: edits.lowrank(d, rank)["w"], 1 if not quick else 2)
     t_rand = _time(lambda: edits.lowrank(d, rank, method="randomized", key=key)["w"], 3)
-    s = np.linalg.svd(np.asarray(x, np.float64), compute_uv=False) if quick else np.asarray(jnp.linalg.svd(x, compute_uv=False), np.float64)
+    s = (
+        np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)
+        if quick
+        else np.asarray(jnp.linalg.svd(x, compute_uv=False), np.float64)
+    )
     optimum = float(np.sqrt(np.sum(s[rank:] ** 2)))
     err_full = float(jnp.linalg.norm(edits.lowrank(d, rank)["w"] - x))
     err_rand = float(jnp.linalg.norm(edits.lowrank(d, rank, method="randomized", key=key)["w"] - x))
-    return {"speedup": t_full / t_rand, "target": "≥ 5× at ≤ 1 % more error", "full_svd_s": t_full, "randomized_s": t_rand,
-            "error_full_over_optimum": err_full / optimum, "error_randomized_over_optimum": err_rand / optimum,
-            "shape": list(shape), "rank": rank}
+    return {
+        "speedup": t_full / t_rand,
+        "target": "≥ 5× at ≤ 1 % more error",
+        "full_svd_s": t_full,
+        "randomized_s": t_rand,
+        "error_full_over_optimum": err_full / optimum,
+        "error_randomized_over_optimum": err_rand / optimum,
+        "shape": list(shape),
+        "rank": rank,
+    }
 
 
-@benchmark("time_ratio_ours_over_safetensors", "peak_rss_growth_over_budget", "checkpoint_mib", "largest_tensor_mib", "shards")
+@benchmark(
+    "time_ratio_ours_over_safetensors", "peak_rss_growth_over_budget", "checkpoint_mib", "largest_tensor_mib", "shards"
+)
 def load_checkpoint(quick: bool) -> dict[str, Any]:
     """Load a synthetic sharded Llama-shaped float32 checkpoint (~1 GB; quick: ~0.1 GB) with
     ``analysis.hf.checkpoints.load`` and with ``safetensors.numpy.load_file``, each in a fresh
@@ -215,8 +264,15 @@ def load_checkpoint(quick: bool) -> dict[str, Any]:
     from analysis.hf import checkpoints
 
     hidden, layers, inter = (512, 8, 1536) if quick else (1024, 20, 3584)
-    raw = {"model_type": "llama", "vocab_size": 32000, "hidden_size": hidden, "intermediate_size": inter,
-           "num_hidden_layers": layers, "num_attention_heads": 8, "num_key_value_heads": 8}
+    raw = {
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
+    }
     with tempfile.TemporaryDirectory() as d:
         path = checkpoints.save(Path(d) / "ck", checkpoints.from_config(raw, seed=0), max_shard_bytes=200 * 2**20)
         shards = sorted(path.glob("*.safetensors"))
@@ -233,21 +289,41 @@ def load_checkpoint(quick: bool) -> dict[str, Any]:
     t_ours = min(e for e, _ in runs["ours"])
     t_st = min(e for e, _ in runs["safetensors"])
     peak_ours = min(p for _, p in runs["ours"])
-    return {"time_ratio_ours_over_safetensors": t_ours / t_st, "target_time": "≤ 2",
-            "peak_rss_growth_over_budget": peak_ours / (size + 2 * largest), "target_memory": "≤ 1 (size + 2× largest tensor)",
-            "checkpoint_mib": size / 2**20, "largest_tensor_mib": largest / 2**20, "shards": len(shards),
-            "ours_s": t_ours, "safetensors_numpy_s": t_st, "ours_peak_rss_growth_mib": peak_ours / 2**20,
-            "safetensors_peak_rss_growth_mib": min(p for _, p in runs["safetensors"]) / 2**20}
+    return {
+        "time_ratio_ours_over_safetensors": t_ours / t_st,
+        "target_time": "≤ 2",
+        "peak_rss_growth_over_budget": peak_ours / (size + 2 * largest),
+        "target_memory": "≤ 1 (size + 2× largest tensor)",
+        "checkpoint_mib": size / 2**20,
+        "largest_tensor_mib": largest / 2**20,
+        "shards": len(shards),
+        "ours_s": t_ours,
+        "safetensors_numpy_s": t_st,
+        "ours_peak_rss_growth_mib": peak_ours / 2**20,
+        "safetensors_peak_rss_growth_mib": min(p for _, p in runs["safetensors"]) / 2**20,
+    }
 
 
-_TORCH_CFG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 2048, "hidden_size": 256,
-              "intermediate_size": 704, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 4,
-              "rope_theta": 10000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "max_position_embeddings": 512,
-              "hidden_act": "silu"}
+_TORCH_CFG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 2048,
+    "hidden_size": 256,
+    "intermediate_size": 704,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 4,
+    "rope_theta": 10000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
+    "hidden_act": "silu",
+}
 
 
-def _torch_path(model: Any, start: dict[str, Any], direction: dict[str, Any], batches: list[Any], nodes: Any,
-                weights: Any) -> float:
+def _torch_path(
+    model: Any, start: dict[str, Any], direction: dict[str, Any], batches: list[Any], nodes: Any, weights: Any
+) -> float:
     """The same quadrature written the obvious way in PyTorch: set W + t·D, forward with labels,
     backward, accumulate w·grad; the estimate is <Σ w ∇L, D> averaged over batches."""
     import torch
@@ -282,11 +358,21 @@ def _gemm_rates(m: int, k: int, n: int, reps: int = 30) -> dict[str, Any]:
     t_jax = _time(lambda: mm(ja, jb).block_until_ready(), reps)
     t_torch = _time(lambda: ta @ tb, reps)
     flops = 2.0 * m * k * n
-    return {"gemm_shape": [m, k, n], "gemm_gflops_ours": flops / t_jax / 1e9, "gemm_gflops_torch": flops / t_torch / 1e9}
+    return {
+        "gemm_shape": [m, k, n],
+        "gemm_gflops_ours": flops / t_jax / 1e9,
+        "gemm_gflops_torch": flops / t_torch / 1e9,
+    }
 
 
-@benchmark("speedup_ours_over_torch", "speedup_ours_forward_mode_over_torch", "relative_difference",
-           "relative_difference_forward_mode", "gemm_gflops_ours", "gemm_gflops_torch")
+@benchmark(
+    "speedup_ours_over_torch",
+    "speedup_ours_forward_mode_over_torch",
+    "relative_difference",
+    "relative_difference_forward_mode",
+    "gemm_gflops_ours",
+    "gemm_gflops_torch",
+)
 def torch_path(quick: bool) -> dict[str, Any]:
     """Left rule, C = 5, over 2 batches of 8 × 128 tokens (quick: 4 × 64) on a 4-layer Llama
     checkpoint (hidden 256, vocab 2048), float32, CPU, warm, median of 3; ours in both modes
@@ -321,14 +407,17 @@ def torch_path(quick: bool) -> dict[str, Any]:
         batches = [{"input_ids": x, "loss_mask": mask} for x in ids]
         loss_fn = data.causal_lm_loss(a.forward)
         direction = jax.tree.map(lambda p, q: q - p, a.params, b.params)
+
         def ours() -> float:
             return riemann.integrate_path(loss_fn, a.params, direction, batches, rule="left", n=5).value
 
         t_ours = _time(ours, repeats)
         value_ours = ours()
+
         # The same value from forward-mode products (no gradient, so no per-module terms).
         def ours_fwd() -> float:
             return riemann.integrate_path(loss_fn, a.params, direction, batches, rule="left", n=5, mode="forward").value
+
         t_fwd = _time(ours_fwd, repeats)
         value_fwd = ours_fwd()
 
@@ -348,14 +437,26 @@ def torch_path(quick: bool) -> dict[str, Any]:
             times.append(time.perf_counter() - t0)
         t_torch = statistics.median(times)
     gemm = _gemm_rates(bsz * seq, _TORCH_CFG["hidden_size"], _TORCH_CFG["intermediate_size"])
-    return {"speedup_ours_over_torch": t_torch / t_ours, "goal": "≥ 1.5",
-            "speedup_ours_forward_mode_over_torch": t_torch / t_fwd, **gemm,
-            "ours_s": t_ours, "ours_forward_mode_s": t_fwd, "torch_s": t_torch, "value_ours": value_ours,
-            "value_ours_forward_mode": value_fwd, "value_torch": value_torch,
-            "relative_difference": abs(value_ours - value_torch) / max(abs(value_torch), 1e-12),
-            "relative_difference_forward_mode": abs(value_fwd - value_torch) / max(abs(value_torch), 1e-12),
-            "tokens_per_batch": bsz * seq, "batches": 2, "nodes": 5, "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "speedup_ours_over_torch": t_torch / t_ours,
+        "goal": "≥ 1.5",
+        "speedup_ours_forward_mode_over_torch": t_torch / t_fwd,
+        **gemm,
+        "ours_s": t_ours,
+        "ours_forward_mode_s": t_fwd,
+        "torch_s": t_torch,
+        "value_ours": value_ours,
+        "value_ours_forward_mode": value_fwd,
+        "value_torch": value_torch,
+        "relative_difference": abs(value_ours - value_torch) / max(abs(value_torch), 1e-12),
+        "relative_difference_forward_mode": abs(value_fwd - value_torch) / max(abs(value_torch), 1e-12),
+        "tokens_per_batch": bsz * seq,
+        "batches": 2,
+        "nodes": 5,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 @benchmark("edits", "shared_curvature_speedup_over_riemann", "first_order_speedup_over_riemann", "measured_s")
@@ -373,22 +474,33 @@ def suite_scoring(quick: bool) -> dict[str, Any]:
     agree = res["agreement"]
     measured_s = sum(r["seconds"]["measured"] for r in res["edits"])
     out: dict[str, Any] = {
-        "pair": pair.name, "edits": len(specs),
+        "pair": pair.name,
+        "edits": len(specs),
         "shared_curvature_speedup_over_riemann": agree["riemann"]["seconds"] / agree["shared-curvature"]["seconds"],
         "first_order_speedup_over_riemann": agree["riemann"]["seconds"] / agree["first-order"]["seconds"],
         "measured_s": measured_s,
     }
     for name, a in agree.items():
-        out[name] = {"seconds": a["seconds"], "spearman": a["spearman"], "class_agreement": a["class_agreement"],
-                     "passes_once_per_batch": a["passes_once_per_batch"], "passes_per_edit_per_batch": a["passes_per_edit_per_batch"]}
+        out[name] = {
+            "seconds": a["seconds"],
+            "spearman": a["spearman"],
+            "class_agreement": a["class_agreement"],
+            "passes_once_per_batch": a["passes_once_per_batch"],
+            "passes_per_edit_per_batch": a["passes_per_edit_per_batch"],
+        }
     return out
 
 
 def _machine() -> dict[str, Any]:
     import jax
 
-    return {"python": platform.python_version(), "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-            "cpu_count": os.cpu_count(), "platform": platform.platform()}
+    return {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
 
 
 def main(args: Any) -> int:

@@ -37,19 +37,59 @@ GiB = 1024**3
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 PRESETS: dict[str, dict[str, Any]] = {
-    "llama-3-8b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-                   "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "rope_theta": 500000.0,
-                   "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": False},
-    "mistral-7b-v0.3": {"model_type": "mistral", "vocab_size": 32768, "hidden_size": 4096, "intermediate_size": 14336,
-                        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-                        "rope_theta": 1000000.0, "sliding_window": None, "rms_norm_eps": 1e-5},
-    "qwen2-7b": {"model_type": "qwen2", "vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
-                 "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4, "rope_theta": 1000000.0,
-                 "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 131072,
-                 "max_window_layers": 28, "rms_norm_eps": 1e-6},
-    "llama-3-70b": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 8192, "intermediate_size": 28672,
-                    "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8, "rope_theta": 500000.0,
-                    "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": False},
+    "llama-3-8b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": False,
+    },
+    "mistral-7b-v0.3": {
+        "model_type": "mistral",
+        "vocab_size": 32768,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "rope_theta": 1000000.0,
+        "sliding_window": None,
+        "rms_norm_eps": 1e-5,
+    },
+    "qwen2-7b": {
+        "model_type": "qwen2",
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "rope_theta": 1000000.0,
+        "tie_word_embeddings": False,
+        "use_sliding_window": False,
+        "sliding_window": 131072,
+        "max_window_layers": 28,
+        "rms_norm_eps": 1e-6,
+    },
+    "llama-3-70b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": False,
+    },
 }
 
 
@@ -81,8 +121,10 @@ class Plan:
         return None
 
     def table(self) -> str:
-        lines = [f"{self.family}, {self.num_params / 1e9:.2f} B parameters in {self.dtype}; batch {self.batch} × "
-                 f"{self.seq_len} tokens; remat {'on' if self.remat else 'off'}"]
+        lines = [
+            f"{self.family}, {self.num_params / 1e9:.2f} B parameters in {self.dtype}; batch {self.batch} × "
+            f"{self.seq_len} tokens; remat {'on' if self.remat else 'off'}"
+        ]
         for mode, parts in self.parts.items():
             fit = self.fits(mode)
             verdict = "" if fit is None else (" — fits" if fit else " — does not fit")
@@ -90,8 +132,10 @@ class Plan:
             lines += [f"    {k:<34}{v / GiB:8.2f} GiB" for k, v in parts.items()]
         if self.device_memory is not None:
             rec = self.recommended()
-            lines.append(f"  device memory {self.device_memory / GiB:.0f} GiB → "
-                         + (f"use the {rec} mode" if rec else "neither mode fits one device: shard the parameters"))
+            lines.append(
+                f"  device memory {self.device_memory / GiB:.0f} GiB → "
+                + (f"use the {rec} mode" if rec else "neither mode fits one device: shard the parameters")
+            )
         return "\n".join(lines)
 
 
@@ -117,8 +161,15 @@ def _check_sizes(dtype: str, batch: int, seq_len: int) -> None:
         raise ValueError(f"batch={batch}, seq_len={seq_len}; both must be positive")
 
 
-def plan(source: str | os.PathLike | dict[str, Any], *, batch: int = 1, seq_len: int = 4096, dtype: str = "bfloat16",
-         remat: bool = True, device_memory_gib: float | None = None) -> Plan:
+def plan(
+    source: str | os.PathLike | dict[str, Any],
+    *,
+    batch: int = 1,
+    seq_len: int = 4096,
+    dtype: str = "bfloat16",
+    remat: bool = True,
+    device_memory_gib: float | None = None,
+) -> Plan:
     """Predict device memory for a path integral over the model described by ``source`` (a preset
     name, a checkpoint directory or ``config.json``, or a config dict) from shapes alone."""
     from analysis.hf import checkpoints
@@ -130,12 +181,22 @@ def plan(source: str | os.PathLike | dict[str, Any], *, batch: int = 1, seq_len:
     pb = _BYTES[dtype]
     if family == "clip":
         tokens_per_seq = (raw["image_size"] // raw["patch_size"]) ** 2 + 1
-        h, inter, layers, heads, vocab = raw["hidden_size"], raw["intermediate_size"], raw["num_hidden_layers"], \
-            raw["num_attention_heads"], raw.get("projection_dim", 512)
+        h, inter, layers, heads, vocab = (
+            raw["hidden_size"],
+            raw["intermediate_size"],
+            raw["num_hidden_layers"],
+            raw["num_attention_heads"],
+            raw.get("projection_dim", 512),
+        )
         seq_len = tokens_per_seq
     else:
-        h, inter, layers, heads, vocab = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, \
-            cfg.num_attention_heads, cfg.vocab_size
+        h, inter, layers, heads, vocab = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.vocab_size,
+        )
     bt = batch * seq_len
     scores = batch * heads * seq_len * seq_len * 4
     layer_internals = bt * (6 * h + 3 * inter) * pb + scores  # q/k/v/o, norms, gate/up/act
@@ -144,14 +205,32 @@ def plan(source: str | os.PathLike | dict[str, Any], *, batch: int = 1, seq_len:
     backward_acts = (saved_inputs + 2 * layer_internals) if remat else layers * layer_internals
     resident = {"W_post": n * pb, "ΔW (suite)": n * pb, "direction ΔW~": n * pb}
     parts = {
-        "accumulate": {**resident, "accumulator (float32)": n * 4, "point W + t·D": n * pb, "gradient": n * pb,
-                        "activations": backward_acts, "logits + gradient (float32)": logits},
-        "forward": {**resident, "point W + t·D": n * pb, "activations (primal + tangent)": 2 * layer_internals + 2 * bt * h * pb,
-                    "logits + tangent (float32)": logits},
+        "accumulate": {
+            **resident,
+            "accumulator (float32)": n * 4,
+            "point W + t·D": n * pb,
+            "gradient": n * pb,
+            "activations": backward_acts,
+            "logits + gradient (float32)": logits,
+        },
+        "forward": {
+            **resident,
+            "point W + t·D": n * pb,
+            "activations (primal + tangent)": 2 * layer_internals + 2 * bt * h * pb,
+            "logits + tangent (float32)": logits,
+        },
     }
     mem = None if device_memory_gib is None else int(device_memory_gib * GiB)
-    return Plan(family=family, num_params=n, dtype=dtype, batch=batch, seq_len=seq_len, remat=remat,
-                parts={m: {k: int(v) for k, v in p.items()} for m, p in parts.items()}, device_memory=mem)
+    return Plan(
+        family=family,
+        num_params=n,
+        dtype=dtype,
+        batch=batch,
+        seq_len=seq_len,
+        remat=remat,
+        parts={m: {k: int(v) for k, v in p.items()} for m, p in parts.items()},
+        device_memory=mem,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +259,23 @@ class CompiledPlan:
         return self.step + self.suite_delta_bytes
 
     def line(self) -> str:
-        return (f"  XLA ({self.backend}), {self.mode} step: {self.total / GiB:.1f} GiB = arguments "
-                f"{self.argument_bytes / GiB:.2f} + temporaries {self.temp_bytes / GiB:.2f} + unaliased outputs "
-                f"{(self.output_bytes - self.alias_bytes) / GiB:.2f} + ΔW (suite) {self.suite_delta_bytes / GiB:.2f} GiB "
-                f"(compiled in {self.compile_seconds:.0f} s)")
+        return (
+            f"  XLA ({self.backend}), {self.mode} step: {self.total / GiB:.1f} GiB = arguments "
+            f"{self.argument_bytes / GiB:.2f} + temporaries {self.temp_bytes / GiB:.2f} + unaliased outputs "
+            f"{(self.output_bytes - self.alias_bytes) / GiB:.2f} + ΔW (suite) {self.suite_delta_bytes / GiB:.2f} GiB "
+            f"(compiled in {self.compile_seconds:.0f} s)"
+        )
 
 
-def compiled(source: str | os.PathLike | dict[str, Any], *, mode: str = "accumulate", batch: int = 1,
-             seq_len: int = 4096, dtype: str = "bfloat16", remat: bool = True) -> CompiledPlan:
+def compiled(
+    source: str | os.PathLike | dict[str, Any],
+    *,
+    mode: str = "accumulate",
+    batch: int = 1,
+    seq_len: int = 4096,
+    dtype: str = "bfloat16",
+    remat: bool = True,
+) -> CompiledPlan:
     """Compile the engine's own path-integral step for ``source`` from abstract shapes (no weights
     exist, nothing is allocated) and read XLA's memory plan for it on the default backend — the
     exact figure for this card and software, where :func:`plan` is a backend-free estimate.
@@ -221,14 +309,22 @@ def compiled(source: str | os.PathLike | dict[str, Any], *, mode: str = "accumul
         def loss_fn(p: Any, b: dict[str, Any]) -> jax.Array:
             return jnp.mean(jnp.square(model.forward(p, b["pixel_values"]).astype(jnp.float32)))
     else:
-        batch_spec = {"input_ids": jax.ShapeDtypeStruct((batch, seq_len), jnp.int32),
-                      "loss_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}
+        batch_spec = {
+            "input_ids": jax.ShapeDtypeStruct((batch, seq_len), jnp.int32),
+            "loss_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32),
+        }
         loss_fn = data.causal_lm_loss(model.forward)
     t0 = time.perf_counter()
     lowered = riemann.lower_path_step(loss_fn, params, batch_spec, mode=mode)
     ma = lowered.compile().memory_analysis()
     n_bytes = sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params))
-    return CompiledPlan(backend=jax.default_backend(), mode=mode, argument_bytes=int(ma.argument_size_in_bytes),
-                        output_bytes=int(ma.output_size_in_bytes), alias_bytes=int(ma.alias_size_in_bytes),
-                        temp_bytes=int(ma.temp_size_in_bytes), suite_delta_bytes=n_bytes,
-                        compile_seconds=time.perf_counter() - t0)
+    return CompiledPlan(
+        backend=jax.default_backend(),
+        mode=mode,
+        argument_bytes=int(ma.argument_size_in_bytes),
+        output_bytes=int(ma.output_size_in_bytes),
+        alias_bytes=int(ma.alias_size_in_bytes),
+        temp_bytes=int(ma.temp_size_in_bytes),
+        suite_delta_bytes=n_bytes,
+        compile_seconds=time.perf_counter() - t0,
+    )

@@ -41,14 +41,39 @@ from riemann import edits
 # Dense bfloat16 peak (no sparsity) by device kind, from the vendors' data sheets.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "GH200": 989.0, "B200": 2250.0}
 
-SUITE = ([f"dare:p={p}" for p in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)] + [f"dare:p={p},k=-0.5" for p in (0.3, 0.7)]
-         + ["dare:p=0.5,k=0.5", "dare:p=0.9,rescale=false", "biased_sign:k=1.5", "magnitude:keep=0.3",
-            "magnitude:keep=0.7", "bitdelta", "bitdelta:multiple=2", "expo:alpha=-0.5", "expo:alpha=-0.2",
-            "expo:alpha=0.2", "expo:alpha=0.5", "expo:alpha=1"])
+SUITE = (
+    [f"dare:p={p}" for p in (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)]
+    + [f"dare:p={p},k=-0.5" for p in (0.3, 0.7)]
+    + [
+        "dare:p=0.5,k=0.5",
+        "dare:p=0.9,rescale=false",
+        "biased_sign:k=1.5",
+        "magnitude:keep=0.3",
+        "magnitude:keep=0.7",
+        "bitdelta",
+        "bitdelta:multiple=2",
+        "expo:alpha=-0.5",
+        "expo:alpha=-0.2",
+        "expo:alpha=0.2",
+        "expo:alpha=0.5",
+        "expo:alpha=1",
+    ]
+)
 
-TINY = {"model_type": "llama", "vocab_size": 1024, "hidden_size": 128, "intermediate_size": 352, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
-        "max_position_embeddings": 1024, "tie_word_embeddings": False}
+TINY = {
+    "model_type": "llama",
+    "vocab_size": 1024,
+    "hidden_size": 128,
+    "intermediate_size": 352,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rope_theta": 500000.0,
+    "rms_norm_eps": 1e-5,
+    "max_position_embeddings": 1024,
+    "tie_word_embeddings": False,
+}
+
 
 def _peak(kind: str) -> float | None:
     for name, tf in PEAK_BF16_TFLOPS.items():
@@ -117,9 +142,19 @@ class _Scale:
             self.on_update(self.res)
 
 
-def run(*, tiny: bool = False, tokens: int = 4096, batch: int = 1, mode: str | None = None, edits_limit: int = 20,
-        seed: int = 0, layers: int | None = None, other_mode: bool = True, xla_plan: bool = True,
-        on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def run(
+    *,
+    tiny: bool = False,
+    tokens: int = 4096,
+    batch: int = 1,
+    mode: str | None = None,
+    edits_limit: int = 20,
+    seed: int = 0,
+    layers: int | None = None,
+    other_mode: bool = True,
+    xla_plan: bool = True,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Build the pair, time the path integral in the planned mode (and the other when it fits and
     ``other_mode``), score ``edits_limit`` edits, and (``xla_plan``) compile each mode's step from
     shapes for XLA's own memory plan (:func:`analysis.perf.plan.compiled`); ``on_update(result)``
@@ -147,18 +182,30 @@ def _device(sc: _Scale, tiny: bool, mode: str | None) -> None:
 
     sc.dev = jax.devices()[0]
     limit = (sc.dev.memory_stats() or {}).get("bytes_limit")
-    sc.plan = plan.plan(sc.raw, batch=sc.batch, seq_len=sc.seq, dtype="bfloat16",
-                        device_memory_gib=limit / 2**30 if limit else None)
+    sc.plan = plan.plan(
+        sc.raw, batch=sc.batch, seq_len=sc.seq, dtype="bfloat16", device_memory_gib=limit / 2**30 if limit else None
+    )
     chosen = mode or sc.plan.recommended() or "forward"
     peak = _peak(sc.dev.device_kind)
-    sc.res.update({
-        "device": f"{sc.dev.platform} {sc.dev.device_kind}", "jax": jax.__version__, "model": "tiny" if tiny else "llama-3-8b",
-        "layers": int(sc.raw["num_hidden_layers"]), "dtype": "bfloat16", "tokens_per_step": sc.batch * sc.seq,
-        "mode": chosen, "planned_gib": {m: sc.plan.total(m) / 2**30 for m in sc.plan.parts},
-        "device_memory_gib": limit / 2**30 if limit else None, "peak_bf16_tflops": peak,
-    })
-    sc.say(f"{sc.res['device']}, jax {jax.__version__}; device memory {sc.res['device_memory_gib']} GiB; planned "
-           + ", ".join(f"{m} {g:.1f} GiB" for m, g in sc.res["planned_gib"].items()) + f"; mode {chosen}")
+    sc.res.update(
+        {
+            "device": f"{sc.dev.platform} {sc.dev.device_kind}",
+            "jax": jax.__version__,
+            "model": "tiny" if tiny else "llama-3-8b",
+            "layers": int(sc.raw["num_hidden_layers"]),
+            "dtype": "bfloat16",
+            "tokens_per_step": sc.batch * sc.seq,
+            "mode": chosen,
+            "planned_gib": {m: sc.plan.total(m) / 2**30 for m in sc.plan.parts},
+            "device_memory_gib": limit / 2**30 if limit else None,
+            "peak_bf16_tflops": peak,
+        }
+    )
+    sc.say(
+        f"{sc.res['device']}, jax {jax.__version__}; device memory {sc.res['device_memory_gib']} GiB; planned "
+        + ", ".join(f"{m} {g:.1f} GiB" for m, g in sc.res["planned_gib"].items())
+        + f"; mode {chosen}"
+    )
     if sc.dev.platform == "gpu":
         sc.res["matmul_tflops"] = matmul_tflops(8192)
         sc.say(f"bf16 8192³ matrix product: {sc.res['matmul_tflops']:.0f} TFLOP/s")
@@ -177,8 +224,9 @@ def _build(sc: _Scale) -> None:
     embed = int(np.prod(model.params["model"]["embed_tokens"]["weight"].shape))
     keys = iter(jax.random.split(jax.random.key(sc.seed + 1), len(jax.tree.leaves(model.params))))
     # The pre-trained weights are dropped once ΔW exists: W_edit = W_post + ΔW~ needs W_post and ΔW only.
-    sc.delta = jax.tree.map(lambda x: (1e-3 * jax.random.normal(next(keys), x.shape, jnp.float32)).astype(x.dtype),
-                            model.params)
+    sc.delta = jax.tree.map(
+        lambda x: (1e-3 * jax.random.normal(next(keys), x.shape, jnp.float32)).astype(x.dtype), model.params
+    )
     sc.post = jax.jit(lambda a, d: jax.tree.map(lambda x, y: x + y, a, d), donate_argnums=0)(model.params, sc.delta)
     jax.block_until_ready(sc.post)
     model.params = None  # donated into `post`; only the graph and abstract state are used from here on
@@ -204,11 +252,17 @@ def _time_integral(sc: _Scale, mode: str) -> dict[str, Any]:
     total = time.perf_counter() - t
     achieved = (3 * sc.nodes + 2) * sc.forward_flops / total / 1e12
     peak = sc.res["peak_bf16_tflops"]
-    return {"compile_s": compile_s, "integral_s": total, "step_s": total / sc.nodes,
-            "tokens_per_s": sc.nodes * sc.batch * sc.seq / total, "achieved_tflops": achieved,
-            "fraction_of_peak": achieved / peak if peak else None,
-            "fraction_of_matmul": achieved / sc.res["matmul_tflops"] if "matmul_tflops" in sc.res else None,
-            "path_integral_value": value, "peak_device_memory_gib": _peak_gib(sc.dev)}
+    return {
+        "compile_s": compile_s,
+        "integral_s": total,
+        "step_s": total / sc.nodes,
+        "tokens_per_s": sc.nodes * sc.batch * sc.seq / total,
+        "achieved_tflops": achieved,
+        "fraction_of_peak": achieved / peak if peak else None,
+        "fraction_of_matmul": achieved / sc.res["matmul_tflops"] if "matmul_tflops" in sc.res else None,
+        "path_integral_value": value,
+        "peak_device_memory_gib": _peak_gib(sc.dev),
+    }
 
 
 def _integral(sc: _Scale, *, explicit: bool) -> None:
@@ -229,12 +283,25 @@ def _integral(sc: _Scale, *, explicit: bool) -> None:
         first = _time_integral(sc, chosen)
     sc.res["modes"][chosen] = first
     peak = sc.res["peak_bf16_tflops"]
-    sc.say(f"{chosen}: {first['integral_s']:.2f} s per integral ({sc.nodes} steps + 2 forwards), "
-           f"{first['tokens_per_s']:.0f} tokens/s, {first['achieved_tflops']:.0f} TFLOP/s"
-           + (f" = {first['fraction_of_peak']:.0%} of {peak:.0f}" if peak else "")
-           + f"; compile {first['compile_s']:.0f} s; peak memory {first['peak_device_memory_gib']} GiB")
-    sc.update(**{k: first[k] for k in ("compile_s", "step_s", "tokens_per_s", "achieved_tflops", "fraction_of_peak",
-                                       "path_integral_value")})
+    sc.say(
+        f"{chosen}: {first['integral_s']:.2f} s per integral ({sc.nodes} steps + 2 forwards), "
+        f"{first['tokens_per_s']:.0f} tokens/s, {first['achieved_tflops']:.0f} TFLOP/s"
+        + (f" = {first['fraction_of_peak']:.0%} of {peak:.0f}" if peak else "")
+        + f"; compile {first['compile_s']:.0f} s; peak memory {first['peak_device_memory_gib']} GiB"
+    )
+    sc.update(
+        **{
+            k: first[k]
+            for k in (
+                "compile_s",
+                "step_s",
+                "tokens_per_s",
+                "achieved_tflops",
+                "fraction_of_peak",
+                "path_integral_value",
+            )
+        }
+    )
 
 
 def _suite(sc: _Scale, edits_limit: int) -> None:
@@ -249,16 +316,21 @@ def _suite(sc: _Scale, edits_limit: int) -> None:
     for spec in specs:
         e = edits.parse(spec)
         edited = e(sc.delta, key=jax.random.fold_in(jax.random.key(sc.seed), len(rows)) if e.random else None)
-        change = jax.tree.map(lambda a, b: (a.astype(jnp.float32) - b.astype(jnp.float32)).astype(b.dtype), edited, sc.delta)
+        change = jax.tree.map(
+            lambda a, b: (a.astype(jnp.float32) - b.astype(jnp.float32)).astype(b.dtype), edited, sc.delta
+        )
         del edited
         t = time.perf_counter()
-        term = riemann.integrate_path(sc.loss_fn, sc.post, change, sc.batches, rule="left", n=sc.nodes,
-                                      mode=sc.res["mode"]).value
+        term = riemann.integrate_path(
+            sc.loss_fn, sc.post, change, sc.batches, rule="left", n=sc.nodes, mode=sc.res["mode"]
+        ).value
         measured = riemann.estimate(sc.loss_fn, sc.post, change, sc.batches, method="measured").value
         rows.append({"edit": spec, "term": term, "measured": measured, "seconds": time.perf_counter() - t})
         del change
         sc.say(f"edit {len(rows)}/{len(specs)} {spec}: term {term:+.4g}, measured {measured:+.4g}")
-        sc.update(suite_edits=len(rows), suite_s=time.perf_counter() - t_suite, peak_device_memory_gib=_peak_gib(sc.dev))
+        sc.update(
+            suite_edits=len(rows), suite_s=time.perf_counter() - t_suite, peak_device_memory_gib=_peak_gib(sc.dev)
+        )
     sc.res.update(suite_s=time.perf_counter() - t_suite, peak_device_memory_gib=_peak_gib(sc.dev))
     sc.update()
 
@@ -269,8 +341,10 @@ def _other_mode(sc: _Scale) -> None:
     if sc.plan.fits(other) is False or other in sc.res["modes"]:
         return
     o = sc.res["modes"][other] = _time_integral(sc, other)
-    sc.say(f"{other}: {o['integral_s']:.2f} s per integral, {o['tokens_per_s']:.0f} tokens/s, "
-           f"{o['achieved_tflops']:.0f} TFLOP/s; compile {o['compile_s']:.0f} s")
+    sc.say(
+        f"{other}: {o['integral_s']:.2f} s per integral, {o['tokens_per_s']:.0f} tokens/s, "
+        f"{o['achieved_tflops']:.0f} TFLOP/s; compile {o['compile_s']:.0f} s"
+    )
     sc.update()
 
 
@@ -301,8 +375,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--tokens ({args.tokens}) must be a multiple of --batch ({args.batch})")
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # before JAX starts its allocator
     save = (lambda r: files.write_json(args.json, r)) if args.json else None
-    res = run(tiny=args.tiny, tokens=args.tokens, batch=args.batch, mode=args.mode, edits_limit=args.edits,
-              layers=args.layers, on_update=save)
+    res = run(
+        tiny=args.tiny,
+        tokens=args.tokens,
+        batch=args.batch,
+        mode=args.mode,
+        edits_limit=args.edits,
+        layers=args.layers,
+        on_update=save,
+    )
     json.dump(res, sys.stdout, indent=2)
     print()
     return 0

@@ -59,7 +59,9 @@ def table1(record: dict[str, Any], axes: Any = None) -> Any:
         ks = [param(r, "k") for r in rs]
         axes[0, 0].plot(ks, [r["accuracy"] for r in rs], marker="o", label=label)
         axes[0, 1].plot(ks, [r["measured"] for r in rs], marker="o", label=label)
-        axes[0, 2].plot(ks, [r["estimates"]["first-order"] for r in rs], marker="o", ls=":", label=f"{label}, first order")
+        axes[0, 2].plot(
+            ks, [r["estimates"]["first-order"] for r in rs], marker="o", ls=":", label=f"{label}, first order"
+        )
         axes[0, 2].plot(ks, [r["estimates"]["riemann"] for r in rs], marker="s", label=f"{label}, term")
     axes[0, 0].axhline(res["accuracy_post"], color="gray", ls="--", lw=0.8)
     for ax, what in zip(axes[0], (res["accuracy_name"], "measured ΔL", "predicted ΔL")):
@@ -91,8 +93,14 @@ def module_boxes(record: dict[str, Any], axes: Any = None) -> Any:
     return fig
 
 
-def _lines(record: dict[str, Any], x: Callable[[dict[str, Any]], float], group: Callable[[dict[str, Any]], str],
-           xlabel: str, ys: tuple[str, ...], axes: Any = None) -> Any:
+def _lines(
+    record: dict[str, Any],
+    x: Callable[[dict[str, Any]], float],
+    group: Callable[[dict[str, Any]], str],
+    xlabel: str,
+    ys: tuple[str, ...],
+    axes: Any = None,
+) -> Any:
     pairs = record["pairs"]
     fig, axes = _grid(len(pairs), len(ys), axes=axes)
     for row, res in zip(axes, pairs):
@@ -102,11 +110,18 @@ def _lines(record: dict[str, Any], x: Callable[[dict[str, Any]], float], group: 
         for g, rs in groups.items():
             rs = sorted(rs, key=x)
             for ax, y in zip(row, ys):
-                vals = [r["accuracy"] if y == "accuracy" else r["measured"] if y == "measured" else r["estimates"][y] for r in rs]
+                vals = [
+                    r["accuracy"] if y == "accuracy" else r["measured"] if y == "measured" else r["estimates"][y]
+                    for r in rs
+                ]
                 ax.plot([x(r) for r in rs], vals, marker=".", label=g or None)
         for ax, y in zip(row, ys):
-            name = {"accuracy": res["accuracy_name"], "measured": "measured ΔL", "riemann": "term (left, C = 5)",
-                    "first-order": "first-order term"}[y]
+            name = {
+                "accuracy": res["accuracy_name"],
+                "measured": "measured ΔL",
+                "riemann": "term (left, C = 5)",
+                "first-order": "first-order term",
+            }[y]
             ax.set_title(f"{res['pair']}: {name}", fontsize=9)
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
@@ -125,12 +140,31 @@ FIGURES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "fig2": dare_grid,
     "table1": table1,
     "fig3": module_boxes,
-    "fig4": lambda rec, axes=None: _lines(rec, lambda r: param(r, "magnitude_bits"), lambda r: "", "magnitude bits",
-                                          ("accuracy", "measured", "riemann"), axes),
-    "fig5": lambda rec, axes=None: _lines(rec, lambda r: param(r, "multiple"), lambda r: str(param(r, "magnitudes")),
-                                          "multiple m of mean |ΔW|", ("accuracy", "measured", "riemann"), axes),
-    "fig6": lambda rec, axes=None: _lines(rec, lambda r: param(r, "alpha"), lambda r: "", "α",
-                                          ("riemann", "measured", "accuracy"), axes),
-    "fig7": lambda rec, axes=None: _lines(rec, lambda r: param(r, "alpha"), lambda r: "",
-                                          "α (< 0 interpolation, > 0 extrapolation)", ("measured", "accuracy", "first-order"), axes),
+    "fig4": lambda rec, axes=None: _lines(
+        rec,
+        lambda r: param(r, "magnitude_bits"),
+        lambda r: "",
+        "magnitude bits",
+        ("accuracy", "measured", "riemann"),
+        axes,
+    ),
+    "fig5": lambda rec, axes=None: _lines(
+        rec,
+        lambda r: param(r, "multiple"),
+        lambda r: str(param(r, "magnitudes")),
+        "multiple m of mean |ΔW|",
+        ("accuracy", "measured", "riemann"),
+        axes,
+    ),
+    "fig6": lambda rec, axes=None: _lines(
+        rec, lambda r: param(r, "alpha"), lambda r: "", "α", ("riemann", "measured", "accuracy"), axes
+    ),
+    "fig7": lambda rec, axes=None: _lines(
+        rec,
+        lambda r: param(r, "alpha"),
+        lambda r: "",
+        "α (< 0 interpolation, > 0 extrapolation)",
+        ("measured", "accuracy", "first-order"),
+        axes,
+    ),
 }

@@ -114,11 +114,23 @@ def frontier(results: dict[str, Any], ax: Any = None) -> Any:
         edits = max(len(res["edits"]), 1)
         pair = res["pair"]["name"]
         for name, a in res["agreement"].items():
-            line = ax.scatter(a["seconds"] / edits, a["spearman"], marker=_marker(name), s=40,
-                              color=colors.get(name), label=name if name not in colors else None)
+            line = ax.scatter(
+                a["seconds"] / edits,
+                a["spearman"],
+                marker=_marker(name),
+                s=40,
+                color=colors.get(name),
+                label=name if name not in colors else None,
+            )
             colors.setdefault(name, line.get_facecolor()[0])
-            ax.annotate(pair, (a["seconds"] / edits, a["spearman"]), fontsize=6, alpha=0.6,
-                        xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                pair,
+                (a["seconds"] / edits, a["spearman"]),
+                fontsize=6,
+                alpha=0.6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         meas = sum(r["seconds"]["measured"] for r in res["edits"]) / edits
         ax.scatter(meas, 1.0, marker="*", s=80, color="black", label="measured" if res is results["pairs"][0] else None)
     ax.set_xscale("log")

@@ -14,14 +14,23 @@ import riemann
 from analysis.pairs.pair import Pair
 
 PyTree = Any
-COMPLETENESS_RULES = (("left", 5), ("right", 5), ("midpoint", 5), ("trapezoid", 5), ("simpson", 5), ("gauss-legendre", 8))
+COMPLETENESS_RULES = (
+    ("left", 5),
+    ("right", 5),
+    ("midpoint", 5),
+    ("trapezoid", 5),
+    ("simpson", 5),
+    ("gauss-legendre", 8),
+)
 PROFILE_T = np.round(np.linspace(-1.0, 2.0, 31), 6).tolist()
 
 
 def line_profile(pair: Pair, delta: PyTree, ts: Sequence[float]) -> list[float]:
     """Mean loss along ``W_pre + t·ΔW`` (interpolation for t in [0, 1], extrapolation outside)."""
     # One forward per (t, batch), the point formed inside jit; no L(pre) re-evaluated per t.
-    loss_at = jax.jit(lambda t, b: pair.loss_fn(jax.tree.map(lambda p, d: p + t.astype(p.dtype) * d, pair.pre, delta), b))
+    loss_at = jax.jit(
+        lambda t, b: pair.loss_fn(jax.tree.map(lambda p, d: p + t.astype(p.dtype) * d, pair.pre, delta), b)
+    )
     return [float(np.mean([loss_at(np.float32(t), b) for b in pair.batches])) for t in ts]
 
 
@@ -30,14 +39,16 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
     exact change and the relative gap; also the Gauss–Legendre integral itself, whose per-module
     terms attribute the gain."""
     table, reference = {}, None
-    with riemann.progress_bar(progress, desc=f"{pair.name} completeness", unit="rule", total=len(COMPLETENESS_RULES),
-                              leave=False) as bar:
+    with riemann.progress_bar(
+        progress, desc=f"{pair.name} completeness", unit="rule", total=len(COMPLETENESS_RULES), leave=False
+    ) as bar:
         for rule, n in COMPLETENESS_RULES:
             # Only Gauss-Legendre's per-module terms are kept; the other rules need values alone,
             # which forward-mode products give without a gradient accumulator.
             mode = "accumulate" if rule == "gauss-legendre" else "forward"
-            res = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule=rule, n=n, endpoints=True,
-                                         mode=mode)
+            res = riemann.integrate_path(
+                pair.loss_fn, pair.pre, delta, pair.batches, rule=rule, n=n, endpoints=True, mode=mode
+            )
             table[f"{rule}:{n}"] = {"value": res.value, "gap": res.gap, "relative_gap": res.relative_gap}
             if rule == "gauss-legendre":
                 reference = res
@@ -45,7 +56,9 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
     return table, reference
 
 
-def pair_checks(pair: Pair, delta: PyTree, *, log: Callable[[str], None] = print, progress: bool = False) -> dict[str, Any]:
+def pair_checks(
+    pair: Pair, delta: PyTree, *, log: Callable[[str], None] = print, progress: bool = False
+) -> dict[str, Any]:
     """Per-pair facts: endpoint losses and accuracies, completeness of every rule on pre→post,
     the per-module attribution of the post-training gain, and the line profile."""
     log(f"[{pair.name}] completeness of the pre→post change with {len(COMPLETENESS_RULES)} rules, line profile")

@@ -13,7 +13,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 Record = dict[str, Any]
-DEFAULTS = {"dare": {"k": 0.0, "rescale": True}, "bitdelta": {"multiple": 1.0, "magnitude_bits": 0, "magnitudes": "constant"}}
+DEFAULTS = {
+    "dare": {"k": 0.0, "rescale": True},
+    "bitdelta": {"multiple": 1.0, "magnitude_bits": 0, "magnitudes": "constant"},
+}
 
 
 def param(r: Record, name: str) -> Any:
@@ -43,15 +46,31 @@ def dare_competitive(results: dict[str, Any]) -> dict[str, str] | None:
     low = [(n, r) for n, r in rs if param(r, "p") <= 0.9]
     ok = sum(r["class"]["measured"] == "competitive" for _, r in low)
     high = [(n, r) for n, r in rs if param(r, "p") > 0.9]
-    bad = [f"`{n}` p={param(r, 'p'):g}: ΔL {_g(r['measured'])} ({r['class']['measured']})"
-           for n, r in low if r["class"]["measured"] != "competitive"]
-    ev = f"{ok} of {len(low)} DARE edits with p ≤ 0.9 are measured competitive" + (f" (not: {'; '.join(bad[:6])})" if bad else "") + "."
+    bad = [
+        f"`{n}` p={param(r, 'p'):g}: ΔL {_g(r['measured'])} ({r['class']['measured']})"
+        for n, r in low
+        if r["class"]["measured"] != "competitive"
+    ]
+    ev = (
+        f"{ok} of {len(low)} DARE edits with p ≤ 0.9 are measured competitive"
+        + (f" (not: {'; '.join(bad[:6])})" if bad else "")
+        + "."
+    )
     if high:
-        ev += " Beyond: " + "; ".join(f"`{n}` p={param(r, 'p'):g}: measured ΔL {_g(r['measured'])} ({r['class']['measured']}), "
-                                       f"first-order {_g(r['estimates'].get('first-order', float('nan')))}"
-                                       for n, r in high) + " — the zero-expectation argument ignores variance and curvature."
-    return {"claim": "DARE (drop p, rescale 1/(1−p)) keeps the model competitive for p up to 0.9.",
-            "verdict": _verdict(ok, len(low)), "evidence": ev}
+        ev += (
+            " Beyond: "
+            + "; ".join(
+                f"`{n}` p={param(r, 'p'):g}: measured ΔL {_g(r['measured'])} ({r['class']['measured']}), "
+                f"first-order {_g(r['estimates'].get('first-order', float('nan')))}"
+                for n, r in high
+            )
+            + " — the zero-expectation argument ignores variance and curvature."
+        )
+    return {
+        "claim": "DARE (drop p, rescale 1/(1−p)) keeps the model competitive for p up to 0.9.",
+        "verdict": _verdict(ok, len(low)),
+        "evidence": ev,
+    }
 
 
 def dare_negative_k(results: dict[str, Any]) -> dict[str, str] | None:
@@ -60,22 +79,39 @@ def dare_negative_k(results: dict[str, Any]) -> dict[str, str] | None:
         return None
     ok = sum(r["class"]["measured"] == "competitive" for _, r in rs)
     worst = max(rs, key=lambda nr: nr[1]["measured"])
-    return {"claim": "The DARE extension with k < 0 (dropped entries flipped) still works (checked at p ≤ 0.5).",
-            "verdict": _verdict(ok, len(rs)),
-            "evidence": f"{ok} of {len(rs)} such edits measured competitive; largest ΔL {_g(worst[1]['measured'])} "
-                        f"(`{worst[0]}`, `{worst[1]['spec']}`)."}
+    return {
+        "claim": "The DARE extension with k < 0 (dropped entries flipped) still works (checked at p ≤ 0.5).",
+        "verdict": _verdict(ok, len(rs)),
+        "evidence": f"{ok} of {len(rs)} such edits measured competitive; largest ΔL {_g(worst[1]['measured'])} "
+        f"(`{worst[0]}`, `{worst[1]['spec']}`).",
+    }
 
 
 def bitdelta_decreased(results: dict[str, Any]) -> dict[str, str] | None:
-    rs = list(_edits(results, lambda r: r["name"] == "bitdelta" and param(r, "multiple") == 1 and param(r, "magnitude_bits") == 0
-                     and param(r, "magnitudes") == "constant"))
+    rs = list(
+        _edits(
+            results,
+            lambda r: (
+                r["name"] == "bitdelta"
+                and param(r, "multiple") == 1
+                and param(r, "magnitude_bits") == 0
+                and param(r, "magnitudes") == "constant"
+            ),
+        )
+    )
     if not rs:
         return None
     pos = sum(r["estimates"].get("riemann", r["measured"]) > 0 and r["measured"] > 0 for _, r in rs)
-    return {"claim": "BitDelta (mean |ΔW| · sign ΔW per matrix) has a positive term and raises the loss.",
-            "verdict": _verdict(pos, len(rs)),
-            "evidence": "; ".join(f"`{n}`: term {_g(r['estimates'].get('riemann', float('nan')))}, measured {_g(r['measured'])} "
-                                  f"({r['class']['measured']})" for n, r in rs) + "."}
+    return {
+        "claim": "BitDelta (mean |ΔW| · sign ΔW per matrix) has a positive term and raises the loss.",
+        "verdict": _verdict(pos, len(rs)),
+        "evidence": "; ".join(
+            f"`{n}`: term {_g(r['estimates'].get('riemann', float('nan')))}, measured {_g(r['measured'])} "
+            f"({r['class']['measured']})"
+            for n, r in rs
+        )
+        + ".",
+    }
 
 
 def bitdelta_four_bits(results: dict[str, Any]) -> dict[str, str] | None:
@@ -83,15 +119,19 @@ def bitdelta_four_bits(results: dict[str, Any]) -> dict[str, str] | None:
     if not rs:
         return None
     ok = sum(r["class"]["measured"] in ("competitive", "improved") for _, r in rs)
-    return {"claim": "Multi-bit BitDelta at 4 magnitude bits matches or beats the post-trained model.",
-            "verdict": _verdict(ok, len(rs)),
-            "evidence": "; ".join(f"`{n}`: ΔL {_g(r['measured'])} ({r['class']['measured']})" for n, r in rs) + "."}
+    return {
+        "claim": "Multi-bit BitDelta at 4 magnitude bits matches or beats the post-trained model.",
+        "verdict": _verdict(ok, len(rs)),
+        "evidence": "; ".join(f"`{n}`: ΔL {_g(r['measured'])} ({r['class']['measured']})" for n, r in rs) + ".",
+    }
 
 
 def expo_direction(results: dict[str, Any]) -> dict[str, str] | None:
     out, ok, total = [], 0, 0
     for res in results["pairs"]:
-        expo = [r for r in res["edits"] if r["name"] == "expo" and "first-order" in r["estimates"] and param(r, "alpha")]
+        expo = [
+            r for r in res["edits"] if r["name"] == "expo" and "first-order" in r["estimates"] and param(r, "alpha")
+        ]
         if not expo:
             continue
         r0 = min(expo, key=lambda r: abs(param(r, "alpha")))
@@ -108,18 +148,25 @@ def expo_direction(results: dict[str, Any]) -> dict[str, str] | None:
             alpha, change = (param(best, "alpha"), best["measured"]) if best["measured"] < 0 else (0.0, 0.0)
         name = res["pair"]["name"]
         if abs(alpha) < 1e-9:
-            out.append(f"`{name}`: ⟨ΔW, ∇L(W_post)⟩ = {_g(slope)}, but W_post is the lowest point of the line at this "
-                       "resolution (neither direction helps; not counted)")
+            out.append(
+                f"`{name}`: ⟨ΔW, ∇L(W_post)⟩ = {_g(slope)}, but W_post is the lowest point of the line at this "
+                "resolution (neither direction helps; not counted)"
+            )
             continue
         total += 1
         ok += helps == ("extrapolation" if alpha > 0 else "interpolation")
-        out.append(f"`{name}`: ⟨ΔW, ∇L(W_post)⟩ = {_g(slope)} predicts {helps}; lowest loss at α = {alpha:+.2g} "
-                   f"(ΔL {_g(change)})")
+        out.append(
+            f"`{name}`: ⟨ΔW, ∇L(W_post)⟩ = {_g(slope)} predicts {helps}; lowest loss at α = {alpha:+.2g} "
+            f"(ΔL {_g(change)})"
+        )
     if not out:
         return None
-    return {"claim": "EXPO: the sign of ⟨ΔW, ∇L(W_post)⟩ tells whether extrapolation (α > 0) or interpolation (α < 0) "
-                     "lowers the loss.", "verdict": _verdict(ok, total) if total else "not tested",
-            "evidence": "; ".join(out) + "."}
+    return {
+        "claim": "EXPO: the sign of ⟨ΔW, ∇L(W_post)⟩ tells whether extrapolation (α > 0) or interpolation (α < 0) "
+        "lowers the loss.",
+        "verdict": _verdict(ok, total) if total else "not tested",
+        "evidence": "; ".join(out) + ".",
+    }
 
 
 def biased_product(results: dict[str, Any]) -> dict[str, str] | None:
@@ -127,12 +174,18 @@ def biased_product(results: dict[str, Any]) -> dict[str, str] | None:
     if not rs or "first-order" not in rs[0][1]["estimates"]:
         return None
     fails = sum(r["estimates"]["first-order"] < 0 and r["measured"] > 0 for _, r in rs)
-    return {"claim": "The biased ΔW·∇L split with k > 1 breaks the model although first order predicts a lower loss "
-                     "(what matters is independence of the mask from the product).",
-            "verdict": _verdict(fails, len(rs)),
-            "evidence": "; ".join(f"`{n}` `{r['spec']}`: first-order {_g(r['estimates']['first-order'])}, "
-                                  f"second-order {_g(r['estimates'].get('second-order', float('nan')))}, "
-                                  f"measured {_g(r['measured'])}" for n, r in rs) + "."}
+    return {
+        "claim": "The biased ΔW·∇L split with k > 1 breaks the model although first order predicts a lower loss "
+        "(what matters is independence of the mask from the product).",
+        "verdict": _verdict(fails, len(rs)),
+        "evidence": "; ".join(
+            f"`{n}` `{r['spec']}`: first-order {_g(r['estimates']['first-order'])}, "
+            f"second-order {_g(r['estimates'].get('second-order', float('nan')))}, "
+            f"measured {_g(r['measured'])}"
+            for n, r in rs
+        )
+        + ".",
+    }
 
 
 def computed_term_tracks(results: dict[str, Any]) -> dict[str, str] | None:
@@ -141,15 +194,27 @@ def computed_term_tracks(results: dict[str, Any]) -> dict[str, str] | None:
         return None
     r, f = summ["riemann"], summ["first-order"]
     ok = sum(r["spearman_by_pair"][p] > f["spearman_by_pair"][p] for p in r["spearman_by_pair"])
-    return {"claim": "The computed Eq. 1 term (C = 5) ranks edits by their loss change better than the first-order "
-                     "term at W_post alone.", "verdict": _verdict(ok, len(r["spearman_by_pair"])),
-            "evidence": "Spearman per pair, computed vs first order: " +
-                        "; ".join(f"`{p}` {r['spearman_by_pair'][p]:.3f} vs {f['spearman_by_pair'][p]:.3f}"
-                                  for p in r["spearman_by_pair"]) + "."}
+    return {
+        "claim": "The computed Eq. 1 term (C = 5) ranks edits by their loss change better than the first-order "
+        "term at W_post alone.",
+        "verdict": _verdict(ok, len(r["spearman_by_pair"])),
+        "evidence": "Spearman per pair, computed vs first order: "
+        + "; ".join(
+            f"`{p}` {r['spearman_by_pair'][p]:.3f} vs {f['spearman_by_pair'][p]:.3f}" for p in r["spearman_by_pair"]
+        )
+        + ".",
+    }
 
 
-CHECKS = (dare_competitive, dare_negative_k, bitdelta_decreased, bitdelta_four_bits, expo_direction, biased_product,
-          computed_term_tracks)
+CHECKS = (
+    dare_competitive,
+    dare_negative_k,
+    bitdelta_decreased,
+    bitdelta_four_bits,
+    expo_direction,
+    biased_product,
+    computed_term_tracks,
+)
 
 
 def check(results: dict[str, Any]) -> list[dict[str, str]]:

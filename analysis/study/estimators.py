@@ -72,7 +72,9 @@ def register_estimator(estimator: Estimator) -> Estimator:
     if estimator.name in ESTIMATORS:
         raise ValueError(f"an estimator named {estimator.name!r} is already registered")
     if estimator.needs not in (None, "gradient", "curvature"):
-        raise ValueError(f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected None, 'gradient' or 'curvature'")
+        raise ValueError(
+            f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected None, 'gradient' or 'curvature'"
+        )
     ESTIMATORS[estimator.name] = estimator
     return estimator
 
@@ -108,25 +110,60 @@ def _shared_curvature(shared: Shared, change: PyTree) -> riemann.Estimate:
     return shared.curvature.estimate(change)
 
 
-register_estimator(Estimator(
-    "riemann", {"method": "riemann", "rule": "left", "n": 5},
-    "the paper's computed Eq. 1 term: left rule, C = 5, gradients inside the segment",
-    "5 gradients per batch per edit", "o", None, per_edit(method="riemann", rule="left", n=5)))
-register_estimator(Estimator(
-    "first-order", {"method": "first-order", "shared": True},
-    "⟨∇L(W_post), ΔW~⟩ alone — what the zero-expectation argument is about (gradient shared by the suite)",
-    "1 gradient per batch, once per pair", "s", "gradient", _first_order))
-register_estimator(Estimator(
-    "shared-curvature", {"method": "shared-curvature", "shared": True},
-    "first order + ½·Σ diag(H)·ΔW~², diag(H) by Hutchinson probes at W_post, computed once for the suite",
-    "probes HVPs per batch, once per pair", "v", "curvature", _shared_curvature))
-register_estimator(Estimator(
-    "second-order", {"method": "second-order"},
-    "first order + ½⟨ΔW~, HΔW~⟩, one Hessian-vector product per edit",
-    "1 HVP per batch per edit", "^", None, per_edit(method="second-order")))
+register_estimator(
+    Estimator(
+        "riemann",
+        {"method": "riemann", "rule": "left", "n": 5},
+        "the paper's computed Eq. 1 term: left rule, C = 5, gradients inside the segment",
+        "5 gradients per batch per edit",
+        "o",
+        None,
+        per_edit(method="riemann", rule="left", n=5),
+    )
+)
+register_estimator(
+    Estimator(
+        "first-order",
+        {"method": "first-order", "shared": True},
+        "⟨∇L(W_post), ΔW~⟩ alone — what the zero-expectation argument is about (gradient shared by the suite)",
+        "1 gradient per batch, once per pair",
+        "s",
+        "gradient",
+        _first_order,
+    )
+)
+register_estimator(
+    Estimator(
+        "shared-curvature",
+        {"method": "shared-curvature", "shared": True},
+        "first order + ½·Σ diag(H)·ΔW~², diag(H) by Hutchinson probes at W_post, computed once for the suite",
+        "probes HVPs per batch, once per pair",
+        "v",
+        "curvature",
+        _shared_curvature,
+    )
+)
+register_estimator(
+    Estimator(
+        "second-order",
+        {"method": "second-order"},
+        "first order + ½⟨ΔW~, HΔW~⟩, one Hessian-vector product per edit",
+        "1 HVP per batch per edit",
+        "^",
+        None,
+        per_edit(method="second-order"),
+    )
+)
 # Its per-module terms are not reported (the paper's rule supplies them), so forward-mode products
 # serve: the same value without a gradient accumulator.
-register_estimator(Estimator(
-    "gauss-legendre", {"method": "riemann", "rule": "gauss-legendre", "n": 8, "mode": "forward"},
-    "Gauss–Legendre quadrature of the same integral, 8 nodes",
-    "8 jvps per batch per edit", "D", None, per_edit(method="riemann", rule="gauss-legendre", n=8, mode="forward")))
+register_estimator(
+    Estimator(
+        "gauss-legendre",
+        {"method": "riemann", "rule": "gauss-legendre", "n": 8, "mode": "forward"},
+        "Gauss–Legendre quadrature of the same integral, 8 nodes",
+        "8 jvps per batch per edit",
+        "D",
+        None,
+        per_edit(method="riemann", rule="gauss-legendre", n=8, mode="forward"),
+    )
+)

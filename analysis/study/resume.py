@@ -51,8 +51,15 @@ def save_state(path: str | os.PathLike, state: riemann.PathState, fp: str) -> Pa
     state = state.host()
     names = riemann.leaf_names(state.acc)
     arrays = {f"acc/{nm}": np.asarray(jax.device_get(x)) for nm, x in zip(names, jax.tree.leaves(state.acc))}
-    header = {"rule": state.rule, "n": state.n, "num_batches": state.num_batches, "endpoints": state.endpoints,
-              "step": state.step, "fingerprint": fp, "leaves": names}
+    header = {
+        "rule": state.rule,
+        "n": state.n,
+        "num_batches": state.num_batches,
+        "endpoints": state.endpoints,
+        "step": state.step,
+        "fingerprint": fp,
+        "leaves": names,
+    }
     # Kept in the steps' own dtype: a resumed result must equal an uninterrupted one bit for bit.
     scalars = {f: np.asarray(getattr(state, f)) for f in ("losses", "dots", "loss_start", "loss_end")}
     buf = _io.BytesIO()
@@ -65,18 +72,30 @@ def load_state(path: str | os.PathLike, start: PyTree, fp: str) -> riemann.PathS
     with np.load(path, allow_pickle=False) as f:
         header = json.loads(bytes(f["header"]).decode())
         if header["fingerprint"] != fp:
-            raise ValueError(f"{path}: this saved path integral belongs to other inputs (parameters, direction, rule, n "
-                             "or batch count differ); remove it or choose another state file")
+            raise ValueError(
+                f"{path}: this saved path integral belongs to other inputs (parameters, direction, rule, n "
+                "or batch count differ); remove it or choose another state file"
+            )
         names = riemann.leaf_names(start)
         if header["leaves"] != names:
             raise ValueError(f"{path}: saved leaves {header['leaves'][:3]}… do not match the parameters {names[:3]}…")
         shardings = [getattr(x, "sharding", None) for x in jax.tree.leaves(start)]
         acc = [jax.device_put(np.array(f[f"acc/{nm}"]), s) for nm, s in zip(names, shardings)]
-        fresh = riemann.path_state(start, rule=header["rule"], n=header["n"], num_batches=header["num_batches"],
-                                   endpoints=header["endpoints"], mode="forward")  # no zero accumulator made
-        return dataclasses.replace(fresh, mode="accumulate", acc=jax.tree.unflatten(jax.tree.structure(start), acc),
-                                   step=header["step"],
-                                   **{k: tuple(np.asarray(f[k])) for k in ("losses", "dots", "loss_start", "loss_end")})
+        fresh = riemann.path_state(
+            start,
+            rule=header["rule"],
+            n=header["n"],
+            num_batches=header["num_batches"],
+            endpoints=header["endpoints"],
+            mode="forward",
+        )  # no zero accumulator made
+        return dataclasses.replace(
+            fresh,
+            mode="accumulate",
+            acc=jax.tree.unflatten(jax.tree.structure(start), acc),
+            step=header["step"],
+            **{k: tuple(np.asarray(f[k])) for k in ("losses", "dots", "loss_start", "loss_end")},
+        )
 
 
 def integrate_path_resumable(
@@ -107,6 +126,7 @@ def integrate_path_resumable(
     else:
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state = riemann.path_state(start, rule=rule, n=n, num_batches=len(batches), endpoints=endpoints)
+
     def step(s: riemann.PathState) -> None:
         if s.step % every == 0 or s.done:
             save_state(state_file, s, fp)

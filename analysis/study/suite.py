@@ -106,8 +106,15 @@ class Scorer:
     """Scores edits of one pair with the chosen estimators. Shared quantities are computed once,
     at construction; :meth:`score` then costs only the per-edit estimators and the measurement."""
 
-    def __init__(self, pair: Pair, *, seed: int = 0, probes: int = DEFAULT_PROBES,
-                 estimators: Sequence[str] | None = None, progress: bool = False) -> None:
+    def __init__(
+        self,
+        pair: Pair,
+        *,
+        seed: int = 0,
+        probes: int = DEFAULT_PROBES,
+        estimators: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_curvature = any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
@@ -117,13 +124,17 @@ class Scorer:
         # The gradient alone (first order) and the probes (shared curvature) are timed apart so
         # that each estimator is charged what it needs; the probes' own gradient is the same g.
         gradient, self.gradient_seconds = _timed(
-            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0))
+            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
+        )
         curvature, self.curvature_seconds = None, 0.0
         if needs_curvature:
             # Probes are keyed by the seed alone: the same seed gives the same diagonal in every run.
             key = jax.random.fold_in(jax.random.key(seed), _PROBE_SALT)
-            curvature, self.curvature_seconds = _timed(lambda: riemann.shared_curvature(
-                pair.loss_fn, pair.post, pair.batches, probes=probes, key=key, progress=progress))
+            curvature, self.curvature_seconds = _timed(
+                lambda: riemann.shared_curvature(
+                    pair.loss_fn, pair.post, pair.batches, probes=probes, key=key, progress=progress
+                )
+            )
         self.shared = Shared(pair, gradient, curvature)
         # Per-batch L(W_post) from the gradient pass: measuring each edit then costs one forward.
         self.loss_post = gradient.batch_losses
@@ -149,10 +160,14 @@ class Scorer:
         estimates = {}
         for name in self.estimators:
             estimates[name], seconds[name] = _timed(lambda n=name: ESTIMATORS[n].score(self.shared, change))
-        measured, seconds["measured"] = _timed(lambda: riemann.estimate(
-            pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=self.loss_post))
+        measured, seconds["measured"] = _timed(
+            lambda: riemann.estimate(
+                pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=self.loss_post
+            )
+        )
         accuracy, seconds["accuracy"] = _timed(
-            lambda: pair.accuracy_fn(_add(pair.pre, edited), pair.batches) if pair.accuracy_fn else None)
+            lambda: pair.accuracy_fn(_add(pair.pre, edited), pair.batches) if pair.accuracy_fn else None
+        )
         return Scored(edit, edited, change, estimates, measured, accuracy, seconds)
 
 
@@ -176,8 +191,10 @@ def record(scored: Scored, *, seed: int, gain: float) -> dict[str, Any]:
         "loss_edited": m.terms["loss_edited"],
         "accuracy": scored.accuracy,
         "tolerance": tol,
-        "class": {**{n: riemann.classify(e.value, tol) for n, e in estimates.items()},
-                  "measured": riemann.classify(m.value, tol)},
+        "class": {
+            **{n: riemann.classify(e.value, tol) for n, e in estimates.items()},
+            "measured": riemann.classify(m.value, tol),
+        },
         "modules": estimates[modules_source].modules if modules_source else {},
         "modules_estimator": modules_source,
         "cost": {n: e.cost for n, e in estimates.items()} | {"measured": m.cost},
@@ -248,8 +265,7 @@ def analyse(
     if done:
         log(f"[{pair.name}] resuming: {len(done)} of {len(parsed)} edits already scored")
     records = []
-    with riemann.progress_bar(progress, desc=f"{pair.name} edits", unit="edit",
-                              total=len(parsed) - len(done)) as bar:
+    with riemann.progress_bar(progress, desc=f"{pair.name} edits", unit="edit", total=len(parsed) - len(done)) as bar:
         for edit in parsed:
             if edit.spec not in done:
                 done[edit.spec] = record(scorer.score(edit), seed=seed, gain=checks["gain"])
@@ -267,7 +283,9 @@ def analyse(
     }
 
 
-def agreement_of(records: list[dict[str, Any]], estimator: str, *, shared: dict[str, Any] | None = None) -> dict[str, Any]:
+def agreement_of(
+    records: list[dict[str, Any]], estimator: str, *, shared: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Spearman, Pearson, sign and class agreement of one estimator with the measured change,
     its confusion matrix, and its cost over the suite (passes and seconds)."""
     pred = np.array([r["estimates"][estimator] for r in records])
@@ -285,7 +303,9 @@ def agreement_of(records: list[dict[str, Any]], estimator: str, *, shared: dict[
     return {
         "spearman": stats.spearman(pred, meas),
         "pearson": stats.pearson(pred, meas),
-        "sign_agreement": float(np.mean(np.sign(pred[nonzero]) == np.sign(meas[nonzero]))) if nonzero.any() else float("nan"),
+        "sign_agreement": float(np.mean(np.sign(pred[nonzero]) == np.sign(meas[nonzero])))
+        if nonzero.any()
+        else float("nan"),
         "class_agreement": float(np.mean([a == b for a, b in zip(pc, mc)])) if records else float("nan"),
         "confusion": stats.confusion(pc, mc, riemann.CLASSES),
         "misclassified": wrong,

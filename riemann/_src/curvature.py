@@ -71,13 +71,17 @@ class SharedCurvature:
     def estimate(self, change: PyTree) -> Estimate:
         """``<g, ΔW~> + ½ Σ_i diag(H)_i ΔW~_i²``: the shared-curvature estimate (no new passes)."""
         if self.diagonal is None:
-            raise ValueError("this SharedCurvature was computed with probes=0; the curvature estimate needs probes >= 1")
+            raise ValueError(
+                "this SharedCurvature was computed with probes=0; the curvature estimate needs probes >= 1"
+            )
         firsts, quads = _quad_jit(self.grad, self.diagonal, change)
         first = np.asarray(jax.device_get(firsts), np.float64)
         quad = np.asarray(jax.device_get(quads), np.float64)
-        return self._estimate("shared-curvature", first + 0.5 * quad,
-                              {"first": float(first.sum()), "second": float(0.5 * quad.sum()),
-                               "curvature": float(quad.sum())})
+        return self._estimate(
+            "shared-curvature",
+            first + 0.5 * quad,
+            {"first": float(first.sum()), "second": float(0.5 * quad.sum()), "curvature": float(quad.sum())},
+        )
 
     def _estimate(self, method: str, per_leaf: np.ndarray, terms: dict[str, float]) -> Estimate:
         value = float(per_leaf.sum())
@@ -110,19 +114,24 @@ def rademacher(params: PyTree, key: jax.Array) -> PyTree:
     leaf's name only (not on traversal order or sharding)."""
     names = trees.leaf_names(params)
     leaves, treedef = jax.tree_util.tree_flatten(params)
-    out = [jax.random.rademacher(jax.random.fold_in(key, zlib.crc32(n.encode()) & 0x7FFFFFFF), jnp.shape(x),
-                                 dtype=jnp.result_type(x))
-           for n, x in zip(names, leaves)]
+    out = [
+        jax.random.rademacher(
+            jax.random.fold_in(key, zlib.crc32(n.encode()) & 0x7FFFFFFF), jnp.shape(x), dtype=jnp.result_type(x)
+        )
+        for n, x in zip(names, leaves)
+    ]
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _probe_step(loss_fn: Any, acc_g: PyTree, acc_d: PyTree, params: PyTree, batch: Any, key: jax.Array,
-                wg: jax.Array, wd: jax.Array) -> tuple[PyTree, PyTree, jax.Array]:
+def _probe_step(
+    loss_fn: Any, acc_g: PyTree, acc_d: PyTree, params: PyTree, batch: Any, key: jax.Array, wg: jax.Array, wd: jax.Array
+) -> tuple[PyTree, PyTree, jax.Array]:
     z = rademacher(params, key)
     (loss, g), (_, hz) = jax.jvp(lambda p: jax.value_and_grad(loss_fn)(p, batch), (params,), (z,))
     acc_g = jax.tree_util.tree_map(lambda a, x: a + wg.astype(a.dtype) * x.astype(a.dtype), acc_g, g)
-    acc_d = jax.tree_util.tree_map(lambda a, zi, h: a + wd.astype(a.dtype) * (zi.astype(a.dtype) * h.astype(a.dtype)),
-                                   acc_d, z, hz)
+    acc_d = jax.tree_util.tree_map(
+        lambda a, zi, h: a + wd.astype(a.dtype) * (zi.astype(a.dtype) * h.astype(a.dtype)), acc_d, z, hz
+    )
     return acc_g, acc_d, trees.widen(loss)
 
 
@@ -178,7 +187,9 @@ def shared_curvature(
     if not isinstance(probes, (int, np.integer)) or isinstance(probes, bool) or probes < 0:
         raise ValueError(f"probes={probes!r}; expected a non-negative integer (Hessian-vector products per batch)")
     if probes > 0 and key is None:
-        raise ValueError("key is required when probes > 0: the Rademacher probes are random (pass jax.random.key(seed))")
+        raise ValueError(
+            "key is required when probes > 0: the Rademacher probes are random (pass jax.random.key(seed))"
+        )
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch) -> scalar, got {loss_fn!r}")
     if not jax.tree_util.tree_leaves(params):
@@ -201,8 +212,9 @@ def shared_curvature(
             for p in range(probes):
                 k = jax.random.fold_in(jax.random.fold_in(key, p), b)
                 wg = trees.scalar(1.0 / nb if p == 0 else 0.0)
-                acc_g, acc_d, loss = _probe_jit(loss_fn, acc_g, acc_d, params, batch, k, wg,
-                                                trees.scalar(1.0 / (nb * probes)))
+                acc_g, acc_d, loss = _probe_jit(
+                    loss_fn, acc_g, acc_d, params, batch, k, wg, trees.scalar(1.0 / (nb * probes))
+                )
                 if p == 0:
                     losses.append(loss)
                 bar.update(1)
@@ -212,6 +224,12 @@ def shared_curvature(
     trees.check_finite(acc_g, "the gradient")
     if acc_d is not None:
         trees.check_finite(acc_d, "the Hessian-diagonal estimate")
-    return SharedCurvature(grad=acc_g, diagonal=acc_d, loss=float(loss_np.mean()), batch_losses=loss_np,
-                           probes=int(probes), num_batches=nb,
-                           cost={"gradient": 0 if probes else 1, "hvp": int(probes)})
+    return SharedCurvature(
+        grad=acc_g,
+        diagonal=acc_d,
+        loss=float(loss_np.mean()),
+        batch_losses=loss_np,
+        probes=int(probes),
+        num_batches=nb,
+        cost={"gradient": 0 if probes else 1, "hvp": int(probes)},
+    )

@@ -164,8 +164,15 @@ def _from_path(res: _path.PathIntegral, method: str, settings: dict[str, Any]) -
         batch_values=res.batch_values,
         modules=res.modules,
         terms=terms,
-        cost={**({"gradient": 0, "jvp": res.evaluations} if settings.get("mode") == "forward"
-                 else {"gradient": res.evaluations}), "hvp": 0, "forward": res.forward},
+        cost={
+            **(
+                {"gradient": 0, "jvp": res.evaluations}
+                if settings.get("mode") == "forward"
+                else {"gradient": res.evaluations}
+            ),
+            "hvp": 0,
+            "forward": res.forward,
+        },
         settings=settings,
     )
 
@@ -184,9 +191,13 @@ def _second_order(loss_fn: Any, post: PyTree, change: PyTree, batches: Iterable[
     first_np = np.asarray(jax.device_get(firsts), np.float64).reshape(len(losses), len(names))
     quad_np = np.asarray(jax.device_get(quads), np.float64).reshape(len(losses), len(names))
     if not np.all(np.isfinite(losses_np)) or not np.all(np.isfinite(first_np)) or not np.all(np.isfinite(quad_np)):
-        b = int(np.argwhere(~(np.isfinite(losses_np) & np.isfinite(first_np).all(1) & np.isfinite(quad_np).all(1)))[0, 0])
+        b = int(
+            np.argwhere(~(np.isfinite(losses_np) & np.isfinite(first_np).all(1) & np.isfinite(quad_np).all(1)))[0, 0]
+        )
         bad = [nm for nm, f, q in zip(names, first_np[b], quad_np[b]) if not (np.isfinite(f) and np.isfinite(q))]
-        raise FloatingPointError(f"non-finite loss, gradient or Hessian-vector product at t=0 (batch {b}); leaves {bad[:5]}")
+        raise FloatingPointError(
+            f"non-finite loss, gradient or Hessian-vector product at t=0 (batch {b}); leaves {bad[:5]}"
+        )
     per_leaf = first_np + 0.5 * quad_np
     batch_values = per_leaf.sum(axis=1)
     return Estimate(
@@ -212,7 +223,9 @@ def _measured(loss_fn: Any, post: PyTree, change: PyTree, batches: Iterable[Any]
         edited = [_edited_jit(loss_fn, post, change, batch) for batch in batches]
         reference = np.asarray(loss_post, np.float64).reshape(-1)
         if len(reference) != len(edited):
-            raise ValueError(f"loss_post has {len(reference)} per-batch losses for {len(edited)} batches; they must match")
+            raise ValueError(
+                f"loss_post has {len(reference)} per-batch losses for {len(edited)} batches; they must match"
+            )
         pairs = list(zip(reference, jax.device_get(edited)))
     if not pairs:
         raise _empty("measured")

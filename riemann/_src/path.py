@@ -92,8 +92,9 @@ def integrate_path(
     return _run(loss_fn, state, start, direction, batches, progress)
 
 
-def _run(loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree, batches: Sequence[Any],
-         progress: bool) -> PathIntegral:
+def _run(
+    loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree, batches: Sequence[Any], progress: bool
+) -> PathIntegral:
     state = stepwise.advance_path(loss_fn, state, start, direction, batches, progress=progress)
     return stepwise.path_result(loss_fn, state, start, direction, batches)
 
@@ -152,11 +153,21 @@ def integrate_adaptive(
         spent += used
         res = dataclasses.replace(res, loss_start=l0, loss_end=l1)
         n = n_new
-    return dataclasses.replace(res, evaluations=spent, forward=2 - int(np.any(nodes == 0.0)) - int(np.any(nodes == 1.0)))
+    return dataclasses.replace(
+        res, evaluations=spent, forward=2 - int(np.any(nodes == 0.0)) - int(np.any(nodes == 1.0))
+    )
 
 
-def _refine_nested(loss_fn: LossFn, start: PyTree, direction: PyTree, batches: Sequence[Any], old: PathIntegral,
-                   rule: str, n_new: int, progress: bool) -> tuple[PathIntegral, int]:
+def _refine_nested(
+    loss_fn: LossFn,
+    start: PyTree,
+    direction: PyTree,
+    batches: Sequence[Any],
+    old: PathIntegral,
+    rule: str,
+    n_new: int,
+    progress: bool,
+) -> tuple[PathIntegral, int]:
     # For these rules the refined weight of every old node is c times its old weight, with
     # c = (old cell width)/(new cell width); the new integral is c·old + Σ_new w_j f(t_j): the old
     # accumulator, rescaled, continues over the new nodes only.
@@ -164,8 +175,16 @@ def _refine_nested(loss_fn: LossFn, start: PyTree, direction: PyTree, batches: S
     c = weights[np.argmin(np.abs(nodes - old.nodes[0]))] / old.weights[0]
     is_new = ~np.isclose(nodes[:, None], old.nodes[None, :], rtol=0, atol=1e-12).any(axis=1)
     acc = stepwise._scale_tree(old.grad, trees.scalar(c * old.num_batches))
-    state = PathState(rule=rule, n=n_new, num_batches=len(batches), endpoints=False, mode="accumulate",
-                      nodes=nodes[is_new], weights=weights[is_new], acc=acc)
+    state = PathState(
+        rule=rule,
+        n=n_new,
+        num_batches=len(batches),
+        endpoints=False,
+        mode="accumulate",
+        nodes=nodes[is_new],
+        weights=weights[is_new],
+        acc=acc,
+    )
     fresh = _run(loss_fn, state, start, direction, batches, progress)
     order = np.argsort(np.concatenate([old.nodes, nodes[is_new]]), kind="stable")
 

@@ -18,8 +18,9 @@ class _Silent:
 
 
 @contextlib.contextmanager
-def progress_bar(enabled: bool, *, desc: str, unit: str = "step", total: int | None = None, initial: int = 0,
-                 leave: bool = True) -> Iterator[Any]:
+def progress_bar(
+    enabled: bool, *, desc: str, unit: str = "step", total: int | None = None, initial: int = 0, leave: bool = True
+) -> Iterator[Any]:
     """A tqdm progress bar (closed on exit) when ``enabled``, else an object whose ``update`` does
     nothing, so that callers never branch on whether progress is shown.
 

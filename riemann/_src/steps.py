@@ -57,7 +57,9 @@ def _grad_step(
 grad_step = jax.jit(_grad_step, static_argnums=0, donate_argnums=1)
 
 
-def _jvp_step(loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> tuple[jax.Array, jax.Array]:
+def _jvp_step(
+    loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any
+) -> tuple[jax.Array, jax.Array]:
     """The loss and ``⟨∇L(start + t·D), D⟩`` as the directional derivative ``d/dε L(start + t·D + ε·D)``."""
     point = trees.move_along(start, direction, t)
     loss, dot = jax.jvp(lambda p: loss_fn(p, batch), (point,), (direction,))

@@ -92,7 +92,9 @@ class PathIntegral:
     def score(self, other: PyTree) -> float:
         """``⟨grad, other⟩``: the same weighted gradients applied to another direction."""
         if self.grad is None:
-            raise ValueError("this PathIntegral was computed in forward mode and holds no gradient; use mode='accumulate'")
+            raise ValueError(
+                "this PathIntegral was computed in forward mode and holds no gradient; use mode='accumulate'"
+            )
         trees.check_compatible(self.grad, trees.widen_tree(other), ("grad", "other"))
         return float(trees.tree_vdot(self.grad, other))
 
@@ -148,8 +150,15 @@ class PathState:
         return dataclasses.replace(self, **{f: tuple(np.asarray(x)[()] for x in v) for f, v in zip(fields, values)})
 
 
-def path_state(start: PyTree, *, rule: str = "left", n: int = 5, num_batches: int, endpoints: bool = False,
-               mode: str = "accumulate") -> PathState:
+def path_state(
+    start: PyTree,
+    *,
+    rule: str = "left",
+    n: int = 5,
+    num_batches: int,
+    endpoints: bool = False,
+    mode: str = "accumulate",
+) -> PathState:
     """A fresh state for integrating from ``start`` with ``rule``/``n`` over ``num_batches`` batches.
 
     Example:
@@ -160,7 +169,8 @@ def path_state(start: PyTree, *, rule: str = "left", n: int = 5, num_batches: in
       >>> s1 = advance_path(loss, s0, start, direction, batches, steps=1)
       >>> s0.step, s1.step, s1.done
       (0, 1, False)
-      >>> round(path_result(loss, advance_path(loss, s1, start, direction, batches), start, direction, batches).value, 6)
+      >>> s2 = advance_path(loss, s1, start, direction, batches)
+      >>> round(path_result(loss, s2, start, direction, batches).value, 6)
       3.0
     """
     nodes, weights = quad.quadrature(rule, n)
@@ -168,8 +178,16 @@ def path_state(start: PyTree, *, rule: str = "left", n: int = 5, num_batches: in
     if num_batches < 1:
         raise ValueError(f"num_batches={num_batches}; expected at least one batch")
     acc = None if mode == "forward" else trees.zeros_like_wide(start)
-    return PathState(rule=rule, n=int(n), num_batches=int(num_batches), endpoints=bool(endpoints), mode=mode,
-                     nodes=nodes, weights=weights, acc=acc)
+    return PathState(
+        rule=rule,
+        n=int(n),
+        num_batches=int(num_batches),
+        endpoints=bool(endpoints),
+        mode=mode,
+        nodes=nodes,
+        weights=weights,
+        acc=acc,
+    )
 
 
 def advance_path(
@@ -201,12 +219,14 @@ def advance_path(
     losses, dots, l0, l1 = list(state.losses), list(state.dots), list(state.loss_start), list(state.loss_end)
 
     def now() -> PathState:
-        return dataclasses.replace(state, acc=acc, step=step, losses=tuple(losses), dots=tuple(dots),
-                                   loss_start=tuple(l0), loss_end=tuple(l1))
+        return dataclasses.replace(
+            state, acc=acc, step=step, losses=tuple(losses), dots=tuple(dots), loss_start=tuple(l0), loss_end=tuple(l1)
+        )
 
     stop = state.total if steps is None else min(state.total, state.step + int(steps))
-    with progress_bar(progress, desc=f"path integral ({state.rule}, n={state.n})", total=state.total,
-                      initial=state.step) as bar:
+    with progress_bar(
+        progress, desc=f"path integral ({state.rule}, n={state.n})", total=state.total, initial=state.step
+    ) as bar:
         while step < stop:
             b, i = divmod(step, per_batch)
             batch = batches[b]
@@ -228,8 +248,9 @@ def advance_path(
     return now()
 
 
-def path_result(loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree,
-                batches: Sequence[Any]) -> PathIntegral:
+def path_result(
+    loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree, batches: Sequence[Any]
+) -> PathIntegral:
     """The :class:`PathIntegral` of a finished state (the fields of :func:`riemann.integrate_path`)."""
     if not state.done:
         raise ValueError(f"the path integral is at step {state.step} of {state.total}; advance it to the end first")
@@ -254,10 +275,22 @@ def path_result(loss_fn: LossFn, state: PathState, start: PyTree, direction: PyT
         if not (np.isfinite(loss_start) and np.isfinite(loss_end)):
             which = "start (t=0)" if not np.isfinite(loss_start) else "end (t=1)"
             raise FloatingPointError(f"non-finite loss at the {which} of the segment")
-    return PathIntegral(value=value, grad=grad, nodes=nodes, weights=weights, losses=losses.mean(axis=0),
-                        integrand=dots.mean(axis=0), batch_values=batch_values, modules=modules, rule=state.rule,
-                        n=state.n, loss_start=loss_start, loss_end=loss_end, evaluations=len(nodes),
-                        forward=int(state.endpoints and not has0) + int(state.endpoints and not has1))
+    return PathIntegral(
+        value=value,
+        grad=grad,
+        nodes=nodes,
+        weights=weights,
+        losses=losses.mean(axis=0),
+        integrand=dots.mean(axis=0),
+        batch_values=batch_values,
+        modules=modules,
+        rule=state.rule,
+        n=state.n,
+        loss_start=loss_start,
+        loss_end=loss_end,
+        evaluations=len(nodes),
+        forward=int(state.endpoints and not has0) + int(state.endpoints and not has1),
+    )
 
 
 @jax.jit
@@ -270,8 +303,15 @@ def _leaf_vdots(a: PyTree, b: PyTree) -> list[jax.Array]:
     return trees.leaf_vdots(a, b)
 
 
-def _diagnose_nonfinite(loss_fn: LossFn, start: PyTree, direction: PyTree, nodes: np.ndarray, losses: np.ndarray,
-                        dots: np.ndarray, batches: Sequence[Any]) -> None:
+def _diagnose_nonfinite(
+    loss_fn: LossFn,
+    start: PyTree,
+    direction: PyTree,
+    nodes: np.ndarray,
+    losses: np.ndarray,
+    dots: np.ndarray,
+    batches: Sequence[Any],
+) -> None:
     bad = ~(np.isfinite(losses) & np.isfinite(dots))
     if not bad.any():
         return

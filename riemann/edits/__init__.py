@@ -36,24 +36,59 @@ from riemann.edits._registry import parse as parse
 from riemann.edits._registry import register as register
 
 _TANG = "Tang et al., 2024, A Unified View of Delta Parameter Editing, arXiv:2410.13841"
-register("dare", reference="Yu et al., 2024, arXiv:2311.03099; k-extension: " + _TANG + " (Fig. 1/2)",
-         paper_class="competitive", random=True, validate=check_dare)(dare)
-register("biased_sign", reference=_TANG + " (Table 1, Biased ΔW)", paper_class="competitive",
-         validate=check_biased)(biased_sign)
-register("biased_product", reference=_TANG + " (Table 1, Biased ΔW·∇L)", paper_class="competitive",
-         needs_grad=True, validate=check_biased)(biased_product)
-register("della", reference="Deep et al., 2024, DELLA-Merging, arXiv:2406.11617", paper_class="competitive",
-         random=True, validate=check_della)(della)
-register("magnitude", reference="Yadav et al., 2023, TIES-Merging (trim), arXiv:2306.01708",
-         paper_class="decreased", validate=check_magnitude)(magnitude)
-register("ties", reference="Yadav et al., 2023, TIES-Merging, arXiv:2306.01708", paper_class="decreased",
-         multi=True, validate=check_ties)(ties)
-register("bitdelta", reference="Liu et al., 2024, BitDelta, arXiv:2402.10193; extensions: " + _TANG + " (Fig. 4/5)",
-         paper_class="decreased", random=lambda p: p.get("magnitudes", "constant") != "constant",
-         validate=check_bitdelta)(bitdelta)
-register("lowrank", reference="Lu et al., 2024, Twin-Merging, arXiv:2406.15479", paper_class="decreased",
-         random=lambda p: p.get("method") == "randomized", validate=check_lowrank)(lowrank)
-register("expo", reference="Zheng et al., 2024, EXPO, arXiv:2404.16792", paper_class="improved",
-         validate=check_expo)(expo)
+register(
+    "dare",
+    reference="Yu et al., 2024, arXiv:2311.03099; k-extension: " + _TANG + " (Fig. 1/2)",
+    paper_class="competitive",
+    random=True,
+    validate=check_dare,
+)(dare)
+register("biased_sign", reference=_TANG + " (Table 1, Biased ΔW)", paper_class="competitive", validate=check_biased)(
+    biased_sign
+)
+register(
+    "biased_product",
+    reference=_TANG + " (Table 1, Biased ΔW·∇L)",
+    paper_class="competitive",
+    needs_grad=True,
+    validate=check_biased,
+)(biased_product)
+register(
+    "della",
+    reference="Deep et al., 2024, DELLA-Merging, arXiv:2406.11617",
+    paper_class="competitive",
+    random=True,
+    validate=check_della,
+)(della)
+register(
+    "magnitude",
+    reference="Yadav et al., 2023, TIES-Merging (trim), arXiv:2306.01708",
+    paper_class="decreased",
+    validate=check_magnitude,
+)(magnitude)
+register(
+    "ties",
+    reference="Yadav et al., 2023, TIES-Merging, arXiv:2306.01708",
+    paper_class="decreased",
+    multi=True,
+    validate=check_ties,
+)(ties)
+register(
+    "bitdelta",
+    reference="Liu et al., 2024, BitDelta, arXiv:2402.10193; extensions: " + _TANG + " (Fig. 4/5)",
+    paper_class="decreased",
+    random=lambda p: p.get("magnitudes", "constant") != "constant",
+    validate=check_bitdelta,
+)(bitdelta)
+register(
+    "lowrank",
+    reference="Lu et al., 2024, Twin-Merging, arXiv:2406.15479",
+    paper_class="decreased",
+    random=lambda p: p.get("method") == "randomized",
+    validate=check_lowrank,
+)(lowrank)
+register("expo", reference="Zheng et al., 2024, EXPO, arXiv:2404.16792", paper_class="improved", validate=check_expo)(
+    expo
+)
 
 del check_bitdelta, check_biased, check_dare, check_della, check_expo, check_lowrank, check_magnitude, check_ties

@@ -22,10 +22,19 @@ DEFAULT_SPREAD = {"normal": 1.0 / 3.0, "uniform": 1.0}
 
 
 def check_bitdelta(
-    magnitude_bits: int = 0, multiple: float = 1.0, magnitudes: str = "constant", blocks: str = "count",
-    scope: str = "matrix", spread: float | None = None, **_: Any,
+    magnitude_bits: int = 0,
+    multiple: float = 1.0,
+    magnitudes: str = "constant",
+    blocks: str = "count",
+    scope: str = "matrix",
+    spread: float | None = None,
+    **_: Any,
 ) -> None:
-    if isinstance(magnitude_bits, bool) or not isinstance(magnitude_bits, (int, np.integer)) or not 0 <= magnitude_bits <= MAX_BITS:
+    if (
+        isinstance(magnitude_bits, bool)
+        or not isinstance(magnitude_bits, (int, np.integer))
+        or not 0 <= magnitude_bits <= MAX_BITS
+    ):
         raise ValueError(f"bitdelta: magnitude_bits={magnitude_bits!r}; accepted: an integer in [0, {MAX_BITS}]")
     c.check_range("bitdelta", "multiple", multiple, -math.inf, math.inf)
     if magnitudes not in MAGNITUDES:
@@ -66,8 +75,9 @@ def _block_means(a: jax.Array, bits: int, blocks: str) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("magnitudes",))
-def _finish_leaf(x: jax.Array, mag: jax.Array, key: jax.Array, multiple: jax.Array, spread: jax.Array,
-                 magnitudes: str) -> jax.Array:
+def _finish_leaf(
+    x: jax.Array, mag: jax.Array, key: jax.Array, multiple: jax.Array, spread: jax.Array, magnitudes: str
+) -> jax.Array:
     """``multiple · m · sign(ΔW)`` with magnitudes ``m`` = ``mag`` or drawn around it."""
     xw = c.wide(x)
     mag = mag.reshape(x.shape).astype(xw.dtype)
@@ -80,8 +90,9 @@ def _finish_leaf(x: jax.Array, mag: jax.Array, key: jax.Array, multiple: jax.Arr
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "blocks", "magnitudes"))
-def _bitdelta_leaf(x: jax.Array, key: jax.Array, multiple: jax.Array, spread: jax.Array, bits: int, blocks: str,
-                   magnitudes: str) -> jax.Array:
+def _bitdelta_leaf(
+    x: jax.Array, key: jax.Array, multiple: jax.Array, spread: jax.Array, bits: int, blocks: str, magnitudes: str
+) -> jax.Array:
     # One compiled function per leaf shape, so XLA fuses |ΔW|, the block means and the output.
     mag = _block_means(jnp.abs(c.wide(x)).ravel(), bits, blocks)
     return _finish_leaf(x, mag, key, multiple, spread, magnitudes)
@@ -138,9 +149,11 @@ def bitdelta(
 
     if scope == "matrix":
         return c.map_leaves(
-            delta, "bitdelta",
+            delta,
+            "bitdelta",
             lambda name, x: _bitdelta_leaf(x, c.leaf_key(root, name), mult, s, magnitude_bits, blocks, magnitudes),
-            **sel, whole=magnitude_bits > 0,
+            **sel,
+            whole=magnitude_bits > 0,
         )
     named = [(n, x) for n, x in c.check_delta(delta, "bitdelta") if c.selected(n, x, **sel)]
     if not named:
@@ -149,8 +162,11 @@ def bitdelta(
     means = _block_means(flat, magnitude_bits, blocks)
     offsets = dict(zip([n for n, _ in named], np.cumsum([0] + [x.size for _, x in named])))
     return c.map_leaves(
-        delta, "bitdelta",
-        lambda name, x: _finish_leaf(x, means[offsets[name] : offsets[name] + x.size], c.leaf_key(root, name), mult, s,
-                                     magnitudes),
-        **sel, whole=True,
+        delta,
+        "bitdelta",
+        lambda name, x: _finish_leaf(
+            x, means[offsets[name] : offsets[name] + x.size], c.leaf_key(root, name), mult, s, magnitudes
+        ),
+        **sel,
+        whole=True,
     )

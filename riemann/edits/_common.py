@@ -53,9 +53,7 @@ def as_key(key: Any, edit: str) -> jax.Array:
     return jax.random.wrap_key_data(key)
 
 
-def selected(
-    name: str, x: Any, include: str | None, exclude: str | None, ndim: int | tuple[int, ...] | None
-) -> bool:
+def selected(name: str, x: Any, include: str | None, exclude: str | None, ndim: int | tuple[int, ...] | None) -> bool:
     """Whether an edit acts on leaf ``name``: a regex ``include`` (``re.search``) that must match,
     an ``exclude`` that must not, and the accepted ranks ``ndim``."""
     if ndim is not None:

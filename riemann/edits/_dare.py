@@ -73,8 +73,12 @@ def dare(
     key = c.as_key(key, "dare")
     pa, ka = trees.scalar(p), trees.scalar(k)
     return c.map_leaves(
-        delta, "dare", lambda name, x: _dare_leaf(x, c.leaf_key(key, name), pa, ka, bool(rescale)),
-        include=include, exclude=exclude, ndim=ndim,
+        delta,
+        "dare",
+        lambda name, x: _dare_leaf(x, c.leaf_key(key, name), pa, ka, bool(rescale)),
+        include=include,
+        exclude=exclude,
+        ndim=ndim,
     )
 
 
@@ -85,7 +89,9 @@ def check_biased(p: float | None = None, k: float = 0.0, **_: Any) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("by_product",))
-def _split_leaf(x: jax.Array, g: jax.Array, p: jax.Array, k: jax.Array, use_p: jax.Array, by_product: bool) -> jax.Array:
+def _split_leaf(
+    x: jax.Array, g: jax.Array, p: jax.Array, k: jax.Array, use_p: jax.Array, by_product: bool
+) -> jax.Array:
     # The group (× k) is computed here, inside the same compiled pass that applies the factors.
     xw = c.wide(x)
     group = xw * c.wide(g) < 0 if by_product else xw < 0
@@ -102,8 +108,10 @@ def _split(delta: PyTree, grad: PyTree | None, p: float | None, k: float, edit: 
     ka = trees.scalar(k)
     grad_of = dict(zip(trees.leaf_names(grad), jax.tree_util.tree_leaves(grad))) if grad is not None else {}
     return c.map_leaves(
-        delta, edit,
-        lambda name, x: _split_leaf(x, jnp.asarray(grad_of.get(name, x)), pa, ka, use_p, grad is not None), **sel,
+        delta,
+        edit,
+        lambda name, x: _split_leaf(x, jnp.asarray(grad_of.get(name, x)), pa, ka, use_p, grad is not None),
+        **sel,
     )
 
 
@@ -175,7 +183,9 @@ def _check_grad(delta: PyTree, grad: PyTree, edit: str) -> None:
         raise ValueError(f"{edit}: grad and delta differ in tree structure ({g_def} vs {d_def})")
     for (path, x), (_, g) in zip(d_flat, g_flat):
         if jnp.shape(x) != jnp.shape(g):
-            raise ValueError(f"{edit}: leaf {trees.path_name(path)!r}: grad has shape {jnp.shape(g)}, delta {jnp.shape(x)}")
+            raise ValueError(
+                f"{edit}: leaf {trees.path_name(path)!r}: grad has shape {jnp.shape(g)}, delta {jnp.shape(x)}"
+            )
 
 
 def check_della(density: float, epsilon: float = 0.0, **_: Any) -> None:
@@ -231,6 +241,11 @@ def della(
     key = c.as_key(key, "della")
     da, ea = trees.scalar(density), trees.scalar(epsilon)
     return c.map_leaves(
-        delta, "della", lambda name, x: _della_leaf(x, c.leaf_key(key, name), da, ea),
-        include=include, exclude=exclude, ndim=ndim, whole=True,
+        delta,
+        "della",
+        lambda name, x: _della_leaf(x, c.leaf_key(key, name), da, ea),
+        include=include,
+        exclude=exclude,
+        ndim=ndim,
+        whole=True,
     )

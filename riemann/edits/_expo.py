@@ -44,4 +44,6 @@ def expo(
     """
     check_expo(alpha)
     factor = trees.scalar(1.0 + alpha)
-    return c.map_leaves(delta, "expo", lambda name, x: _scale_leaf(x, factor), include=include, exclude=exclude, ndim=ndim)
+    return c.map_leaves(
+        delta, "expo", lambda name, x: _scale_leaf(x, factor), include=include, exclude=exclude, ndim=ndim
+    )

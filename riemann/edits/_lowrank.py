@@ -16,8 +16,13 @@ METHODS = ("svd", "randomized")
 
 
 def check_lowrank(
-    rank: int | None = None, fraction: float | None = None, energy: float | None = None, method: str = "svd",
-    oversample: int = 10, power_iters: int = 2, **_: Any,
+    rank: int | None = None,
+    fraction: float | None = None,
+    energy: float | None = None,
+    method: str = "svd",
+    oversample: int = 10,
+    power_iters: int = 2,
+    **_: Any,
 ) -> None:
     given = [n for n, v in (("rank", rank), ("fraction", fraction), ("energy", energy)) if v is not None]
     if len(given) != 1:
@@ -65,7 +70,9 @@ def _rank_for(name: str, x2: jax.Array, rank: int | None, fraction: float | None
     full = min(x2.shape)
     if rank is not None:
         if rank > full:
-            raise ValueError(f"lowrank: rank={rank} exceeds the smaller dimension {full} of leaf {name!r} {tuple(x2.shape)}")
+            raise ValueError(
+                f"lowrank: rank={rank} exceeds the smaller dimension {full} of leaf {name!r} {tuple(x2.shape)}"
+            )
         return rank
     if fraction is not None:
         return max(1, min(full, round(fraction * full)))
@@ -117,7 +124,9 @@ def lowrank(
     def one(name: str, x: jax.Array) -> jax.Array:
         x2 = c.wide(x).reshape(x.shape[0], -1) if x.ndim != 2 else c.wide(x)
         if x2.ndim != 2 or x2.size == 0:
-            raise ValueError(f"lowrank: leaf {name!r} of shape {x.shape} is not a matrix; narrow the selection (ndim=2)")
+            raise ValueError(
+                f"lowrank: leaf {name!r} of shape {x.shape} is not a matrix; narrow the selection (ndim=2)"
+            )
         r = _rank_for(name, x2, rank, fraction, energy)
         if method == "svd":
             out = _svd_truncate(x2, r)
@@ -126,4 +135,3 @@ def lowrank(
         return out.reshape(x.shape)
 
     return c.map_leaves(delta, "lowrank", one, include=include, exclude=exclude, ndim=ndim, whole=True)
-

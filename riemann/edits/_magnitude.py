@@ -92,8 +92,13 @@ def magnitude(
     scale = trees.scalar(1.0 / keep if rescale else 1.0)
     if scope == "tensor":
         return c.map_leaves(
-            delta, "magnitude", lambda name, x: _trim_leaf(x, jnp.asarray(_count(keep, x.size)), scale),
-            include=include, exclude=exclude, ndim=ndim, whole=True,
+            delta,
+            "magnitude",
+            lambda name, x: _trim_leaf(x, jnp.asarray(_count(keep, x.size)), scale),
+            include=include,
+            exclude=exclude,
+            ndim=ndim,
+            whole=True,
         )
     named = [(n, x) for n, x in c.check_delta(delta, "magnitude") if c.selected(n, x, include, exclude, ndim)]
     flat = jnp.concatenate([jnp.abs(c.wide(c.gathered(x))).ravel() for _, x in named]) if named else jnp.zeros((0,))
@@ -101,9 +106,13 @@ def magnitude(
     offsets = np.cumsum([0] + [x.size for _, x in named])
     masks = {n: mask[o : o + x.size].reshape(x.shape) for (n, x), o in zip(named, offsets)}
     return c.map_leaves(
-        delta, "magnitude",
+        delta,
+        "magnitude",
         lambda name, x: jnp.where(masks[name], scale.astype(c.wide(x).dtype) * c.wide(x), 0.0),
-        include=include, exclude=exclude, ndim=ndim, whole=True,
+        include=include,
+        exclude=exclude,
+        ndim=ndim,
+        whole=True,
     )
 
 

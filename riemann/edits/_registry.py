@@ -154,8 +154,19 @@ def register(
                 continue  # Python-only parameter (not settable from a spec)
             params[pname] = Param(pname, ts, p.default)
         summary = (inspect.getdoc(fn) or "").split("\n\n")[0].replace("\n", " ")
-        REGISTRY[name] = EditInfo(name, fn, params, reference, paper_class, summary, random, needs_grad, multi, validate,
-                                  "key" in sig.parameters)
+        REGISTRY[name] = EditInfo(
+            name,
+            fn,
+            params,
+            reference,
+            paper_class,
+            summary,
+            random,
+            needs_grad,
+            multi,
+            validate,
+            "key" in sig.parameters,
+        )
         return fn
 
     return deco

@@ -33,17 +33,27 @@ def test_bad_input_is_refused_before_any_work(tmp_path, capsys):
 
 
 def test_help_is_instant():
-    done = subprocess.run([sys.executable, "-m", "analysis.cli", "--help"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "analysis.cli", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0 and "reproduce" in done.stdout and "export" in done.stdout
-    probe = subprocess.run([sys.executable, "-c", "import sys, analysis.cli; print('jax' in sys.modules)"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, analysis.cli; print('jax' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert probe.stdout.strip() == "False"
 
 
 def test_user_checkpoint_errors_come_before_loading(user_pair, tmp_path, capsys):
-    other = checkpoints.save(tmp_path / "wide", checkpoints.from_config({**llama(corpus.byte_tokenizer().get_vocab_size()),
-                                                                          "intermediate_size": 48}))
+    other = checkpoints.save(
+        tmp_path / "wide",
+        checkpoints.from_config({**llama(corpus.byte_tokenizer().get_vocab_size()), "intermediate_size": 48}),
+    )
     base = ["run", "--pre", str(user_pair / "pre"), "--out", str(tmp_path / "o"), "--quiet"]
     assert main([*base, "--post", str(other), "--data", str(user_pair / "resp.jsonl")]) == 2
     assert "differ at tensor model.layers.0.mlp.down_proj.weight" in capsys.readouterr().err

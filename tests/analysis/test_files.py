@@ -11,7 +11,9 @@ from analysis import files
 
 
 def test_write_json_is_atomic_and_standard(tmp_path):
-    path = files.write_json(tmp_path / "r.json", {"a": float("nan"), "b": np.float32(1.5), "c": np.arange(3), "d": math.inf})
+    path = files.write_json(
+        tmp_path / "r.json", {"a": float("nan"), "b": np.float32(1.5), "c": np.arange(3), "d": math.inf}
+    )
     assert json.loads(path.read_text()) == {"a": None, "b": 1.5, "c": [0, 1, 2], "d": None}
     files.write_text(path, "replaced")
     assert path.read_text() == "replaced" and [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -28,9 +28,17 @@ def test_notebook_executes(name, mini_cache, tmp_path, monkeypatch):
     monkeypatch.setenv("RIEMANN_CACHE", str(mini_cache.parent))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = jupytext.read(NOTEBOOKS / f"{name}.py")
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors
-    assert any(o.get("output_type") in ("stream", "display_data", "execute_result")
-               for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert any(
+        o.get("output_type") in ("stream", "display_data", "execute_result")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.get("outputs", [])
+    )

@@ -7,8 +7,15 @@ import riemann
 
 @pytest.mark.parametrize(
     "value,tol,expected",
-    [(0.2, 0.1, "decreased"), (0.1, 0.1, "competitive"), (-0.1, 0.1, "competitive"), (-0.1000001, 0.1, "improved"),
-     (0.0, 0.0, "competitive"), (1e-9, 0.0, "decreased"), (-3.0, 1.0, "improved")],
+    [
+        (0.2, 0.1, "decreased"),
+        (0.1, 0.1, "competitive"),
+        (-0.1, 0.1, "competitive"),
+        (-0.1000001, 0.1, "improved"),
+        (0.0, 0.0, "competitive"),
+        (1e-9, 0.0, "decreased"),
+        (-3.0, 1.0, "improved"),
+    ],
 )
 def test_classify_thresholds(value, tol, expected):
     assert riemann.classify(value, tol) == expected
@@ -44,8 +51,13 @@ def test_tolerance_grows_with_noise_and_gain():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({}, "needs gain"), ({"gain": 1.0, "fraction": -0.1}, "fraction"), ({"gain": math.inf}, "gain"),
-     ({"stderr": -1.0}, "stderr"), ({"gain": 1.0, "z": math.nan}, "z")],
+    [
+        ({}, "needs gain"),
+        ({"gain": 1.0, "fraction": -0.1}, "fraction"),
+        ({"gain": math.inf}, "gain"),
+        ({"stderr": -1.0}, "stderr"),
+        ({"gain": 1.0, "z": math.nan}, "z"),
+    ],
 )
 def test_tolerance_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -28,7 +28,10 @@ def test_diagonal_hessian_is_recovered_exactly_by_any_probe():
     # z ⊙ Hz = diag(H) exactly when H is diagonal (z_i² = 1), so the surrogate is exact second order.
     with jax.enable_x64(True):
         h = jnp.array([0.5, 2.0, 3.0], jnp.float64)
-        loss = lambda p, s: s * (0.5 * jnp.sum(h * p["w"] ** 2) + jnp.sum(p["w"]))
+
+        def loss(p, s):
+            return s * (0.5 * jnp.sum(h * p["w"] ** 2) + jnp.sum(p["w"]))
+
         post = {"w": jnp.array([1.0, -1.0, 0.5], jnp.float64)}
         change = {"w": jnp.array([0.2, -0.7, 1.5], jnp.float64)}
         batches = [jnp.float64(1.0), jnp.float64(2.0)]

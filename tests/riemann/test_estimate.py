@@ -41,7 +41,9 @@ def test_second_order_is_exact_on_a_quadratic_and_first_order_is_the_gradient_te
             assert sum(e.modules.values()) == pytest.approx(e.value, rel=1e-12)
             assert list(e.modules) == ["x", "y"]
     assert est["measured"].modules == {}
-    np.testing.assert_allclose(est["measured"].batch_values, np.array([1.0, 3.0]) * (first + 0.5 * quad) / 2.0, rtol=1e-12)
+    np.testing.assert_allclose(
+        est["measured"].batch_values, np.array([1.0, 3.0]) * (first + 0.5 * quad) / 2.0, rtol=1e-12
+    )
 
 
 def test_second_order_per_leaf_breakdown_matches_a_dense_hessian():

@@ -56,7 +56,10 @@ def test_order_of_convergence_on_a_polynomial_path(rule, order):
     with jax.enable_x64(True):
         start = {"w": jnp.array([0.3, -0.7, 1.1], jnp.float64)}
         direction = {"w": jnp.array([0.9, 0.8, -0.6], jnp.float64)}
-        loss = lambda p, _: jnp.sum(p["w"] ** 6)
+
+        def loss(p, _):
+            return jnp.sum(p["w"] ** 6)
+
         exact = float(loss(jax.tree.map(jnp.add, start, direction), None) - loss(start, None))
         ns = [9, 17, 33, 65] if rule in ("trapezoid", "simpson") else [8, 16, 32, 64]
         errs = [abs(riemann.integrate_path(loss, start, direction, [None], rule=rule, n=n).value - exact) for n in ns]
@@ -69,10 +72,17 @@ def test_gauss_legendre_is_exact_on_its_degree():
     with jax.enable_x64(True):
         start = {"w": jnp.array([0.3, -0.7], jnp.float64)}
         direction = {"w": jnp.array([0.9, -0.6], jnp.float64)}
-        loss = lambda p, _: jnp.sum(p["w"] ** 6)  # integrand of degree 5 = 2·3 − 1
+
+        def loss(p, _):
+            return jnp.sum(p["w"] ** 6)  # integrand of degree 5 = 2·3 − 1
+
         exact = float(loss(jax.tree.map(jnp.add, start, direction), None) - loss(start, None))
-        assert riemann.integrate_path(loss, start, direction, [None], rule="gauss-legendre", n=3).value == pytest.approx(exact, rel=1e-12)
-        assert abs(riemann.integrate_path(loss, start, direction, [None], rule="gauss-legendre", n=2).value - exact) > 1e-6
+        assert riemann.integrate_path(
+            loss, start, direction, [None], rule="gauss-legendre", n=3
+        ).value == pytest.approx(exact, rel=1e-12)
+        assert (
+            abs(riemann.integrate_path(loss, start, direction, [None], rule="gauss-legendre", n=2).value - exact) > 1e-6
+        )
 
 
 def logistic_problem(num_batches=3):
@@ -95,13 +105,19 @@ def test_grad_accumulator_reproduces_value_and_scores_other_directions():
     res = riemann.integrate_path(loss, start, direction, batches, rule="simpson", n=5)
     # Independent computation: explicit per-node gradients, weights and batch mean.
     nodes, weights = riemann.quadrature("simpson", 5)
-    grads = [jax.grad(loss)(jax.tree.map(lambda s, d, t=t: s + t * d, start, direction), b) for t in nodes for b in batches]
-    expected = jax.tree.map(lambda *g: sum(w * gi for w, gi in zip(np.repeat(weights, len(batches)), g)) / len(batches), *grads)
+    grads = [
+        jax.grad(loss)(jax.tree.map(lambda s, d, t=t: s + t * d, start, direction), b) for t in nodes for b in batches
+    ]
+    expected = jax.tree.map(
+        lambda *g: sum(w * gi for w, gi in zip(np.repeat(weights, len(batches)), g)) / len(batches), *grads
+    )
     for leaf in ("w", "b"):
         np.testing.assert_allclose(res.grad[leaf], expected[leaf], rtol=1e-5, atol=1e-7)
     assert res.value == pytest.approx(float(sum(jnp.vdot(res.grad[k], direction[k]) for k in ("w", "b"))), rel=1e-6)
     other = {"w": jnp.arange(6.0), "b": jnp.array(-1.0)}
-    assert res.score(other) == pytest.approx(float(jnp.vdot(expected["w"], other["w"]) + expected["b"] * other["b"]), rel=1e-5)
+    assert res.score(other) == pytest.approx(
+        float(jnp.vdot(expected["w"], other["w"]) + expected["b"] * other["b"]), rel=1e-5
+    )
     assert sum(res.modules.values()) == pytest.approx(res.value, rel=1e-6)
     assert set(res.modules) == {"w", "b"}
 
@@ -167,15 +183,21 @@ def test_adaptive_gauss_legendre_restarts_and_counts_all_work():
 
 def test_bfloat16_parameters_accumulate_in_float32():
     loss, start, direction, batches = logistic_problem()
-    cast = lambda t: jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)
+
+    def cast(t):
+        return jax.tree.map(lambda x: x.astype(jnp.bfloat16), t)
 
     def loss16(p, b):
         return loss(jax.tree.map(lambda x: x.astype(jnp.float32), p), b)
 
     res = riemann.integrate_path(loss16, cast(start), cast(direction), batches)
     assert res.grad["w"].dtype == jnp.float32
-    ref = riemann.integrate_path(loss, jax.tree.map(lambda x: x.astype(jnp.float32), cast(start)),
-                                 jax.tree.map(lambda x: x.astype(jnp.float32), cast(direction)), batches)
+    ref = riemann.integrate_path(
+        loss,
+        jax.tree.map(lambda x: x.astype(jnp.float32), cast(start)),
+        jax.tree.map(lambda x: x.astype(jnp.float32), cast(direction)),
+        batches,
+    )
     assert res.value == pytest.approx(ref.value, rel=2e-2)
 
 
@@ -188,7 +210,9 @@ def test_sharded_parameters_give_the_single_device_result():
     x4 = [(jnp.tile(x, (1, 4)) / 2.0, y) for x, y in batches]
     shard = {"w": jax.sharding.NamedSharding(mesh, jax.P("fsdp")), "b": rep}
     ref = riemann.integrate_path(loss, big, dbig, x4, rule="gauss-legendre", n=3)
-    res = riemann.integrate_path(loss, jax.device_put(big, shard), jax.device_put(dbig, shard), x4, rule="gauss-legendre", n=3)
+    res = riemann.integrate_path(
+        loss, jax.device_put(big, shard), jax.device_put(dbig, shard), x4, rule="gauss-legendre", n=3
+    )
     assert res.value == pytest.approx(ref.value, rel=1e-5)
     assert res.grad["w"].sharding.spec == jax.P("fsdp")
 
@@ -208,6 +232,7 @@ def test_inputs_are_not_modified():
 
 
 # ---- bad input ---------------------------------------------------------------------------
+
 
 def test_structure_mismatch_names_the_leaf():
     loss, start, direction, batches = logistic_problem()
@@ -231,7 +256,9 @@ def test_nonfinite_parameters_name_the_leaf():
 
 def test_nonfinite_loss_names_the_node():
     # log(1 − t) blows up at t = 1: finite on the left rule's nodes, infinite at the right rule's last.
-    loss = lambda p, _: -jnp.log(1.0 - p["w"][0])
+    def loss(p, _):
+        return -jnp.log(1.0 - p["w"][0])
+
     start, direction = {"w": jnp.array([0.0, 0.0])}, {"w": jnp.array([1.0, 0.0])}
     riemann.integrate_path(loss, start, direction, [None], rule="left", n=4)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at node t=1 \(batch 0\)"):
@@ -239,7 +266,9 @@ def test_nonfinite_loss_names_the_node():
 
 
 def test_nonfinite_gradient_names_node_and_leaf():
-    loss = lambda p, _: jnp.sqrt(p["a"][0]) + jnp.sum(p["b"])  # d/da sqrt at 0 is inf
+    def loss(p, _):
+        return jnp.sqrt(p["a"][0]) + jnp.sum(p["b"])  # d/da sqrt at 0 is inf
+
     start, direction = {"a": jnp.array([0.0]), "b": jnp.ones(2)}, {"a": jnp.array([1.0]), "b": jnp.ones(2)}
     with pytest.raises(FloatingPointError, match=r"non-finite gradient at node t=0 .*\['a'\]"):
         riemann.integrate_path(loss, start, direction, [None], rule="left", n=2)

@@ -4,8 +4,14 @@ import pytest
 import riemann
 from riemann import degree, refine
 
-NS = {"left": [1, 2, 5, 17], "right": [1, 3, 8], "midpoint": [1, 4, 9], "trapezoid": [2, 3, 10],
-      "simpson": [3, 5, 21], "gauss-legendre": [1, 2, 5, 8]}
+NS = {
+    "left": [1, 2, 5, 17],
+    "right": [1, 3, 8],
+    "midpoint": [1, 4, 9],
+    "trapezoid": [2, 3, 10],
+    "simpson": [3, 5, 21],
+    "gauss-legendre": [1, 2, 5, 8],
+}
 CASES = [(r, n) for r, ns in NS.items() for n in ns]
 
 
@@ -68,8 +74,14 @@ def test_refine_is_nested_where_the_rule_allows(rule, n):
 
 @pytest.mark.parametrize(
     "rule,n,match",
-    [("simpsons", 3, "unknown quadrature rule 'simpsons'.*left, right"), ("left", 0, "n .* >= 1"),
-     ("left", 2.5, "integer"), ("trapezoid", 1, "n >= 2"), ("simpson", 4, "odd n >= 3"), ("simpson", 1, "odd")],
+    [
+        ("simpsons", 3, "unknown quadrature rule 'simpsons'.*left, right"),
+        ("left", 0, "n .* >= 1"),
+        ("left", 2.5, "integer"),
+        ("trapezoid", 1, "n >= 2"),
+        ("simpson", 4, "odd n >= 3"),
+        ("simpson", 1, "odd"),
+    ],
 )
 def test_bad_arguments_say_what_is_accepted(rule, n, match):
     with pytest.raises(ValueError, match=match):

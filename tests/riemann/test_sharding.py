@@ -8,7 +8,9 @@ import pytest
 import riemann
 from analysis.pairs.mlp import MLPConfig, build_pair
 
-CFG = MLPConfig(inputs=16, hidden=32, classes=8, teacher_hidden=16, pre_steps=60, post_steps=40, batch=64, eval_batches=2)
+CFG = MLPConfig(
+    inputs=16, hidden=32, classes=8, teacher_hidden=16, pre_steps=60, post_steps=40, batch=64, eval_batches=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +22,13 @@ def _shard(pair):
     # Auto axes: XLA propagates shardings through the user's loss (explicit axes would ask every
     # loss function to annotate its own gathers).
     mesh = jax.make_mesh((4, 2), ("fsdp", "data"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    spec = lambda x: jax.P("fsdp") if x.shape[0] % 4 == 0 else jax.P()
-    place = lambda t: jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec(x))), t)
+
+    def spec(x):
+        return jax.P("fsdp") if x.shape[0] % 4 == 0 else jax.P()
+
+    def place(t):
+        return jax.tree.map(lambda x: jax.device_put(x, jax.sharding.NamedSharding(mesh, spec(x))), t)
+
     data = jax.sharding.NamedSharding(mesh, jax.P("data"))
     batches = [tuple(jax.device_put(a, data) for a in b) for b in pair.batches]
     return place(pair.pre), place(pair.post), batches

@@ -86,8 +86,14 @@ def scan_remat_default() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def run_layers(layers: Any, x: jax.Array, call: Callable[[nnx.Module, jax.Array], jax.Array], *, remat: bool,
-               scan: bool | None = None) -> jax.Array:
+def run_layers(
+    layers: Any,
+    x: jax.Array,
+    call: Callable[[nnx.Module, jax.Array], jax.Array],
+    *,
+    remat: bool,
+    scan: bool | None = None,
+) -> jax.Array:
     """``x ← call(layer, x)`` for each layer in order.
 
     With ``remat`` each layer's internals are recomputed in the backward pass instead of stored
@@ -106,8 +112,9 @@ def run_layers(layers: Any, x: jax.Array, call: Callable[[nnx.Module, jax.Array]
         for layer in layers:
             x = call(layer, x)
         return x
-    if (scan_remat_default() if scan is None else scan) and all(nnx.graphdef(lyr) == nnx.graphdef(layers[0])
-                                                                 for lyr in layers[1:]):
+    if (scan_remat_default() if scan is None else scan) and all(
+        nnx.graphdef(lyr) == nnx.graphdef(layers[0]) for lyr in layers[1:]
+    ):
         graphdef, template = nnx.split(layers[0])
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *[nnx.to_pure_dict(nnx.state(layer)) for layer in layers])
 

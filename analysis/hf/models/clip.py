@@ -88,7 +88,11 @@ class PatchEmbedding(nnx.Module):
         # A stride-p, p×p convolution without padding is a matmul over non-overlapping patches.
         b, c, h, w = pixels.shape
         p = self.patch
-        x = pixels.reshape(b, c, h // p, p, w // p, p).transpose(0, 2, 4, 1, 3, 5).reshape(b, (h // p) * (w // p), c * p * p)
+        x = (
+            pixels.reshape(b, c, h // p, p, w // p, p)
+            .transpose(0, 2, 4, 1, 3, 5)
+            .reshape(b, (h // p) * (w // p), c * p * p)
+        )
         kernel = self.weight[...].reshape(self.weight.shape[0], -1)
         return x @ kernel.T
 
@@ -176,7 +180,9 @@ class CLIPVisionModelWithProjection(nnx.Module):
         dtype = get_dtype(dtype or cfg.torch_dtype)
         self.config = cfg
         self.vision_model = VisionTransformer(cfg, dtype=dtype, rngs=rngs)
-        self.visual_projection = Linear(cfg.hidden_size, cfg.projection_dim, bias=False, dtype=dtype, std=0.02, rngs=rngs)
+        self.visual_projection = Linear(
+            cfg.hidden_size, cfg.projection_dim, bias=False, dtype=dtype, std=0.02, rngs=rngs
+        )
         if cfg.num_labels:
             self.classifier = Linear(cfg.projection_dim, cfg.num_labels, bias=True, dtype=dtype, std=0.02, rngs=rngs)
         self.remat = remat

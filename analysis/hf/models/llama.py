@@ -93,7 +93,9 @@ class LlamaConfig:
             head_dim=int(head_dim),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
-            rope_scaling=tuple(sorted((k, v) for k, v in scaling.items() if k != "type")) if rope_type == "llama3" else None,
+            rope_scaling=tuple(sorted((k, v) for k, v in scaling.items() if k != "type"))
+            if rope_type == "llama3"
+            else None,
             attention_bias=bool(cfg.get("attention_bias", False)) if mt != "qwen2" else False,
             qkv_bias=mt == "qwen2",
             mlp_bias=bool(cfg.get("mlp_bias", False)),
@@ -192,7 +194,9 @@ class Embedding(nnx.Module):
 
 class Backbone(nnx.Module):
     def __init__(self, cfg: LlamaConfig, *, dtype: Any, rngs: nnx.Rngs):
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size, dtype=dtype, std=cfg.initializer_range, rngs=rngs)
+        self.embed_tokens = Embedding(
+            cfg.vocab_size, cfg.hidden_size, dtype=dtype, std=cfg.initializer_range, rngs=rngs
+        )
         self.layers = nnx.List([DecoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype)
 
@@ -206,7 +210,9 @@ class LlamaForCausalLM(nnx.Module):
         self.config = cfg
         self.model = Backbone(cfg, dtype=dtype, rngs=rngs)
         if not cfg.tie_word_embeddings:
-            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, std=cfg.initializer_range, rngs=rngs)
+            self.lm_head = Linear(
+                cfg.hidden_size, cfg.vocab_size, bias=False, dtype=dtype, std=cfg.initializer_range, rngs=rngs
+            )
         self.remat = remat
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:

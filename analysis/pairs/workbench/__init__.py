@@ -62,9 +62,17 @@ def build_key(size: str) -> str:
 
     lang, vis = configs(size)
     text, info = language.corpus.stdlib_corpus(lang.corpus_chars)
-    blob = json.dumps({"version": VERSION, "size": size, "language": dataclasses.asdict(lang),
-                       "vision": dataclasses.asdict(vis), "corpus": info["sha256"],
-                       "versions": [jax.__version__, flax.__version__, optax.__version__, np.__version__]}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "version": VERSION,
+            "size": size,
+            "language": dataclasses.asdict(lang),
+            "vision": dataclasses.asdict(vis),
+            "corpus": info["sha256"],
+            "versions": [jax.__version__, flax.__version__, optax.__version__, np.__version__],
+        },
+        sort_keys=True,
+    )
     return f"{size}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -119,15 +127,23 @@ def build(size: str = "full", *, progress: bool = True, log: Any = print) -> Pat
         # Each stage is one directory renamed into place: a reader sees all of it or none.
         os.replace(tmp / "model", target)
         shutil.rmtree(tmp, ignore_errors=True)
-        summary = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()
-                   if k in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post", "heldout_loss", "seconds")}
+        summary = {
+            k: (round(v, 4) if isinstance(v, float) else v)
+            for k, v in result.items()
+            if k in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post", "heldout_loss", "seconds")
+        }
         log(f"[workbench] {family}/{stage}: {summary}")
     if not built_any and (root / "manifest.json").is_file():
         return root  # every stage verified; the manifest already describes them
-    manifest = {"key": root.name, "size": size, "python": sys.version.split()[0],
-                "stages": {f"{f}/{s}": json.loads((root / f / s / "stage.json").read_text())["result"]
-                           for f, s, _, _ in stages},
-                "build_seconds_this_run": time.perf_counter() - t0}
+    manifest = {
+        "key": root.name,
+        "size": size,
+        "python": sys.version.split()[0],
+        "stages": {
+            f"{f}/{s}": json.loads((root / f / s / "stage.json").read_text())["result"] for f, s, _, _ in stages
+        },
+        "build_seconds_this_run": time.perf_counter() - t0,
+    }
     files.write_json(root / "manifest.json", manifest)
     return root
 
@@ -166,18 +182,36 @@ def load_pair(name: str, size: str = "full", *, progress: bool = True, log: Any 
             loss_fn = data.causal_lm_loss(pre.forward)
             acc = accuracy.exact_match_fn(pre.forward, tok, records, max_new=language.TASK_NEW_TOKENS[task])
             acc_name = "exact match (greedy)"
-        desc = (f"Llama-architecture decoder ({lang.num_hidden_layers} layers, hidden {lang.hidden_size}) pre-trained on "
-                "CPython standard-library sources (byte-level tokenizer); post-trained on "
-                f"{post_meta['task']}")
+        desc = (
+            f"Llama-architecture decoder ({lang.num_hidden_layers} layers, hidden {lang.hidden_size}) pre-trained on "
+            "CPython standard-library sources (byte-level tokenizer); post-trained on "
+            f"{post_meta['task']}"
+        )
     else:
         ev = np.load(_stage(root, family, task) / "eval.npz")
         batches = vision.eval_batches({"pixel_values": ev["pixel_values"], "labels": ev["labels"]})
         loss_fn = data.image_classification_loss(pre.classify)
         acc = accuracy.top1_accuracy_fn(pre.classify)
         acc_name = "top-1 accuracy"
-        desc = (f"CLIP-ViT-architecture encoder ({vis.num_hidden_layers} layers, hidden {vis.hidden_size}) with a "
-                f"10-way head, pre-trained on digits, fine-tuned on {task} digits")
-    return Pair(name=name, description=desc, pre=pre.params, post=post.params, loss_fn=loss_fn, batches=batches,
-                accuracy_fn=acc, info={"accuracy_name": acc_name, "cache": str(root), "size": size, "pre_stage": meta, "post_stage": post_meta,
-                                       "checkpoints": {"pre": str(pre.path), "post": str(post.path)}},
-                template=post)
+        desc = (
+            f"CLIP-ViT-architecture encoder ({vis.num_hidden_layers} layers, hidden {vis.hidden_size}) with a "
+            f"10-way head, pre-trained on digits, fine-tuned on {task} digits"
+        )
+    return Pair(
+        name=name,
+        description=desc,
+        pre=pre.params,
+        post=post.params,
+        loss_fn=loss_fn,
+        batches=batches,
+        accuracy_fn=acc,
+        info={
+            "accuracy_name": acc_name,
+            "cache": str(root),
+            "size": size,
+            "pre_stage": meta,
+            "post_stage": post_meta,
+            "checkpoints": {"pre": str(pre.path), "post": str(post.path)},
+        },
+        template=post,
+    )

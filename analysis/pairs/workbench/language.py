@@ -48,19 +48,46 @@ class LanguageConfig:
     seed: int = 0
 
 
-MINI = LanguageConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                      intermediate_size=64, window=48, corpus_chars=60_000, pre_steps=60, post_steps=250, dpo_steps=60,
-                      batch_size=16, train_examples=600, eval_examples=64, eval_batch=32, dpo_lr=5e-4)
+MINI = LanguageConfig(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    intermediate_size=64,
+    window=48,
+    corpus_chars=60_000,
+    pre_steps=60,
+    post_steps=250,
+    dpo_steps=60,
+    batch_size=16,
+    train_examples=600,
+    eval_examples=64,
+    eval_batch=32,
+    dpo_lr=5e-4,
+)
 TASK_NEW_TOKENS = {"arithmetic": 4, "strings": 9}
 
 
 def raw_config(cfg: LanguageConfig, vocab: int) -> dict[str, Any]:
-    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-            "num_key_value_heads": cfg.num_key_value_heads, "max_position_embeddings": 256, "rope_theta": 10000.0,
-            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "hidden_act": "silu", "bos_token_id": 1,
-            "eos_token_id": 2, "pad_token_id": 0, "dtype": "float32"}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "max_position_embeddings": 256,
+        "rope_theta": 10000.0,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "hidden_act": "silu",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "dtype": "float32",
+    }
 
 
 def _arrays(items: list[dict[str, Any]], length: int, prefix: str = "") -> dict[str, np.ndarray]:
@@ -83,12 +110,17 @@ def task_records(task: str, cfg: LanguageConfig) -> tuple[list[dict[str, str]], 
     offset = {"arithmetic": 1, "strings": 2}[task]
     train_recs = corpus.TASKS[task](np.random.default_rng([cfg.seed, offset, 0]), cfg.train_examples)
     seen = {r["prompt"] for r in train_recs}
-    held = [r for r in corpus.TASKS[task](np.random.default_rng([cfg.seed, offset, 1]), 4 * cfg.eval_examples)
-            if r["prompt"] not in seen][: cfg.eval_examples]
+    held = [
+        r
+        for r in corpus.TASKS[task](np.random.default_rng([cfg.seed, offset, 1]), 4 * cfg.eval_examples)
+        if r["prompt"] not in seen
+    ][: cfg.eval_examples]
     return train_recs, held
 
 
-def build_stage(stage: str, cfg: LanguageConfig, out: Path, done: Callable[[str], Path], progress: bool) -> dict[str, Any]:
+def build_stage(
+    stage: str, cfg: LanguageConfig, out: Path, done: Callable[[str], Path], progress: bool
+) -> dict[str, Any]:
     """Build one stage into ``out`` (a fresh directory): ``pre``, ``arithmetic``, ``strings`` or
     ``arithmetic-dpo``; ``done(stage)`` gives the directory of an earlier completed stage."""
     tok = corpus.byte_tokenizer()
@@ -106,32 +138,61 @@ def build_stage(stage: str, cfg: LanguageConfig, out: Path, done: Callable[[str]
         model = checkpoints.from_config(raw, seed=cfg.seed)
         loss = data.causal_lm_loss(model.forward)
         split = int(0.95 * len(windows))  # last 5 % of the text: held-out pre-training loss
-        params, curve = train(loss, model.params, {"input_ids": windows[:split], "loss_mask": mask[:split]},
-                              steps=cfg.pre_steps, batch_size=cfg.batch_size, lr=cfg.pre_lr, seed=cfg.seed,
-                              desc="lm pre-training", progress=progress)
+        params, curve = train(
+            loss,
+            model.params,
+            {"input_ids": windows[:split], "loss_mask": mask[:split]},
+            steps=cfg.pre_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.pre_lr,
+            seed=cfg.seed,
+            desc="lm pre-training",
+            progress=progress,
+        )
         held = {"input_ids": windows[split:][:64], "loss_mask": mask[split:][:64]}
         checkpoints.save(out, model, params)
         tok.save(str(out / "tokenizer.json"))
-        return {"corpus": info, "curve": curve[::10], "final_train_loss": float(np.mean(curve[-20:])),
-                "heldout_loss": float(loss(params, held)), "windows": int(len(windows))}
+        return {
+            "corpus": info,
+            "curve": curve[::10],
+            "final_train_loss": float(np.mean(curve[-20:])),
+            "heldout_loss": float(loss(params, held)),
+            "windows": int(len(windows)),
+        }
     pre = checkpoints.load(done("pre"))
     if stage in corpus.TASKS:
         train_recs, held = task_records(stage, cfg)
         items = data.tokenize(tok, "response", train_recs, max_len=cfg.task_len, eos_id=eos)
         loss = data.causal_lm_loss(pre.forward)
-        params, curve = train(loss, pre.params, _arrays(items, cfg.task_len), steps=cfg.post_steps,
-                              batch_size=cfg.batch_size, lr=cfg.post_lr, seed=cfg.seed + 1, desc=f"lm post-training: {stage}",
-                              progress=progress)
+        params, curve = train(
+            loss,
+            pre.params,
+            _arrays(items, cfg.task_len),
+            steps=cfg.post_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.post_lr,
+            seed=cfg.seed + 1,
+            desc=f"lm post-training: {stage}",
+            progress=progress,
+        )
         checkpoints.save(out, pre, params)
         _write_jsonl(out / "eval.jsonl", held)
-        eval_batches = data.make_batches(data.tokenize(tok, "response", held, max_len=cfg.task_len, eos_id=eos),
-                                         batch_size=cfg.eval_batch, max_len=cfg.task_len)
-        return {"task": stage, "curve": curve[::10], "final_train_loss": float(np.mean(curve[-20:])),
-                "loss_pre": float(np.mean([loss(pre.params, b) for b in eval_batches])),
-                "loss_post": float(np.mean([loss(params, b) for b in eval_batches])),
-                "accuracy_pre": accuracy.exact_match(pre.forward, pre.params, tok, held, max_new=TASK_NEW_TOKENS[stage]),
-                "accuracy_post": accuracy.exact_match(pre.forward, params, tok, held, max_new=TASK_NEW_TOKENS[stage]),
-                "train_examples": len(train_recs), "eval_examples": len(held)}
+        eval_batches = data.make_batches(
+            data.tokenize(tok, "response", held, max_len=cfg.task_len, eos_id=eos),
+            batch_size=cfg.eval_batch,
+            max_len=cfg.task_len,
+        )
+        return {
+            "task": stage,
+            "curve": curve[::10],
+            "final_train_loss": float(np.mean(curve[-20:])),
+            "loss_pre": float(np.mean([loss(pre.params, b) for b in eval_batches])),
+            "loss_post": float(np.mean([loss(params, b) for b in eval_batches])),
+            "accuracy_pre": accuracy.exact_match(pre.forward, pre.params, tok, held, max_new=TASK_NEW_TOKENS[stage]),
+            "accuracy_post": accuracy.exact_match(pre.forward, params, tok, held, max_new=TASK_NEW_TOKENS[stage]),
+            "train_examples": len(train_recs),
+            "eval_examples": len(held),
+        }
     if stage == "arithmetic-dpo":
         sft = checkpoints.load(done("arithmetic"))
         rng_train = np.random.default_rng([cfg.seed, 3, 0])
@@ -144,22 +205,40 @@ def build_stage(stage: str, cfg: LanguageConfig, out: Path, done: Callable[[str]
         arrays["ref_rejected"] = np.asarray(ref(sft.params, arrays["rejected_input_ids"], arrays["rejected_loss_mask"]))
         arrays["valid"] = np.ones(len(items), np.float32)
         loss = data.dpo_loss(sft.forward, beta=cfg.dpo_beta)
-        params, curve = train(loss, sft.params, arrays, steps=cfg.dpo_steps, batch_size=cfg.batch_size, lr=cfg.dpo_lr,
-                              seed=cfg.seed + 2, desc="lm DPO: arithmetic", progress=progress)
+        params, curve = train(
+            loss,
+            sft.params,
+            arrays,
+            steps=cfg.dpo_steps,
+            batch_size=cfg.batch_size,
+            lr=cfg.dpo_lr,
+            seed=cfg.seed + 2,
+            desc="lm DPO: arithmetic",
+            progress=progress,
+        )
         checkpoints.save(out, sft, params)
         _write_jsonl(out / "eval.jsonl", held)
-        held_batches = data.dpo_batches(data.make_batches(
-            data.tokenize(tok, "preference", held, max_len=cfg.task_len, eos_id=eos),
-            batch_size=cfg.eval_batch, max_len=cfg.task_len), sft.forward, sft.params)
+        held_batches = data.dpo_batches(
+            data.make_batches(
+                data.tokenize(tok, "preference", held, max_len=cfg.task_len, eos_id=eos),
+                batch_size=cfg.eval_batch,
+                max_len=cfg.task_len,
+            ),
+            sft.forward,
+            sft.params,
+        )
         arith_held = task_records("arithmetic", cfg)[1]
         reward, new_tokens = accuracy.reward_accuracy_fn(sft.forward), TASK_NEW_TOKENS["arithmetic"]
-        return {"task": "arithmetic preferences (DPO, reference = the arithmetic SFT model)", "curve": curve[::5],
-                "loss_pre": float(np.mean([loss(sft.params, b) for b in held_batches])),
-                "loss_post": float(np.mean([loss(params, b) for b in held_batches])),
-                "accuracy": "implicit-reward accuracy on held-out pairs (the reference scores 0.5)",
-                "accuracy_pre": reward(sft.params, held_batches),
-                "accuracy_post": reward(params, held_batches),
-                "exact_match_pre": accuracy.exact_match(sft.forward, sft.params, tok, arith_held, max_new=new_tokens),
-                "exact_match_post": accuracy.exact_match(sft.forward, params, tok, arith_held, max_new=new_tokens),
-                "beta": cfg.dpo_beta}
+        return {
+            "task": "arithmetic preferences (DPO, reference = the arithmetic SFT model)",
+            "curve": curve[::5],
+            "loss_pre": float(np.mean([loss(sft.params, b) for b in held_batches])),
+            "loss_post": float(np.mean([loss(params, b) for b in held_batches])),
+            "accuracy": "implicit-reward accuracy on held-out pairs (the reference scores 0.5)",
+            "accuracy_pre": reward(sft.params, held_batches),
+            "accuracy_post": reward(params, held_batches),
+            "exact_match_pre": accuracy.exact_match(sft.forward, sft.params, tok, arith_held, max_new=new_tokens),
+            "exact_match_post": accuracy.exact_match(sft.forward, params, tok, arith_held, max_new=new_tokens),
+            "beta": cfg.dpo_beta,
+        }
     raise ValueError(f"unknown language stage {stage!r}")

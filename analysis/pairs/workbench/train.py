@@ -54,7 +54,10 @@ def train(
     curve: list[float] = []
     # Optax mixes Python floats and int32 counters, which strict promotion (our tests) refuses;
     # training is not engine code, so it runs under JAX's standard promotion rules.
-    with riemann.progress_bar(progress, desc=desc, total=steps, leave=False) as bar, jax.numpy_dtype_promotion("standard"):
+    with (
+        riemann.progress_bar(progress, desc=desc, total=steps, leave=False) as bar,
+        jax.numpy_dtype_promotion("standard"),
+    ):
         carry = (params, opt.init(params))
         for start in range(0, steps, chunk):
             carry, losses = run(carry, keys[start : start + chunk])

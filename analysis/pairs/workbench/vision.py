@@ -45,17 +45,35 @@ class VisionConfig:
     seed: int = 0
 
 
-MINI = VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16,
-                    pre_steps=200, post_steps=120, batch_size=32)
+MINI = VisionConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    projection_dim=16,
+    pre_steps=200,
+    post_steps=120,
+    batch_size=32,
+)
 
 
 def raw_config(cfg: VisionConfig) -> dict[str, Any]:
-    return {"architectures": ["CLIPVisionModelWithProjection"], "model_type": "clip_vision_model",
-            "hidden_size": cfg.hidden_size, "intermediate_size": cfg.intermediate_size,
-            "num_hidden_layers": cfg.num_hidden_layers, "num_attention_heads": cfg.num_attention_heads,
-            "image_size": cfg.image_size, "patch_size": cfg.patch_size, "projection_dim": cfg.projection_dim,
-            "num_channels": 3, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "riemann_num_labels": 10,
-            "dtype": "float32"}
+    return {
+        "architectures": ["CLIPVisionModelWithProjection"],
+        "model_type": "clip_vision_model",
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "projection_dim": cfg.projection_dim,
+        "num_channels": 3,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
+        "riemann_num_labels": 10,
+        "dtype": "float32",
+    }
 
 
 def digits(cfg: VisionConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -90,7 +108,9 @@ def eval_batches(view: dict[str, np.ndarray], batch_size: int = 71) -> list[dict
     return list(data.image_batches(view["pixel_values"], view["labels"], batch_size=batch_size))
 
 
-def build_stage(stage: str, cfg: VisionConfig, out: Path, done: Callable[[str], Path], progress: bool) -> dict[str, Any]:
+def build_stage(
+    stage: str, cfg: VisionConfig, out: Path, done: Callable[[str], Path], progress: bool
+) -> dict[str, Any]:
     train_split, eval_split = digits(cfg)
     if stage == "pre":
         model = checkpoints.from_config(raw_config(cfg), seed=cfg.seed)
@@ -102,16 +122,29 @@ def build_stage(stage: str, cfg: VisionConfig, out: Path, done: Callable[[str], 
         task = stage
     loss = data.image_classification_loss(model.classify)
     view = task_view(train_split, task)
-    params, curve = train(loss, start, view, steps=cfg.pre_steps if stage == "pre" else cfg.post_steps,
-                          batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed + (0 if stage == "pre" else 1 + TASKS.index(stage)),
-                          desc=f"vit {'pre-training' if stage == 'pre' else 'fine-tuning: ' + stage}", progress=progress,
-                          weight_decay=1e-4)
+    params, curve = train(
+        loss,
+        start,
+        view,
+        steps=cfg.pre_steps if stage == "pre" else cfg.post_steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        seed=cfg.seed + (0 if stage == "pre" else 1 + TASKS.index(stage)),
+        desc=f"vit {'pre-training' if stage == 'pre' else 'fine-tuning: ' + stage}",
+        progress=progress,
+        weight_decay=1e-4,
+    )
     checkpoints.save(out, model, params)
     ev = eval_batches(task_view(eval_split, task))
     top1 = accuracy.top1_accuracy_fn(model.classify)
     np.savez(out / "eval.npz", **{k: np.concatenate([b[k] for b in ev]) for k in ("pixel_values", "labels")})
-    result = {"task": task, "curve": curve[::10], "final_train_loss": float(np.mean(curve[-20:])),
-              "loss_post": float(np.mean([loss(params, b) for b in ev])), "accuracy_post": top1(params, ev)}
+    result = {
+        "task": task,
+        "curve": curve[::10],
+        "final_train_loss": float(np.mean(curve[-20:])),
+        "loss_post": float(np.mean([loss(params, b) for b in ev])),
+        "accuracy_post": top1(params, ev),
+    }
     if stage != "pre":
         result["loss_pre"] = float(np.mean([loss(start, b) for b in ev]))
         result["accuracy_pre"] = top1(start, ev)

@@ -11,8 +11,17 @@ from analysis.hf import checkpoints
 from analysis.hf.models._common import ConfigError
 from analysis.hf.safetensors_file import CheckpointError, read_header, read_tensor, write_file
 
-LLAMA = {"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 10000.0, "tie_word_embeddings": False}
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": False,
+}
 
 
 @pytest.fixture
@@ -117,10 +126,12 @@ def test_pickle_files_are_refused_with_an_explanation(tmp_path):
 
 @pytest.mark.parametrize(
     "change,match",
-    [({"model_type": "gpt2"}, "unknown architecture model_type='gpt2'"),
-     ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn' is not supported"),
-     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
-     ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3 rope scaling needs 'low_freq_factor'")],
+    [
+        ({"model_type": "gpt2"}, "unknown architecture model_type='gpt2'"),
+        ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn' is not supported"),
+        ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "llama3 rope scaling needs 'low_freq_factor'"),
+    ],
 )
 def test_unsupported_configs_are_refused(tmp_path, change, match):
     (tmp_path / "config.json").write_text(json.dumps({**LLAMA, **change}))

@@ -17,8 +17,15 @@ from analysis.pairs.data import causal_lm_loss
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
-DECODER = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=64)
+DECODER = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
 def _save(model, path, **kw):
@@ -53,8 +60,18 @@ IDS = np.random.default_rng(0).integers(0, DECODER["vocab_size"], size=(2, 12)).
 
 CASES = {
     "llama": ("llama", {}),
-    "llama3.1-rope": ("llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8}}),
+    "llama3.1-rope": (
+        "llama",
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8,
+            }
+        },
+    ),
     "llama-attention-bias": ("llama", {"attention_bias": True, "mlp_bias": True}),
     "mistral-sliding": ("mistral", {}),
     "qwen2-untied": ("qwen2", {"tie_word_embeddings": False}),
@@ -99,21 +116,36 @@ def test_lm_loss_gradients_match_torch_autograd(tmp_path):
     ids = torch.tensor(IDS, dtype=torch.long)
     logits = hf(ids).logits[:, :-1]
     tm = torch.tensor(mask)[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+    )
     ref_loss = (nll * tm.reshape(-1)).sum() / tm.sum()
     ref_loss.backward()
     assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
     named = dict(hf.named_parameters())
     flat = dict(zip(ck.names, jax.tree.leaves(grads)))
-    for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.bias",
-                 "model.layers.1.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight", "model.embed_tokens.weight"):
+    for name in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.bias",
+        "model.layers.1.mlp.down_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+        "model.embed_tokens.weight",
+    ):
         np.testing.assert_allclose(np.asarray(flat[name]), named[name].grad.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
 
 
 def _hf_clip():
     torch.manual_seed(0)
-    cfg = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                        image_size=32, patch_size=8, projection_dim=16)
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=16,
+    )
     return transformers.CLIPVisionModelWithProjection(cfg)
 
 

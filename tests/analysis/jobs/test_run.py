@@ -36,11 +36,18 @@ def test_run_writes_results_report_and_figures(mlp_run):
     assert agree["gauss-legendre"]["passes_per_edit_per_batch"] == {"gradient": 0, "jvp": 8, "hvp": 0, "forward": 0}
     assert all(r["modules_estimator"] == "riemann" for r in pair["edits"])
     # Completeness rules run in forward mode except Gauss-Legendre, whose breakdown attributes the gain.
-    assert sum(pair["pair"]["gain_modules"].values()) == pytest.approx(pair["pair"]["completeness"]["gauss-legendre:8"]["value"], rel=1e-4)
+    assert sum(pair["pair"]["gain_modules"].values()) == pytest.approx(
+        pair["pair"]["completeness"]["gauss-legendre:8"]["value"], rel=1e-4
+    )
     assert res["summary"]["best"] in agree
     report = (mlp_run / "report.md").read_text()
     assert "## The paper's claims on these pairs" in report and "## Pair `mlp-teacher`" in report
-    for png in ("frontier.png", "mlp-teacher-calibration.png", "mlp-teacher-confusion.png", "mlp-teacher-line_profile.png"):
+    for png in (
+        "frontier.png",
+        "mlp-teacher-calibration.png",
+        "mlp-teacher-confusion.png",
+        "mlp-teacher-line_profile.png",
+    ):
         assert (mlp_run / png).stat().st_size > 10_000, png
     assert json.loads((mlp_run / "run.json").read_text())["status"] == "complete"
 
@@ -54,7 +61,19 @@ def test_a_complete_run_is_never_overwritten(mlp_run, capsys):
 
 def test_killed_run_resumes_to_the_samenumbers(mlp_run, tmp_path):
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "analysis.cli", "run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "analysis.cli",
+        "run",
+        "--pair",
+        "mlp-teacher",
+        "--edits",
+        *MLP_EDITS,
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     edits_dir = out / "progress" / "mlp-teacher" / "edits"
@@ -70,7 +89,9 @@ def test_killed_run_resumes_to_the_samenumbers(mlp_run, tmp_path):
     assert json.loads((out / "run.json").read_text())["status"] == "running"
     assert not (out / "results.json").exists()
     # Other arguments are refused rather than mixed into the unfinished run.
-    assert main(["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--seed", "1", "--quiet"]) == 2
+    assert (
+        main(["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--seed", "1", "--quiet"]) == 2
+    )
     assert main(["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--quiet"]) == 0
     assert numbers(results(out)) == numbers(results(mlp_run))
 
@@ -87,8 +108,29 @@ def test_prepare_refuses_foreign_directories(tmp_path):
 
 def test_run_on_mini_workbench_pairs(mini_cache, tmp_path):
     out = tmp_path / "wb"
-    assert main(["run", "--size", "mini", "--pair", "lm/arithmetic-dpo", "vit/rotated", "--edits", "dare:p=0.5", "bitdelta",
-                 "expo:alpha=-0.2", "expo:alpha=0.2", "--probes", "2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--size",
+                "mini",
+                "--pair",
+                "lm/arithmetic-dpo",
+                "vit/rotated",
+                "--edits",
+                "dare:p=0.5",
+                "bitdelta",
+                "expo:alpha=-0.2",
+                "expo:alpha=0.2",
+                "--probes",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     res = results(out)
     assert [p["pair"]["name"] for p in res["pairs"]] == ["lm/arithmetic-dpo", "vit/rotated"]
     for p in res["pairs"]:

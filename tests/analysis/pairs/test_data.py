@@ -10,17 +10,32 @@ import riemann
 from analysis.hf import checkpoints
 from analysis.pairs import data
 
-CORPUS = ["the cat sat on the mat", "two plus two is four", "question : what is three plus one ? answer : four",
-          "a dog ran in the park", "good answer", "bad answer"]
-LLAMA = {"model_type": "llama", "vocab_size": 40, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-         "num_attention_heads": 2, "num_key_value_heads": 1}
+CORPUS = [
+    "the cat sat on the mat",
+    "two plus two is four",
+    "question : what is three plus one ? answer : four",
+    "a dog ran in the park",
+    "good answer",
+    "bad answer",
+]
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 40,
+    "hidden_size": 16,
+    "intermediate_size": 32,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
 
 
 def make_tokenizer(path):
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.train_from_iterator(CORPUS, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[UNK]", "<s>"]))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+    )
     tok.save(str(path / "tokenizer.json"))
     return tok
 
@@ -47,8 +62,10 @@ def test_text_records_score_every_token_after_the_first(ck_dir, tmp_path):
 
 
 def test_response_loss_counts_response_tokens_only(ck_dir, tmp_path):
-    f = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "what is three plus one ?", "response": "four"},
-                                           {"prompt": "two plus two", "response": "is four"}])
+    f = write_jsonl(
+        tmp_path / "d.jsonl",
+        [{"prompt": "what is three plus one ?", "response": "four"}, {"prompt": "two plus two", "response": "is four"}],
+    )
     kind, batches = data.jsonl_batches(f, ck_dir, batch_size=2)
     assert kind == "response"
     b = batches[0]
@@ -63,8 +80,10 @@ def test_response_loss_counts_response_tokens_only(ck_dir, tmp_path):
 
 
 def test_dpo_loss_is_log_two_at_the_reference_and_plugs_into_the_engine(ck_dir, tmp_path):
-    f = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "question : what is two plus two ?", "chosen": "good answer four",
-                                            "rejected": "bad answer"}] * 3)
+    f = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "question : what is two plus two ?", "chosen": "good answer four", "rejected": "bad answer"}] * 3,
+    )
     kind, raw = data.jsonl_batches(f, ck_dir, batch_size=2)
     assert kind == "preference"
     ck = checkpoints.load(ck_dir)
@@ -81,9 +100,13 @@ def test_dpo_loss_is_log_two_at_the_reference_and_plugs_into_the_engine(ck_dir, 
 
 @pytest.mark.parametrize(
     "lines,match",
-    [(['{"text": "a"}', '{"txt": "b"}'], r"d.jsonl:2: missing or non-string field\(s\) \['text'\]"),
-     (['{"prompt": "a"}'], r"d.jsonl:1: a record needs 'text'"), (['not json'], r"d.jsonl:1: not valid JSON"),
-     (['{"prompt": "a", "response": 3}'], r"d.jsonl:1: missing or non-string field\(s\) \['response'\]"), ([""], "no records")],
+    [
+        (['{"text": "a"}', '{"txt": "b"}'], r"d.jsonl:2: missing or non-string field\(s\) \['text'\]"),
+        (['{"prompt": "a"}'], r"d.jsonl:1: a record needs 'text'"),
+        (["not json"], r"d.jsonl:1: not valid JSON"),
+        (['{"prompt": "a", "response": 3}'], r"d.jsonl:1: missing or non-string field\(s\) \['response'\]"),
+        ([""], "no records"),
+    ],
 )
 def test_bad_jsonl_names_file_and_line(tmp_path, lines, match):
     (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")

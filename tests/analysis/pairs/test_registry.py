@@ -10,8 +10,14 @@ from analysis.pairs.mlp import MLPConfig, build_pair
 
 
 def test_built_in_pairs_are_registered_with_their_kind():
-    assert registry.names("workbench") == ("lm/arithmetic", "lm/strings", "lm/arithmetic-dpo", "vit/rotated",
-                                           "vit/inverted", "vit/parity")
+    assert registry.names("workbench") == (
+        "lm/arithmetic",
+        "lm/strings",
+        "lm/arithmetic-dpo",
+        "vit/rotated",
+        "vit/inverted",
+        "vit/parity",
+    )
     assert registry.names("example") == ("mlp-teacher",)
     assert registry.check_names(["all"]) == registry.names("workbench")
     assert registry.check_names(["vit/parity", "mlp-teacher", "vit/parity"]) == ("vit/parity", "mlp-teacher")

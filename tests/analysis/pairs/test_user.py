@@ -14,8 +14,24 @@ from tests.analysis.helpers import results
 
 def test_run_on_user_checkpoints(user_pair, tmp_path):
     out = tmp_path / "user"
-    args = ["run", "--pre", str(user_pair / "pre"), "--post", str(user_pair / "post"), "--data", str(user_pair / "resp.jsonl"),
-            "--batch-size", "8", "--edits", "dare:p=0.5", "bitdelta", "expo:alpha=0.5", "--out", str(out), "--quiet"]
+    args = [
+        "run",
+        "--pre",
+        str(user_pair / "pre"),
+        "--post",
+        str(user_pair / "post"),
+        "--data",
+        str(user_pair / "resp.jsonl"),
+        "--batch-size",
+        "8",
+        "--edits",
+        "dare:p=0.5",
+        "bitdelta",
+        "expo:alpha=0.5",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(args) == 0
     (pair,) = results(out)["pairs"]
     assert pair["pair"]["num_batches"] == 3 and pair["pair"]["accuracy_name"] == "token accuracy (teacher-forced)"
@@ -32,8 +48,24 @@ def test_run_on_user_checkpoints(user_pair, tmp_path):
             assert q["estimates"][name] == pytest.approx(value, rel=1e-4, abs=1e-7), name
     assert json.loads((rem / "run.json").read_text())["settings"]["checkpoints"]["remat"] is True
     pref = tmp_path / "pref"
-    assert main([*args[:5], "--data", str(user_pair / "pref.jsonl"), "--edits", "expo:alpha=0.5", "--out", str(pref),
-                 "--quiet", "--estimators", "riemann", "first-order"]) == 0
+    assert (
+        main(
+            [
+                *args[:5],
+                "--data",
+                str(user_pair / "pref.jsonl"),
+                "--edits",
+                "expo:alpha=0.5",
+                "--out",
+                str(pref),
+                "--quiet",
+                "--estimators",
+                "riemann",
+                "first-order",
+            ]
+        )
+        == 0
+    )
     (pair,) = results(pref)["pairs"]
     assert pair["pair"]["accuracy_name"] == "implicit-reward accuracy" and pair["pair"]["accuracy_pre"] == 0.5
     assert set(pair["edits"][0]["estimates"]) == {"riemann", "first-order"}
@@ -48,11 +80,34 @@ def test_run_on_user_clip_classifiers(tmp_path):
     checkpoints.save(tmp_path / "pre", base)
     checkpoints.save(tmp_path / "post", base, tuned)
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "eval.npz", pixel_values=rng.random((40, 3, 16, 16)).astype(np.float32),
-             labels=rng.integers(0, 10, 40))
+    np.savez(
+        tmp_path / "eval.npz",
+        pixel_values=rng.random((40, 3, 16, 16)).astype(np.float32),
+        labels=rng.integers(0, 10, 40),
+    )
     out = tmp_path / "out"
-    assert main(["run", "--pre", str(tmp_path / "pre"), "--post", str(tmp_path / "post"), "--data", str(tmp_path / "eval.npz"),
-                 "--batch-size", "10", "--edits", "dare:p=0.5", "expo:alpha=0.5", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--pre",
+                str(tmp_path / "pre"),
+                "--post",
+                str(tmp_path / "post"),
+                "--data",
+                str(tmp_path / "eval.npz"),
+                "--batch-size",
+                "10",
+                "--edits",
+                "dare:p=0.5",
+                "expo:alpha=0.5",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     (pair,) = results(out)["pairs"]
     assert pair["pair"]["num_batches"] == 4 and pair["pair"]["accuracy_name"] == "top-1 accuracy"
     for r in pair["edits"]:

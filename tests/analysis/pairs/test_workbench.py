@@ -32,7 +32,9 @@ def test_pairs_load_like_hf_checkpoints_and_plug_into_the_engine(cache, monkeypa
         ck = checkpoints.load(pair.info["checkpoints"]["post"])
         assert ck.names == riemann.leaf_names(pair.post)
         delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
-        res = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=6, endpoints=True)
+        res = riemann.integrate_path(
+            pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=6, endpoints=True
+        )
         assert res.loss_end < res.loss_start, name
         assert res.relative_gap < 1e-2, name
         assert 0.0 <= pair.accuracy_fn(pair.post, pair.batches) <= 1.0

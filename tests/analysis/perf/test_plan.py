@@ -51,8 +51,16 @@ def test_bad_input_is_named(tmp_path, capsys):
     assert "not a preset" in capsys.readouterr().err
 
 
-SMALL = {"model_type": "llama", "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-         "num_attention_heads": 4, "num_key_value_heads": 2, "tie_word_embeddings": False}
+SMALL = {
+    "model_type": "llama",
+    "vocab_size": 256,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "tie_word_embeddings": False,
+}
 
 
 def test_xla_compiles_the_engines_step_from_shapes_and_reports_its_plan():
@@ -88,8 +96,17 @@ def test_xla_plan_on_the_command_line_and_bad_modes(tmp_path, capsys):
 
 
 def test_xla_plan_of_a_clip_encoder_takes_pixels():
-    clip = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "image_size": 16, "patch_size": 8, "projection_dim": 8, "hidden_act": "quick_gelu"}
+    clip = {
+        "model_type": "clip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 16,
+        "patch_size": 8,
+        "projection_dim": 8,
+        "hidden_act": "quick_gelu",
+    }
     n = plan.plan(clip, dtype="float32").num_params
     pixels = 4 * 3 * 16 * 16 * 4
     assert plan.compiled(clip, mode="accumulate", batch=4, dtype="float32").argument_bytes == 3 * 4 * n + 2 * 4 + pixels

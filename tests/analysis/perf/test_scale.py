@@ -15,8 +15,12 @@ def test_tiny_run_reports_every_figure():
     # the suite's strict promotion refuses in the backward pass; users run with standard promotion.
     updates = []
     with jax.numpy_dtype_promotion("standard"):
-        res = scale.run(tiny=True, tokens=256, edits_limit=4, on_update=lambda r: updates.append(r["suite_edits"]
-                                                                                                 if "suite" in r else -1))
+        res = scale.run(
+            tiny=True,
+            tokens=256,
+            edits_limit=4,
+            on_update=lambda r: updates.append(r["suite_edits"] if "suite" in r else -1),
+        )
         forward = scale.run(tiny=True, tokens=256, edits_limit=1, mode="forward")
     for key in ("tokens_per_s", "achieved_tflops", "step_s", "path_integral_value", "suite_s"):
         assert math.isfinite(res[key]), key
@@ -34,8 +38,9 @@ def test_tiny_run_reports_every_figure():
     # Without a device memory limit both modes "fit", so the other one is timed as well and gives
     # the same integral (jvp vs gradient, both in bfloat16).
     assert set(res["modes"]) == {"accumulate", "forward"}
-    assert math.isclose(res["modes"]["forward"]["path_integral_value"], res["path_integral_value"], rel_tol=0.05,
-                        abs_tol=1e-4)
+    assert math.isclose(
+        res["modes"]["forward"]["path_integral_value"], res["path_integral_value"], rel_tol=0.05, abs_tol=1e-4
+    )
     # Interpolating halfway back towards pre changes the loss by the integral's value; with a small
     # random delta both are small and finite.
     assert abs(res["path_integral_value"]) < 1.0
@@ -65,8 +70,10 @@ def test_main_writes_the_figures_atomically(tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("argv, message", [(["--tokens", "0"], "--tokens must be ≥ 1"),
-                                           (["--tokens", "100", "--batch", "3"], "multiple of --batch")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--tokens", "0"], "--tokens must be ≥ 1"), (["--tokens", "100", "--batch", "3"], "multiple of --batch")],
+)
 def test_main_refuses_bad_sizes(argv, message, capsys):
     with pytest.raises(SystemExit):
         scale.main(argv)

@@ -29,7 +29,13 @@ def test_every_estimator_scores_a_change_by_its_method():
     change = {"w": jnp.array([0.5, 1.0, -1.0])}
     exact = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
     first = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="first-order").value
-    want = {"riemann": None, "first-order": first, "shared-curvature": exact, "second-order": exact, "gauss-legendre": exact}
+    want = {
+        "riemann": None,
+        "first-order": first,
+        "shared-curvature": exact,
+        "second-order": exact,
+        "gauss-legendre": exact,
+    }
     assert set(ESTIMATORS) == set(want)
     for name, est in ESTIMATORS.items():
         got = est.score(shared, change)
@@ -41,8 +47,15 @@ def test_every_estimator_scores_a_change_by_its_method():
 
 def test_the_report_plots_and_command_line_read_the_registry(monkeypatch):
     monkeypatch.setattr(estimators, "ESTIMATORS", dict(ESTIMATORS))
-    new = Estimator("third-order", {"method": "third-order"}, "a user's estimator", "1 miracle per edit", "*", None,
-                    estimators.per_edit(method="second-order"))
+    new = Estimator(
+        "third-order",
+        {"method": "third-order"},
+        "a user's estimator",
+        "1 miracle per edit",
+        "*",
+        None,
+        estimators.per_edit(method="second-order"),
+    )
     estimators.register_estimator(new)
     monkeypatch.setattr(plots, "ESTIMATORS", estimators.ESTIMATORS)
     monkeypatch.setattr(report, "ESTIMATORS", estimators.ESTIMATORS)

@@ -36,8 +36,14 @@ print(repr(res.value), repr(res.gap), g.tobytes().hex())
 
 def _child(state, pause):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(state), str(pause)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(state), str(pause)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_stepwise_equals_integrate_path_bit_for_bit():

@@ -20,8 +20,9 @@ def pair():
 
 def test_post_training_improves_its_task(pair):
     assert pair.info["accuracy_post"] > pair.info["accuracy_pre"] + 0.05
-    losses = riemann.estimate(pair.loss_fn, pair.pre, jax.tree.map(lambda a, b: b - a, pair.pre, pair.post),
-                              pair.batches, method="measured")
+    losses = riemann.estimate(
+        pair.loss_fn, pair.pre, jax.tree.map(lambda a, b: b - a, pair.pre, pair.post), pair.batches, method="measured"
+    )
     assert losses.value < -0.1  # L(post) − L(pre) on the post-training task
 
 
@@ -30,8 +31,10 @@ def test_completeness_on_the_trained_pair(pair, capsys):
     gl = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=8, endpoints=True)
     left = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="left", n=5, endpoints=True)
     with capsys.disabled():
-        print(f"\n[completeness] gauss-legendre n=8 relative gap {gl.relative_gap:.2e}; "
-              f"paper's left n=5 relative gap {left.relative_gap:.2e}")
+        print(
+            f"\n[completeness] gauss-legendre n=8 relative gap {gl.relative_gap:.2e}; "
+            f"paper's left n=5 relative gap {left.relative_gap:.2e}"
+        )
     assert gl.relative_gap < 1e-4
     assert left.relative_gap > gl.relative_gap
     assert sum(gl.modules.values()) == pytest.approx(gl.value, rel=1e-5)
@@ -48,9 +51,11 @@ def test_suite_records_and_agreement(pair):
         assert set(r["class"]) == set(suite.ESTIMATORS) | {"measured"}
         # The shared first order is the per-edit first-order estimate of the engine.
         assert r["estimates"]["first-order"] == pytest.approx(
-            r["terms"]["shared-curvature"]["first"], rel=1e-4, abs=1e-7)
+            r["terms"]["shared-curvature"]["first"], rel=1e-4, abs=1e-7
+        )
         assert r["estimates"]["second-order"] == pytest.approx(
-            r["terms"]["second-order"]["first"] + r["terms"]["second-order"]["second"], rel=1e-6)
+            r["terms"]["second-order"]["first"] + r["terms"]["second-order"]["second"], rel=1e-6
+        )
     assert res["agreement"]["gauss-legendre"]["spearman"] == pytest.approx(1.0)
     again = suite.analyse(pair, specs[:2], seed=3, progress=False, log=lambda s: None)
     assert again["edits"][1]["measured"] == res["edits"][1]["measured"]  # same seed, same numbers

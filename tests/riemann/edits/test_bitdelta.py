@@ -20,7 +20,9 @@ def test_bitdelta_is_mean_magnitude_times_sign_per_matrix():
 
 def test_bitdelta_leaves_embeddings_unless_asked():
     e = jnp.array([[1.0, -3.0]])
-    assert np.array_equal(edits.bitdelta({"model": {"embed_tokens": {"weight": e}}})["model"]["embed_tokens"]["weight"], e)
+    assert np.array_equal(
+        edits.bitdelta({"model": {"embed_tokens": {"weight": e}}})["model"]["embed_tokens"]["weight"], e
+    )
     out = edits.bitdelta({"model": {"embed_tokens": {"weight": e}}}, exclude=None)["model"]["embed_tokens"]["weight"]
     np.testing.assert_allclose(out, [[2.0, -2.0]])
 
@@ -67,10 +69,14 @@ def test_random_magnitudes_keep_the_mean_and_the_sign(magnitudes):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"magnitude_bits": -1}, r"magnitude_bits=-1; accepted: an integer in \[0, 16\]"),
-     ({"magnitude_bits": 1.5}, "magnitude_bits=1.5"), ({"magnitudes": "gamma"}, "accepted: constant, normal, uniform"),
-     ({"magnitudes": "normal"}, "needs an explicit key"), ({"blocks": "quantile"}, "accepted: 'count'"),
-     ({"magnitudes": "uniform", "spread": 2.0, "key": jax.random.key(0)}, r"spread=2.0 is outside")],
+    [
+        ({"magnitude_bits": -1}, r"magnitude_bits=-1; accepted: an integer in \[0, 16\]"),
+        ({"magnitude_bits": 1.5}, "magnitude_bits=1.5"),
+        ({"magnitudes": "gamma"}, "accepted: constant, normal, uniform"),
+        ({"magnitudes": "normal"}, "needs an explicit key"),
+        ({"blocks": "quantile"}, "accepted: 'count'"),
+        ({"magnitudes": "uniform", "spread": 2.0, "key": jax.random.key(0)}, r"spread=2.0 is outside"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

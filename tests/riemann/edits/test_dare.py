@@ -93,13 +93,15 @@ def test_biased_product_needs_a_matching_gradient():
 
 @pytest.mark.parametrize(
     "call,match",
-    [(lambda d: edits.dare(d, 1.0, key=jax.random.key(0)), r"dare: p=1.0 is outside the accepted range \[0, 1\)"),
-     (lambda d: edits.dare(d, -0.1, key=jax.random.key(0)), r"p=-0.1"),
-     (lambda d: edits.dare(d, 0.5), "needs an explicit key"),
-     (lambda d: edits.dare(d, 0.5, key=3), "integer"),
-     (lambda d: edits.della(d, 0.0, key=jax.random.key(0)), r"density=0.0 is outside .*\(0, 1\]"),
-     (lambda d: edits.della(d, 0.5, 0.6, key=jax.random.key(0)), r"epsilon < min"),
-     (lambda d: edits.biased_sign(d, 1.0, k=0.5), r"p=1.0")],
+    [
+        (lambda d: edits.dare(d, 1.0, key=jax.random.key(0)), r"dare: p=1.0 is outside the accepted range \[0, 1\)"),
+        (lambda d: edits.dare(d, -0.1, key=jax.random.key(0)), r"p=-0.1"),
+        (lambda d: edits.dare(d, 0.5), "needs an explicit key"),
+        (lambda d: edits.dare(d, 0.5, key=3), "integer"),
+        (lambda d: edits.della(d, 0.0, key=jax.random.key(0)), r"density=0.0 is outside .*\(0, 1\]"),
+        (lambda d: edits.della(d, 0.5, 0.6, key=jax.random.key(0)), r"epsilon < min"),
+        (lambda d: edits.biased_sign(d, 1.0, k=0.5), r"p=1.0"),
+    ],
 )
 def test_bad_arguments_name_argument_and_range(call, match):
     with pytest.raises(ValueError, match=match):

@@ -9,11 +9,26 @@ from riemann import edits
 
 # One representative spec per registered edit, plus variants that take other code paths.
 SPECS = [
-    "dare:p=0.7", "dare:p=0.5,k=-1", "dare:p=0.3,rescale=false", "biased_sign:k=0.5", "biased_sign:p=0.3,k=1.5",
-    "biased_product:k=0.5", "della:density=0.4,epsilon=0.2", "magnitude:keep=0.3", "magnitude:keep=0.5,scope=global,rescale=true",
-    "ties:keep=0.2,lam=1.5", "bitdelta", "bitdelta:magnitude_bits=2", "bitdelta:magnitude_bits=3,blocks=width,scope=global",
-    "bitdelta:magnitudes=normal", "bitdelta:magnitudes=uniform,multiple=2", "lowrank:rank=3", "lowrank:fraction=0.5",
-    "lowrank:energy=0.8", "lowrank:rank=4,method=randomized,oversample=0,power_iters=0", "expo:alpha=-0.4",
+    "dare:p=0.7",
+    "dare:p=0.5,k=-1",
+    "dare:p=0.3,rescale=false",
+    "biased_sign:k=0.5",
+    "biased_sign:p=0.3,k=1.5",
+    "biased_product:k=0.5",
+    "della:density=0.4,epsilon=0.2",
+    "magnitude:keep=0.3",
+    "magnitude:keep=0.5,scope=global,rescale=true",
+    "ties:keep=0.2,lam=1.5",
+    "bitdelta",
+    "bitdelta:magnitude_bits=2",
+    "bitdelta:magnitude_bits=3,blocks=width,scope=global",
+    "bitdelta:magnitudes=normal",
+    "bitdelta:magnitudes=uniform,multiple=2",
+    "lowrank:rank=3",
+    "lowrank:fraction=0.5",
+    "lowrank:energy=0.8",
+    "lowrank:rank=4,method=randomized,oversample=0,power_iters=0",
+    "expo:alpha=-0.4",
 ]
 
 
@@ -24,8 +39,14 @@ def test_every_registered_edit_is_covered():
 def make_delta(dtype):
     k = jax.random.split(jax.random.key(42), 4)
     return {
-        "model": {"layers": [{"mlp": {"down_proj": {"weight": jax.random.normal(k[0], (12, 20), dtype)}},
-                              "input_layernorm": {"weight": jax.random.normal(k[1], (12,), dtype)}}]},
+        "model": {
+            "layers": [
+                {
+                    "mlp": {"down_proj": {"weight": jax.random.normal(k[0], (12, 20), dtype)}},
+                    "input_layernorm": {"weight": jax.random.normal(k[1], (12,), dtype)},
+                }
+            ]
+        },
         "embed_tokens": {"weight": jax.random.normal(k[2], (30, 12), dtype)},
         "scalar": jax.random.normal(k[3], (), dtype),
     }
@@ -51,8 +72,10 @@ def test_structure_dtype_determinism_finiteness(spec, dtype):
         np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
     if edits.parse(spec).random:
         other = run(spec, delta, jax.random.key(8))
-        assert any(not np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
-                   for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(other)))
+        assert any(
+            not np.array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+            for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(other))
+        )
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -77,8 +100,10 @@ def test_leaf_randomness_depends_on_key_and_name_only(spec):
     full = run(spec, delta, jax.random.key(5))
     w = delta["model"]["layers"][0]["mlp"]["down_proj"]["weight"]
     alone = run(spec, {"model": {"layers": [{"mlp": {"down_proj": {"weight": w}}}]}}, jax.random.key(5))
-    np.testing.assert_array_equal(full["model"]["layers"][0]["mlp"]["down_proj"]["weight"],
-                                  alone["model"]["layers"][0]["mlp"]["down_proj"]["weight"])
+    np.testing.assert_array_equal(
+        full["model"]["layers"][0]["mlp"]["down_proj"]["weight"],
+        alone["model"]["layers"][0]["mlp"]["down_proj"]["weight"],
+    )
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -49,10 +49,15 @@ def test_rank_above_the_smaller_dimension_names_the_leaf():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"rank": 0}, "rank=0; accepted: an integer >= 1"), ({}, "exactly one of rank, fraction, energy"),
-     ({"rank": 2, "fraction": 0.5}, "exactly one"), ({"fraction": 0.0}, r"fraction=0.0 is outside"),
-     ({"energy": 0.9, "method": "randomized"}, "method='svd'"), ({"rank": 2, "method": "randomized"}, "needs an explicit key"),
-     ({"rank": 2, "method": "qr"}, "accepted: svd, randomized")],
+    [
+        ({"rank": 0}, "rank=0; accepted: an integer >= 1"),
+        ({}, "exactly one of rank, fraction, energy"),
+        ({"rank": 2, "fraction": 0.5}, "exactly one"),
+        ({"fraction": 0.0}, r"fraction=0.0 is outside"),
+        ({"energy": 0.9, "method": "randomized"}, "method='svd'"),
+        ({"rank": 2, "method": "randomized"}, "needs an explicit key"),
+        ({"rank": 2, "method": "qr"}, "accepted: svd, randomized"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

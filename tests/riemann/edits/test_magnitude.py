@@ -30,7 +30,9 @@ def test_magnitude_global_scope_ranks_across_leaves():
 
 def test_ties_single_delta_is_the_trim_times_lambda():
     x = jax.random.normal(jax.random.key(0), (30, 10))
-    np.testing.assert_allclose(edits.ties([{"w": x}], 0.2, lam=1.5)["w"], 1.5 * edits.magnitude({"w": x}, 0.2)["w"], rtol=1e-6)
+    np.testing.assert_allclose(
+        edits.ties([{"w": x}], 0.2, lam=1.5)["w"], 1.5 * edits.magnitude({"w": x}, 0.2)["w"], rtol=1e-6
+    )
 
 
 def test_ties_elects_sign_and_takes_the_disjoint_mean():
@@ -70,4 +72,6 @@ def test_top_mask_matches_a_stable_sort_with_ties(keep):
 
 def test_top_mask_handles_zeros_infinities_and_tiny_values():
     x = jnp.array([0.0, 1e-37, -1e-30, 3.0, -jnp.inf, 0.0])
-    np.testing.assert_array_equal(edits.magnitude({"w": x}, 0.5)["w"], np.array([0, 0, -1e-30, 3.0, -np.inf, 0], np.float32))
+    np.testing.assert_array_equal(
+        edits.magnitude({"w": x}, 0.5)["w"], np.array([0, 0, -1e-30, 3.0, -np.inf, 0], np.float32)
+    )

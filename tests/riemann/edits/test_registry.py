@@ -17,10 +17,16 @@ def test_every_edit_has_reference_class_and_summary():
 
 @pytest.mark.parametrize(
     "spec,canonical",
-    [("dare:p=0.9,k=0.5", "dare:p=0.9,k=0.5"), (" dare : k=0.5 , p=0.9 ", "dare:p=0.9,k=0.5"),
-     ("bitdelta:magnitude_bits=2", "bitdelta:magnitude_bits=2"), ("bitdelta", "bitdelta"),
-     ("dare:p=0.5,rescale=False", "dare:p=0.5,rescale=false"), ("lowrank:rank=4", "lowrank:rank=4"),
-     ("biased_sign:p=none,k=1.5", "biased_sign:p=none,k=1.5"), ("expo:alpha=-0.3", "expo:alpha=-0.3")],
+    [
+        ("dare:p=0.9,k=0.5", "dare:p=0.9,k=0.5"),
+        (" dare : k=0.5 , p=0.9 ", "dare:p=0.9,k=0.5"),
+        ("bitdelta:magnitude_bits=2", "bitdelta:magnitude_bits=2"),
+        ("bitdelta", "bitdelta"),
+        ("dare:p=0.5,rescale=False", "dare:p=0.5,rescale=false"),
+        ("lowrank:rank=4", "lowrank:rank=4"),
+        ("biased_sign:p=none,k=1.5", "biased_sign:p=none,k=1.5"),
+        ("expo:alpha=-0.3", "expo:alpha=-0.3"),
+    ],
 )
 def test_parse_round_trips(spec, canonical):
     e = edits.parse(spec)
@@ -32,21 +38,30 @@ def test_parse_round_trips(spec, canonical):
 def test_parsed_edit_equals_direct_call():
     d = {"w": jax.random.normal(jax.random.key(0), (8, 8))}
     key = jax.random.key(1)
-    np.testing.assert_array_equal(edits.parse("dare:p=0.3,k=0.5")(d, key=key)["w"], edits.dare(d, 0.3, k=0.5, key=key)["w"])
-    np.testing.assert_array_equal(edits.parse("bitdelta:magnitude_bits=2")(d)["w"],
-                                  edits.bitdelta(d, magnitude_bits=2)["w"])
+    np.testing.assert_array_equal(
+        edits.parse("dare:p=0.3,k=0.5")(d, key=key)["w"], edits.dare(d, 0.3, k=0.5, key=key)["w"]
+    )
+    np.testing.assert_array_equal(
+        edits.parse("bitdelta:magnitude_bits=2")(d)["w"], edits.bitdelta(d, magnitude_bits=2)["w"]
+    )
     assert edits.parse("lowrank:rank=2").params["rank"] == 2
     assert isinstance(edits.parse("dare:p=1e-1").params["p"], float)
 
 
 @pytest.mark.parametrize(
     "spec,match",
-    [("drop:p=0.5", "unknown edit 'drop'; registered edits: biased_product, biased_sign, bitdelta, dare"),
-     ("dare:q=0.5", r"dare: unknown parameter\(s\) \['q'\]; accepted: p, k, rescale"),
-     ("dare:k=0.5", r"missing required parameter\(s\) \['p'\]"), ("dare:p=high", "p='high' is not float"),
-     ("dare:p=1.5", r"p=1.5 is outside the accepted range \[0, 1\)"), ("dare:p", "not of the form param=value"),
-     ("dare:p=0.1,p=0.2", "given twice"), ("", "non-empty"), ("lowrank:rank=2.5", "rank='2.5' is not int"),
-     ("dare:p=0.5,rescale=maybe", "rescale='maybe' is not bool")],
+    [
+        ("drop:p=0.5", "unknown edit 'drop'; registered edits: biased_product, biased_sign, bitdelta, dare"),
+        ("dare:q=0.5", r"dare: unknown parameter\(s\) \['q'\]; accepted: p, k, rescale"),
+        ("dare:k=0.5", r"missing required parameter\(s\) \['p'\]"),
+        ("dare:p=high", "p='high' is not float"),
+        ("dare:p=1.5", r"p=1.5 is outside the accepted range \[0, 1\)"),
+        ("dare:p", "not of the form param=value"),
+        ("dare:p=0.1,p=0.2", "given twice"),
+        ("", "non-empty"),
+        ("lowrank:rank=2.5", "rank='2.5' is not int"),
+        ("dare:p=0.5,rescale=maybe", "rescale='maybe' is not bool"),
+    ],
 )
 def test_bad_specs_fail_before_any_work(spec, match):
     with pytest.raises(ValueError, match=match):
