@@ -48,11 +48,18 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
 
 def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
+    from analysis import hosts
+
     def load(name: str) -> Any:
         if settings.checkpoints is not None:
             from analysis import pairs
 
             c = settings.checkpoints
+            mesh = None
+            if hosts.count() > 1:  # one FSDP axis over every process's devices
+                import jax
+
+                mesh = jax.make_mesh((jax.device_count(),), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
             return pairs.from_checkpoints(
                 c["pre"],
                 c["post"],
@@ -63,6 +70,8 @@ def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
                 dtype=c["dtype"],
                 name=name,
                 remat=bool(c.get("remat", False)),
+                mesh=mesh,
+                axis="fsdp" if mesh is not None else None,
             )
         from analysis.pairs import registry
 
@@ -72,9 +81,13 @@ def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from analysis import hosts
     from analysis.jobs import run
 
+    several = hosts.from_env()  # RIEMANN_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID (or JAX's): several processes
     settings = _run_settings(args)
+    if several:
+        _check_several(args, settings)
     if settings.checkpoints is not None:
         from analysis.hf import checkpoints
         from analysis.pairs import data
@@ -85,6 +98,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             kind, records = data.read_jsonl(c["data"])
             data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
     out, resumed = run.prepare(args.out, settings)
+    if not hosts.is_writer():  # process 0 reports for all
+        run.execute(settings, out, _pair_loader(settings, True), progress=False, log=lambda s: None)
+        return 0
     print(
         f"[riemann] {'resuming' if resumed else 'writing'} {out}: {len(settings.pairs)} pair(s), "
         f"{len(settings.edits) or 'default'} edits, seed {settings.seed}",
@@ -101,13 +117,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_several(args: argparse.Namespace, settings: Any) -> None:
+    """Several processes analyse one checkpoint pair into one run directory: the same command on the
+    same data everywhere, refused on every process alike otherwise."""
+    import hashlib
+
+    from analysis import hosts
+
+    if settings.checkpoints is None:
+        raise ValueError(
+            "several processes analyse --pre/--post/--data checkpoints; the workbench pairs run in one process"
+        )
+    if args.out is None:
+        raise ValueError("several processes need --out: one run directory, written by process 0")
+    data = Path(settings.checkpoints["data"])
+    digest = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else "missing"
+    hosts.agree(json.dumps({**settings.record(), "data_sha256": digest}, sort_keys=True), "arguments or data")
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from analysis import files
     from analysis.hf import checkpoints
     from analysis.jobs import export
-    from analysis.study import suite
 
-    edit = suite.check_specs([args.edit])[0]  # a bad spec or an occupied --out fails before any weights are read
+    edit = export.check_edit(args.edit)  # a bad spec or an occupied --out fails before any weights are read
     files.check_new_dir(args.out)
     if args.pre or args.post:
         if not (args.pre and args.post):
@@ -231,7 +264,10 @@ def _options(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from analysis.study.estimators import ESTIMATORS  # no heavy imports: --help stays instant
+    # Registries without heavy imports: --help stays instant.
+    from analysis.pairs import registry
+    from analysis.perf.bench import BENCHMARKS
+    from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS
 
     parser = argparse.ArgumentParser(
         prog="riemann",
@@ -248,14 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
         ],
         help="analyse an edit suite end to end (default: the built-in workbench)",
         description="Every estimator of every edit's loss change, validated against the measured change. "
-        "With no arguments: the default suite on the workbench pairs lm/arithmetic, lm/arithmetic-dpo "
-        "and vit/rotated (built on first use). Rerun with the same --out and arguments to resume.",
+        f"With no arguments: the default suite on the workbench pairs {', '.join(registry.DEFAULT)} "
+        "(built on first use). Rerun with the same --out and arguments to resume. Several processes (one per "
+        "host) analyse one --pre/--post/--data pair together when started with RIEMANN_COORDINATOR=host:port, "
+        "RIEMANN_NUM_PROCESSES and RIEMANN_PROCESS_ID (or JAX's JAX_* names) and the same arguments.",
     )
     run.add_argument(
         "--pair",
         nargs="+",
         metavar="NAME",
-        help="workbench pair(s), or 'all' (default: lm/arithmetic lm/arithmetic-dpo vit/rotated; also mlp-teacher)",
+        help=f"registered pair(s): {', '.join(registry.PAIRS)}; or 'all' (the workbench pairs); "
+        f"default: {' '.join(registry.DEFAULT)}",
     )
     run.add_argument("--pre", help="pre-trained HF checkpoint directory (with --post and --data)")
     run.add_argument("--post", help="post-trained HF checkpoint directory")
@@ -283,8 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--probes",
         type=int,
-        default=8,
-        help="Hutchinson probes per batch for the shared-curvature estimator (default 8)",
+        default=DEFAULT_PROBES,
+        help=f"Hutchinson probes per batch for the shared-curvature estimator (default {DEFAULT_PROBES})",
     )
     run.set_defaults(func=_cmd_run)
     ex = sub.add_parser(
@@ -317,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
     pl.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")
-    pl.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16", help="parameter dtype")
+    pl.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="parameter dtype (default bfloat16)")
     pl.add_argument("--memory", type=float, metavar="GIB", help="device memory in GiB, e.g. 80 (H100) or 141 (H200)")
     pl.add_argument("--no-remat", action="store_true", help="without per-layer rematerialisation")
     pl.add_argument(
@@ -341,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="+",
         metavar="NAME",
-        help="run only these benchmarks (path_step, path_memory, "
-        "edit_cost, lowrank, load_checkpoint, torch_path, suite_scoring)",
+        choices=list(BENCHMARKS),
+        help=f"run only these benchmarks ({', '.join(BENCHMARKS)})",
     )
     bench.set_defaults(func=_cmd_bench)
     return parser
@@ -355,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(["run", *(argv or [])])
     try:
         return args.func(args)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, ConnectionError) as e:
         print(f"riemann: error: {e}", file=sys.stderr)
         return 2
 

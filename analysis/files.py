@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis import hosts
+
 
 def _default(o: Any) -> Any:
     if isinstance(o, (np.floating, np.integer)):
@@ -29,6 +31,8 @@ def _umask() -> int:
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: readers see the old file or the new one, never half."""
     path = Path(path)
+    if not hosts.is_writer():  # several processes: process 0 writes, the others compute alike
+        return path
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions

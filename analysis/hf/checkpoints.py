@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ from analysis.hf.models._common import ConfigError
 from analysis.hf.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 from analysis.hf.models.llama import FAMILIES as DECODERS
 from analysis.hf.models.llama import LlamaConfig, LlamaForCausalLM
-from analysis.hf.safetensors_file import CheckpointError, TensorInfo, read_header, read_tensor, write_file
+from analysis.hf.safetensors_file import CheckpointError, TensorInfo, read_header, read_slice, read_tensor, write_file
 from riemann.tree_utils import leaf_names
 
 PyTree = Any
@@ -233,17 +234,71 @@ def load(
     expected = expected_tensors(module)
     check_tensors(family, expected, infos, path)
     graphdef, state = nnx.split(module)
+    placements = {name: sharding(name, infos[name].shape) for name in expected} if sharding else {}
+    check_placements(placements, infos, path)
     flat = []
     for name in expected:
         info = infos[name]
-        host = read_tensor(info)  # a private copy: the device array may alias it on the CPU
-        if dtype is not None and host.dtype != jnp.dtype(dtype):
-            host = host.astype(jnp.dtype(dtype))
-        flat.append(jax.device_put(host, sharding(name, info.shape) if sharding else None))
-        del host
+        target = info.dtype if dtype is None else jnp.dtype(dtype)
+        if placements.get(name) is None:
+            host = read_tensor(info)  # a private copy: the device array may alias it on the CPU
+            flat.append(jax.device_put(host if host.dtype == target else host.astype(target)))
+            del host
+        else:
+            flat.append(_place(info, placements[name], target))
     params = jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(state)), flat)
     # The abstract state is kept (shapes only) to rebuild modules around any params.
     return Checkpoint(path, family, cfg, raw, params, graphdef, state)
+
+
+def _place(info: TensorInfo, where: jax.sharding.Sharding, dtype: Any) -> jax.Array:
+    """The tensor as a (possibly multi-process) array laid out by ``where``, each process reading from
+    the file only the slices its own devices hold, each distinct slice once."""
+    read: dict[tuple[tuple[Any, Any, Any], ...], np.ndarray] = {}
+
+    def slice_of(index: tuple[slice, ...]) -> np.ndarray:
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in read:
+            part = read_slice(info, index)
+            read[key] = part if part.dtype == dtype else part.astype(dtype)
+        return read[key]
+
+    return jax.make_array_from_callback(info.shape, where, slice_of)
+
+
+def fsdp(mesh: jax.sharding.Mesh, axis: str | None) -> Callable[[str, tuple[int, ...]], jax.sharding.Sharding]:
+    """A ``sharding`` for :func:`load`: each tensor split along its first dimension over mesh axis
+    ``axis`` where that axis divides it (FSDP), replicated over the mesh otherwise."""
+    size = mesh.shape[axis] if axis is not None else 1
+
+    def place(name: str, shape: tuple[int, ...]) -> jax.sharding.Sharding:
+        split = size > 1 and len(shape) > 0 and shape[0] % size == 0
+        return jax.sharding.NamedSharding(mesh, jax.P(axis) if split else jax.P())
+
+    return place
+
+
+def check_placements(placements: dict[str, Any], infos: dict[str, TensorInfo], source: Path) -> None:
+    """Every tensor whose shape its sharding cannot split evenly (a mesh axis that does not divide
+    the dimension it shards, or a spec longer than the tensor's rank), all at once, before any data
+    is read."""
+    problems = []
+    for name, where in placements.items():
+        if not isinstance(where, jax.sharding.NamedSharding):
+            continue
+        shape, spec = infos[name].shape, tuple(where.spec)
+        if len(spec) > len(shape):
+            problems.append(f"{name} {shape}: spec {where.spec} has more entries than the tensor has axes")
+            continue
+        for dim, axes in enumerate(spec):
+            names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            size = math.prod(where.mesh.shape[a] for a in names)
+            if size > 1 and shape[dim] % size:
+                problems.append(
+                    f"{name} {shape}: axis {dim} ({shape[dim]}) is not divisible by mesh axes {names} of size {size}"
+                )
+    if problems:
+        raise CheckpointError(f"{source}: the sharding does not divide these tensors evenly: " + "; ".join(problems))
 
 
 def from_config(raw: dict[str, Any], *, seed: int = 0, dtype: Any = None, remat: bool = False) -> Checkpoint:

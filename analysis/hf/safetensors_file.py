@@ -13,7 +13,6 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,9 +106,17 @@ def read_tensor(info: TensorInfo) -> np.ndarray:
     return out
 
 
-def iter_tensors(infos: dict[str, TensorInfo]) -> Iterator[tuple[str, np.ndarray]]:
-    for name, info in infos.items():
-        yield name, read_tensor(info)
+def read_slice(info: TensorInfo, index: tuple[slice, ...]) -> np.ndarray:
+    """``tensor[index]`` read into a fresh array, touching only the bytes of that slice when it is a
+    block of leading rows (the usual slice of a parameter sharded over its first axis): the file is
+    memory-mapped and the slice copied out, so a host holding one shard of a model reads that shard."""
+    if not info.nbytes:
+        return np.empty(info.shape, info.dtype)[index]
+    mapped = np.memmap(info.file, dtype=info.dtype, mode="r", offset=info.start, shape=info.shape)
+    try:
+        return np.array(mapped[index])
+    finally:
+        del mapped
 
 
 def write_file(path: str | os.PathLike, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> int:

@@ -11,17 +11,24 @@ import jax
 from analysis import files
 from analysis.hf import checkpoints
 from analysis.study import suite
+from riemann import edits
 
 
-def edited_params(pre: Any, post: Any, spec: str, *, seed: int = 0) -> Any:
-    """``W_pre + F(ΔW)`` for the edit ``spec``, computed in float32 and cast to each tensor's dtype;
-    a random edit gets the key ``riemann run`` gives it (:func:`analysis.study.suite.edit_key`)."""
+def check_edit(spec: str) -> edits.Edit:
+    """The parsed edit, refused if it needs the gradient at ``W_post`` (which export does not compute)."""
     edit = suite.check_specs([spec])[0]
     if edit.needs_grad:
         raise ValueError(
             f"edit {edit.spec!r} needs the gradient at W_post, which export does not compute; "
             "use riemann run or the Python API"
         )
+    return edit
+
+
+def edited_params(pre: Any, post: Any, spec: str, *, seed: int = 0) -> Any:
+    """``W_pre + F(ΔW)`` for the edit ``spec``, computed in float32 and cast to each tensor's dtype;
+    a random edit gets the key ``riemann run`` gives it (:func:`analysis.study.suite.edit_key`)."""
+    edit = check_edit(spec)
     delta = jax.tree.map(lambda a, b: b.astype("float32") - a.astype("float32"), pre, post)
     edited = edit(delta, key=suite.edit_key(seed, edit.spec) if edit.random else None)
     return jax.tree.map(lambda a, d, ref: (a.astype("float32") + d).astype(ref.dtype), pre, edited, post)

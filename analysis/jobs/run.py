@@ -27,12 +27,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis import files
+from analysis import files, hosts
+from analysis.pairs import registry
 from analysis.pairs.pair import Pair
 from analysis.study import claims, suite
 from analysis.study.estimators import ESTIMATORS
 
-DEFAULT_PAIRS = ("lm/arithmetic", "lm/arithmetic-dpo", "vit/rotated")
+DEFAULT_PAIRS = registry.DEFAULT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class RunSettings:
     edits: tuple[str, ...] = ()
     seed: int = 0
     probes: int = suite.DEFAULT_PROBES
-    estimators: tuple[str, ...] = tuple(ESTIMATORS)
+    estimators: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(ESTIMATORS))
     size: str = "full"
     checkpoints: dict[str, Any] | None = (
         None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}
@@ -80,7 +81,28 @@ def _edit_file(spec: str) -> str:
 
 def prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
     """The run directory and whether this is a resumption. Refuses (``FileExistsError``) a
-    directory holding anything but an unfinished run with identical settings."""
+    directory holding anything but an unfinished run with identical settings.
+
+    With several processes, process 0 decides (it alone reads and writes the directory) and every
+    process gets its decision, or the same error."""
+    if hosts.count() == 1:
+        return _prepare(out, settings)
+    if out is None:
+        raise ValueError("several processes need --out: one run directory, written by process 0")
+    decision: dict[str, Any] = {}
+    if hosts.is_writer():
+        try:
+            path, resumed = _prepare(out, settings)
+            decision = {"out": str(path), "resumed": resumed}
+        except (FileExistsError, ValueError) as e:
+            decision = {"error": str(e), "type": type(e).__name__}
+    decision = hosts.broadcast_json(decision)
+    if "error" in decision:
+        raise (FileExistsError if decision["type"] == "FileExistsError" else ValueError)(decision["error"])
+    return Path(decision["out"]), decision["resumed"]
+
+
+def _prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
     state = {"settings": settings.record()}
     if out is not None and Path(out).is_dir() and (Path(out) / "run.json").is_file():
         out = Path(out)
@@ -115,6 +137,26 @@ def prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
 
 
 @dataclasses.dataclass(frozen=True)
+class SharedStore:
+    """A store read by process 0 alone and broadcast to the others, so that every process resumes
+    the same edits (their collectives must match) even when they do not share a disk."""
+
+    inner: suite.Store
+
+    def checks(self) -> dict[str, Any] | None:
+        return hosts.broadcast_json(self.inner.checks() if hosts.is_writer() else None)
+
+    def save_checks(self, checks: dict[str, Any]) -> None:
+        self.inner.save_checks(checks)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return hosts.broadcast_json(self.inner.records() if hosts.is_writer() else None)
+
+    def save_record(self, record: dict[str, Any]) -> None:
+        self.inner.save_record(record)
+
+
+@dataclasses.dataclass(frozen=True)
 class PairStore:
     """The :class:`analysis.study.suite.Store` of one pair in a run directory:
     ``progress/<pair>/checks.json`` and ``progress/<pair>/edits/<id>.json``, each written atomically."""
@@ -139,15 +181,18 @@ class PairStore:
         files.write_json(self.root / "edits" / _edit_file(record["spec"]), record)
 
 
-def _restore_nan(o: Any) -> Any:
-    # JSON has no NaN: files.write_json stores it as null; records read back use NaN again so
-    # resumed and uninterrupted runs give the same statistics.
-    if isinstance(o, dict):
-        return {k: (float("nan") if v is None and k in _NAN_KEYS else _restore_nan(v)) for k, v in o.items()}
-    return o
-
-
-_NAN_KEYS = set(ESTIMATORS) | {"measured"}  # keys of the per-estimator stderr, NaN when undefined
+def _restore_nan(record: dict[str, Any]) -> dict[str, Any]:
+    """A record read back from JSON, where NaN was written as null: the measured change, every
+    estimate and every standard error are NaN again, so resumed and uninterrupted runs give the
+    same statistics (whatever estimators are registered)."""
+    nan = float("nan")
+    out = dict(record)
+    if out.get("measured", 0.0) is None:
+        out["measured"] = nan
+    for key in ("estimates", "stderr"):
+        if isinstance(out.get(key), dict):
+            out[key] = {k: nan if v is None else v for k, v in out[key].items()}
+    return out
 
 
 def execute(
@@ -166,8 +211,10 @@ def execute(
     specs = list(settings.edits) or suite.default_suite()
     per_pair = []
     for name in settings.pairs:
-        store = PairStore(out / "progress" / files.slug(name))
-        (store.root / "edits").mkdir(parents=True, exist_ok=True)
+        here = PairStore(out / "progress" / files.slug(name))
+        if hosts.is_writer():
+            (here.root / "edits").mkdir(parents=True, exist_ok=True)
+        store = here if hosts.count() == 1 else SharedStore(here)
         log(f"[riemann] pair {name}")
         per_pair.append(
             suite.analyse(
@@ -181,12 +228,12 @@ def execute(
                 store=store,
             )
         )
-    run_state = json.loads((out / "run.json").read_text())
+    run_state = hosts.broadcast_json(json.loads((out / "run.json").read_text()) if hosts.is_writer() else None)
     results = {
         "settings": {
             **settings.record(),
             "edits": specs,
-            "estimators": {n: dict(ESTIMATORS[n].settings) for n in settings.estimators},
+            "estimators": {n: ESTIMATORS[n].settings for n in settings.estimators},
             "tolerance_rule": "max(0.05·|L(pre) − L(post)|, 2·stderr(measured))",
             "edit_keys": "fold_in(key(seed), crc32(spec))",
         },

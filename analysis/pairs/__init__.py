@@ -10,9 +10,19 @@
 - :mod:`~analysis.pairs.workbench`: the built-in pairs, trained offline and cached.
 """
 
+from typing import Any
+
 from analysis.pairs.pair import Pair as Pair
 from analysis.pairs.registry import PAIRS as PAIRS
 from analysis.pairs.registry import PairSource as PairSource
 from analysis.pairs.registry import load_pair as load_pair
 from analysis.pairs.registry import register_pair as register_pair
-from analysis.pairs.user import from_checkpoints as from_checkpoints
+
+
+def __getattr__(name: str) -> Any:
+    # from_checkpoints needs the model code (Flax); the registry and the Pair type do not.
+    if name == "from_checkpoints":
+        from analysis.pairs.user import from_checkpoints
+
+        return from_checkpoints
+    raise AttributeError(f"module 'analysis.pairs' has no attribute {name!r}")

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from analysis.pairs import Pair
+from analysis.pairs.pair import Pair
 
 PyTree = Any
 

@@ -31,6 +31,7 @@ class PairSource:
 
 
 PAIRS: dict[str, PairSource] = {}
+DEFAULT = ("lm/arithmetic", "lm/arithmetic-dpo", "vit/rotated")  # what a bare `riemann run` analyses
 
 
 def register_pair(name: str, load: Loader, *, description: str, kind: str = "workbench") -> PairSource:
@@ -62,7 +63,8 @@ def load_pair(
     name: str, *, size: str = "full", seed: int = 0, progress: bool = True, log: Callable[[str], None] = print
 ) -> Pair:
     """Load a registered pair (workbench pairs are built first if the cache lacks them)."""
-    check_names([name])
+    if name not in PAIRS:
+        raise ValueError(f"unknown pair {name!r}; accepted: {', '.join(PAIRS)}")
     return PAIRS[name].load(size=size, seed=seed, progress=progress, log=log)
 
 

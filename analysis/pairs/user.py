@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from analysis.hf import checkpoints
@@ -25,6 +26,8 @@ def from_checkpoints(
     dpo_beta: float = 0.1,
     name: str | None = None,
     remat: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str | None = None,
 ) -> Pair:
     """A pair from two HF checkpoint directories and an evaluation file.
 
@@ -38,11 +41,17 @@ def from_checkpoints(
     ``remat`` recomputes each layer in the backward pass instead of storing its activations (less
     memory for long sequences, about one more forward pass per gradient).
 
+    With a ``mesh`` (one device or many, one process or several), parameters are sharded over mesh
+    axis ``axis`` along their first dimension where it divides it (FSDP; replicated otherwise, see
+    :func:`analysis.hf.checkpoints.fsdp`), each process reading only its slices, and batches are
+    split over the same axis (:func:`analysis.pairs.data.global_batches`).
+
     Everything that can be checked cheaply — architectures from the file headers, the data file,
     its tokens — is checked before any weights are read; errors name the file and what was expected.
     """
     pre, post, data_file = Path(pre), Path(post), Path(data_file)
     family = checkpoints.check_pair(pre, post)
+    placed = None if mesh is None else checkpoints.fsdp(mesh, axis)
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches}; expected a positive number of evaluation batches")
     if family == "clip":
@@ -58,7 +67,10 @@ def from_checkpoints(
         batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
         if not batches:
             raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
-        a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
+        a, b = (
+            checkpoints.load(pre, dtype=dtype, remat=remat, sharding=placed),
+            checkpoints.load(post, dtype=dtype, remat=remat, sharding=placed),
+        )
         if "riemann_num_labels" not in a.raw_config:
             raise ValueError(
                 f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
@@ -71,14 +83,24 @@ def from_checkpoints(
         tok = data.load_tokenizer(post)
         items = data.tokenize(tok, kind, records, max_len=max_len, source=str(data_file))
         batches = data.make_batches(items, batch_size=batch_size, max_len=max_len)[:max_batches]
-        a, b = checkpoints.load(pre, dtype=dtype, remat=remat), checkpoints.load(post, dtype=dtype, remat=remat)
+        a, b = (
+            checkpoints.load(pre, dtype=dtype, remat=remat, sharding=placed),
+            checkpoints.load(post, dtype=dtype, remat=remat, sharding=placed),
+        )
         if kind == "preference":
+            if mesh is not None and jax.process_count() > 1:
+                raise data.DataError(
+                    f"{data_file}: preference (DPO) data runs in one process; several processes "
+                    "take text or prompt/response records"
+                )
             batches = data.dpo_batches(batches, a.forward, a.params)
             loss_fn = data.dpo_loss(a.forward, beta=dpo_beta)
             acc, acc_name = accuracy.reward_accuracy_fn(a.forward), "implicit-reward accuracy"
         else:
             loss_fn = data.causal_lm_loss(a.forward)
             acc, acc_name = accuracy.token_accuracy_fn(a.forward), "token accuracy (teacher-forced)"
+    if mesh is not None:
+        batches = data.global_batches(batches, mesh, axis)
     desc = (
         f"{family} checkpoints {pre} → {post}, evaluated on {data_file} "
         f"({kind}, {len(batches)} batches of {batch_size})"

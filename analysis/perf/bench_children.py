@@ -36,24 +36,24 @@ def memory(width: int, depth: int, n: int) -> tuple[int, int]:
 
 
 def load(mode: str, path: str) -> tuple[float, int, int]:
-    """Seconds, resident KiB before and at the peak of loading the checkpoint at ``path``."""
+    """Seconds, resident KiB before and at the peak of loading the checkpoint at ``path``. Both
+    readers are imported before the baseline is taken, so neither pays for imports."""
     import jax
+    from safetensors.numpy import load_file
 
+    from analysis.hf import checkpoints
+
+    if mode not in ("ours", "safetensors"):
+        raise ValueError(f"mode={mode!r}; expected 'ours' or 'safetensors'")
     jax.block_until_ready(jax.numpy.zeros(1))
     base = _kib("VmRSS")
     t0 = time.perf_counter()
     if mode == "ours":
-        from analysis.hf import checkpoints
-
         jax.block_until_ready(checkpoints.load(path).params)
-    elif mode == "safetensors":
-        from safetensors.numpy import load_file
-
+    else:
         tensors = {}
         for f in sorted(glob.glob(path + "/*.safetensors")):
             tensors.update(load_file(f))
-    else:
-        raise ValueError(f"mode={mode!r}; expected 'ours' or 'safetensors'")
     return time.perf_counter() - t0, base, _kib("VmHWM")
 
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-import riemann
-from riemann import MODES
+# riemann.MODES (a test checks they agree): planning from shapes does not import JAX.
+MODES = ("accumulate", "forward")
 
 GiB = 1024**3
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -238,7 +238,7 @@ class CompiledPlan:
     """XLA's own memory plan for one step of the engine on this process's default backend.
 
     ``step`` is what the compiled step holds at its peak: its arguments (``W_post``, the direction,
-    the float32 accumulator in accumulator mode), its outputs not aliased to an argument, and its
+    the float32 accumulator in accumulate mode), its outputs not aliased to an argument, and its
     temporaries; ``total`` adds the suite's resident ``ΔW``, as :class:`Plan` counts it."""
 
     backend: str
@@ -291,6 +291,7 @@ def compiled(
     import jax.numpy as jnp
     from flax import nnx
 
+    import riemann
     from analysis.hf import checkpoints
     from analysis.pairs import data
 

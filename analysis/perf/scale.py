@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="a small Llama config (any device; for tests)")
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per step (default 4096)")
     ap.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
-    ap.add_argument("--mode", choices=["accumulate", "forward"], help="override the planned mode (and time only it)")
+    ap.add_argument("--mode", choices=plan.MODES, help="override the planned mode (and time only it)")
     ap.add_argument("--edits", type=int, default=20, help="edits in the suite (default 20)")
     ap.add_argument("--layers", type=int, help="decoder layers (default: the model's 32)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures here, rewritten atomically after each phase")
@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{name} must be ≥ 1, got {v}")
     if args.tokens % args.batch:
         ap.error(f"--tokens ({args.tokens}) must be a multiple of --batch ({args.batch})")
-    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # before JAX starts its allocator
+    # JAX is imported above but starts its backend (and allocator) only at the first device use.
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")
     save = (lambda r: files.write_json(args.json, r)) if args.json else None
     res = run(
         tiny=args.tiny,

@@ -27,11 +27,14 @@ PROFILE_T = np.round(np.linspace(-1.0, 2.0, 31), 6).tolist()
 
 def line_profile(pair: Pair, delta: PyTree, ts: Sequence[float]) -> list[float]:
     """Mean loss along ``W_pre + t·ΔW`` (interpolation for t in [0, 1], extrapolation outside)."""
-    # One forward per (t, batch), the point formed inside jit; no L(pre) re-evaluated per t.
-    loss_at = jax.jit(
-        lambda t, b: pair.loss_fn(jax.tree.map(lambda p, d: p + t.astype(p.dtype) * d, pair.pre, delta), b)
-    )
-    return [float(np.mean([loss_at(np.float32(t), b) for b in pair.batches])) for t in ts]
+
+    # One forward per (t, batch), the point formed inside jit; no L(pre) re-evaluated per t. The
+    # parameters are arguments, not closed over: arrays that span several processes cannot be.
+    @jax.jit
+    def loss_at(pre: PyTree, d: PyTree, t: jax.Array, b: Any) -> jax.Array:
+        return pair.loss_fn(jax.tree.map(lambda p, x: p + t.astype(p.dtype) * x, pre, d), b)
+
+    return [float(np.mean([loss_at(pair.pre, delta, np.float32(t), b) for b in pair.batches])) for t in ts]
 
 
 def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[dict[str, Any], riemann.PathIntegral]:

@@ -16,6 +16,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+DEFAULT_PROBES = 8  # Hutchinson probes per batch for the shared curvature
+
 if TYPE_CHECKING:
     import riemann
     from analysis.pairs.pair import Pair
@@ -40,18 +42,18 @@ class Estimator:
 
     Attributes:
       name: the name used in results, reports and ``--estimators``.
-      settings: recorded in ``results.json`` (``method`` and, for quadratures, ``rule``, ``n``,
-        ``mode``; ``shared: True`` when no pass is spent per edit).
+      method: what it computes, recorded in ``results.json``: ``method`` and, for quadratures,
+        ``rule``, ``n``, ``mode`` (for per-edit estimators, the keywords of ``riemann.estimate``).
       description: one line for the report.
       cost: the cost model in words, per batch (for the command line and the README).
       marker: the Matplotlib marker of its points.
       needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal)
-        or ``None`` (nothing shared).
+        or ``None`` (nothing shared: passes are spent per edit).
       score: ``score(shared, change) -> riemann.Estimate``.
     """
 
     name: str
-    settings: Mapping[str, Any]
+    method: Mapping[str, Any]
     description: str
     cost: str
     marker: str
@@ -60,8 +62,13 @@ class Estimator:
 
     @property
     def shared(self) -> bool:
-        """Whether the estimator spends no pass per edit."""
-        return bool(self.settings.get("shared", False))
+        """Whether the estimator spends no pass per edit (it scores from shared quantities)."""
+        return self.needs is not None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What ``results.json`` records of it: its method, and ``shared: True`` when shared."""
+        return {**self.method, "shared": True} if self.shared else dict(self.method)
 
 
 ESTIMATORS: dict[str, Estimator] = {}
@@ -88,16 +95,17 @@ def check_names(names: list[str] | tuple[str, ...]) -> list[str]:
     return list(names)
 
 
-def per_edit(**settings: Any) -> Callable[[Shared, PyTree], riemann.Estimate]:
-    """A scorer that runs ``riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, **settings)``."""
+def per_edit(name: str, description: str, cost: str, marker: str, **method: Any) -> Estimator:
+    """An estimator that runs ``riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, **method)``
+    for every edit."""
 
     def score(shared: Shared, change: PyTree) -> riemann.Estimate:
         import riemann
 
         p = shared.pair
-        return riemann.estimate(p.loss_fn, p.post, change, p.batches, **settings)
+        return riemann.estimate(p.loss_fn, p.post, change, p.batches, **method)
 
-    return score
+    return Estimator(name, method, description, cost, marker, None, score)
 
 
 def _first_order(shared: Shared, change: PyTree) -> riemann.Estimate:
@@ -111,20 +119,20 @@ def _shared_curvature(shared: Shared, change: PyTree) -> riemann.Estimate:
 
 
 register_estimator(
-    Estimator(
+    per_edit(
         "riemann",
-        {"method": "riemann", "rule": "left", "n": 5},
         "the paper's computed Eq. 1 term: left rule, C = 5, gradients inside the segment",
         "5 gradients per batch per edit",
         "o",
-        None,
-        per_edit(method="riemann", rule="left", n=5),
+        method="riemann",
+        rule="left",
+        n=5,
     )
 )
 register_estimator(
     Estimator(
         "first-order",
-        {"method": "first-order", "shared": True},
+        {"method": "first-order"},
         "⟨∇L(W_post), ΔW~⟩ alone — what the zero-expectation argument is about (gradient shared by the suite)",
         "1 gradient per batch, once per pair",
         "s",
@@ -135,7 +143,7 @@ register_estimator(
 register_estimator(
     Estimator(
         "shared-curvature",
-        {"method": "shared-curvature", "shared": True},
+        {"method": "shared-curvature"},
         "first order + ½·Σ diag(H)·ΔW~², diag(H) by Hutchinson probes at W_post, computed once for the suite",
         "probes HVPs per batch, once per pair",
         "v",
@@ -144,26 +152,25 @@ register_estimator(
     )
 )
 register_estimator(
-    Estimator(
+    per_edit(
         "second-order",
-        {"method": "second-order"},
         "first order + ½⟨ΔW~, HΔW~⟩, one Hessian-vector product per edit",
         "1 HVP per batch per edit",
         "^",
-        None,
-        per_edit(method="second-order"),
+        method="second-order",
     )
 )
 # Its per-module terms are not reported (the paper's rule supplies them), so forward-mode products
 # serve: the same value without a gradient accumulator.
 register_estimator(
-    Estimator(
+    per_edit(
         "gauss-legendre",
-        {"method": "riemann", "rule": "gauss-legendre", "n": 8, "mode": "forward"},
         "Gauss–Legendre quadrature of the same integral, 8 nodes",
         "8 jvps per batch per edit",
         "D",
-        None,
-        per_edit(method="riemann", rule="gauss-legendre", n=8, mode="forward"),
+        method="riemann",
+        rule="gauss-legendre",
+        n=8,
+        mode="forward",
     )
 )

@@ -44,14 +44,34 @@ def fingerprint(start: PyTree, direction: PyTree, rule: str, n: int, num_batches
     return hashlib.sha256(blob + sums.tobytes()).hexdigest()
 
 
-def save_state(path: str | os.PathLike, state: riemann.PathState, fp: str) -> Path:
-    """Write ``state`` to ``path`` atomically (readers see the old state or the new one)."""
+FORMAT = 2  # 1: per-step scalars as NaN-padded [batches, nodes] arrays; 2: flat, in step order
+_SCALARS = ("losses", "dots", "loss_start", "loss_end")
+
+
+class HostCopies:
+    """The per-step scalars of a run's states, copied to the host once each: a state saved every N
+    steps fetches only what came since the last save, never the whole history again."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[Any]] = {f: [] for f in _SCALARS}
+
+    def __call__(self, state: riemann.PathState) -> dict[str, np.ndarray]:
+        for f in _SCALARS:
+            have, now = self.values[f], getattr(state, f)
+            have += [np.asarray(x)[()] for x in jax.device_get(list(now[len(have) :]))]
+        # Kept in the steps' own dtype: a resumed result must equal an uninterrupted one bit for bit.
+        return {f: np.asarray(v) for f, v in self.values.items()}
+
+
+def save_state(path: str | os.PathLike, state: riemann.PathState, fp: str, *, host: HostCopies | None = None) -> Path:
+    """Write ``state`` to ``path`` atomically (readers see the old state or the new one). Pass the
+    same ``host`` for every save of one run to copy each per-step scalar to the host only once."""
     if state.mode != "accumulate":
         raise ValueError(f"only accumulate-mode states are saved (this one is {state.mode!r})")
-    state = state.host()
     names = riemann.leaf_names(state.acc)
     arrays = {f"acc/{nm}": np.asarray(jax.device_get(x)) for nm, x in zip(names, jax.tree.leaves(state.acc))}
     header = {
+        "format": FORMAT,
         "rule": state.rule,
         "n": state.n,
         "num_batches": state.num_batches,
@@ -60,17 +80,37 @@ def save_state(path: str | os.PathLike, state: riemann.PathState, fp: str) -> Pa
         "fingerprint": fp,
         "leaves": names,
     }
-    # Kept in the steps' own dtype: a resumed result must equal an uninterrupted one bit for bit.
-    scalars = {f: np.asarray(getattr(state, f)) for f in ("losses", "dots", "loss_start", "loss_end")}
     buf = _io.BytesIO()
-    np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **scalars, **arrays)
+    np.savez(
+        buf, header=np.frombuffer(json.dumps(header).encode(), np.uint8), **(host or HostCopies())(state), **arrays
+    )
     return files.write_bytes(path, buf.getvalue())
 
 
+def _scalars(f: Any, header: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
+    """The per-step scalars of a state file, in step order, whatever its format."""
+    if header.get("format", 1) == FORMAT:
+        return {k: tuple(np.asarray(f[k])) for k in _SCALARS}
+    # Format 1 kept [batches, nodes] arrays (NaN where not yet computed) in float64 and the endpoint
+    # losses per batch; the values were float32 steps', so they go back to float32 exactly.
+    step, n = header["step"], header["n"]
+    batches_done = step // n
+    out = {k: tuple(np.asarray(f[k], np.float64).reshape(-1)[:step].astype(np.float32)) for k in ("losses", "dots")}
+    for k in ("loss_start", "loss_end"):
+        done = np.asarray(f[k], np.float64)[:batches_done]
+        out[k] = tuple(done.astype(np.float32)) if np.all(np.isfinite(done)) and header["endpoints"] else ()
+    return out
+
+
 def load_state(path: str | os.PathLike, start: PyTree, fp: str) -> riemann.PathState:
-    """Read a state written by :func:`save_state`; refuses one whose fingerprint differs."""
+    """Read a state written by :func:`save_state` (in this format or the previous one); refuses one
+    whose fingerprint differs."""
     with np.load(path, allow_pickle=False) as f:
         header = json.loads(bytes(f["header"]).decode())
+        if header.get("format", 1) > FORMAT:
+            raise ValueError(
+                f"{path}: state file format {header['format']} is newer than this version reads ({FORMAT})"
+            )
         if header["fingerprint"] != fp:
             raise ValueError(
                 f"{path}: this saved path integral belongs to other inputs (parameters, direction, rule, n "
@@ -94,7 +134,7 @@ def load_state(path: str | os.PathLike, start: PyTree, fp: str) -> riemann.PathS
             mode="accumulate",
             acc=jax.tree.unflatten(jax.tree.structure(start), acc),
             step=header["step"],
-            **{k: tuple(np.asarray(f[k])) for k in ("losses", "dots", "loss_start", "loss_end")},
+            **_scalars(f, header),
         )
 
 
@@ -127,9 +167,11 @@ def integrate_path_resumable(
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state = riemann.path_state(start, rule=rule, n=n, num_batches=len(batches), endpoints=endpoints)
 
+    host = HostCopies()
+
     def step(s: riemann.PathState) -> None:
         if s.step % every == 0 or s.done:
-            save_state(state_file, s, fp)
+            save_state(state_file, s, fp, host=host)
         if on_step is not None:
             on_step(s)
 

@@ -24,12 +24,11 @@ import riemann
 from analysis.pairs.pair import Pair
 from analysis.study import stats
 from analysis.study.checks import pair_checks
-from analysis.study.estimators import ESTIMATORS, Shared, check_names
+from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names
 from riemann import edits
 from riemann.tree_utils import tree_vdot
 
 PyTree = Any
-DEFAULT_PROBES = 8
 # The Hutchinson probes' key is folded from the seed with this constant, apart from every edit key.
 _PROBE_SALT = 0x48757463
 
@@ -142,9 +141,10 @@ class Scorer:
     def shared_record(self) -> dict[str, Any]:
         """What was computed once for the suite, per shared estimator: passes per batch and seconds."""
         g, c = self.shared.gradient, self.shared.curvature
-        rec = {"first-order": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
+        spent = {"gradient": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
         if c is not None:
-            rec["shared-curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
+            spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
+        rec = {n: spent[e.needs] for n, e in ESTIMATORS.items() if e.needs in spent}
         return {"probes": self.probes if c is not None else 0, "loss_post": g.loss, "estimators": rec}
 
     def edited(self, edit: edits.Edit) -> PyTree:
@@ -186,7 +186,7 @@ def record(scored: Scored, *, seed: int, gain: float) -> dict[str, Any]:
         "key": {"seed": seed, "derived_from": "fold_in(key(seed), crc32(spec))"} if edit.random else None,
         "estimates": {n: e.value for n, e in estimates.items()},
         "stderr": {**{n: e.stderr for n, e in estimates.items()}, "measured": m.stderr},
-        "terms": {n: e.terms for n, e in estimates.items() if n in ("second-order", "shared-curvature")},
+        "terms": {n: e.terms for n, e in estimates.items() if "second" in e.terms},  # the quadratic's parts
         "measured": m.value,
         "loss_edited": m.terms["loss_edited"],
         "accuracy": scored.accuracy,
@@ -276,7 +276,7 @@ def analyse(
     return {
         "pair": checks,
         "shared": shared,
-        "estimators": {n: dict(ESTIMATORS[n].settings) for n in scorer.estimators},
+        "estimators": {n: ESTIMATORS[n].settings for n in scorer.estimators},
         "edits": records,
         "agreement": {name: agreement_of(records, name, shared=shared) for name in scorer.estimators},
         "elapsed_s": time.perf_counter() - t0,

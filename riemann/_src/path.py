@@ -26,6 +26,7 @@ import numpy as np
 
 from riemann._src import quadrature as quad
 from riemann._src import stepwise, trees
+from riemann._src.steps import check_inputs, check_mode
 from riemann._src.stepwise import PathIntegral, PathState
 
 PyTree = Any
@@ -85,17 +86,20 @@ def integrate_path(
       >>> round(res.value, 6), round(res.loss_end - res.loss_start, 6)
       (3.0, 3.0)
     """
+    quad.quadrature(rule, n)
+    check_mode(mode)
+    check_inputs(loss_fn, start, direction)  # before the accumulator is allocated
     batches = batches if isinstance(batches, Sequence) else list(batches)
-    state = stepwise.path_state(start, rule=rule, n=n, num_batches=max(len(batches), 1), endpoints=endpoints, mode=mode)
     if not batches:
         raise ValueError("batches is empty; expected at least one batch for loss_fn(params, batch)")
+    state = stepwise.path_state(start, rule=rule, n=n, num_batches=len(batches), endpoints=endpoints, mode=mode)
     return _run(loss_fn, state, start, direction, batches, progress)
 
 
 def _run(
     loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree, batches: Sequence[Any], progress: bool
 ) -> PathIntegral:
-    state = stepwise.advance_path(loss_fn, state, start, direction, batches, progress=progress)
+    state = stepwise.advance_path(loss_fn, state, start, direction, batches, progress=progress, check=False)
     return stepwise.path_result(loss_fn, state, start, direction, batches)
 
 
@@ -148,7 +152,8 @@ def integrate_adaptive(
         if nested:
             res, used = _refine_nested(loss_fn, start, direction, batches, res, rule, n_new, progress)
         else:
-            res = integrate_path(loss_fn, start, direction, batches, rule=rule, n=n_new, progress=progress)
+            fresh = stepwise.path_state(start, rule=rule, n=n_new, num_batches=len(batches))
+            res = _run(loss_fn, fresh, start, direction, batches, progress)
             used = res.evaluations
         spent += used
         res = dataclasses.replace(res, loss_start=l0, loss_end=l1)

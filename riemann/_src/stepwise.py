@@ -200,15 +200,24 @@ def advance_path(
     steps: int | None = None,
     on_step: Callable[[PathState], None] | None = None,
     progress: bool = False,
+    check: bool = True,
 ) -> PathState:
     """The state ``steps`` (batch, node) steps further (all remaining by default).
 
     ``on_step(state)`` is called with the new state after each step (for example to save it every
-    N steps); ``progress`` shows a bar over the steps.
+    N steps); ``progress`` shows a bar over the steps. The inputs are checked (structure, dtypes,
+    finiteness, naming the offending leaf) on a fresh state unless ``check=False`` says the
+    caller has done so. In ``accumulate`` mode the given state's accumulator is donated to the
+    first step: continue from the returned state.
     """
     if not isinstance(batches, Sequence) or len(batches) != state.num_batches:
         raise ValueError(f"batches must be a sequence of the state's {state.num_batches} batches")
-    if state.step == 0:
+    if state.acc is not None and any(x.is_deleted() for x in jax.tree_util.tree_leaves(state.acc)):
+        raise ValueError(
+            f"this state (step {state.step}) was advanced already: its accumulator was donated to the next step. "
+            "Continue from the state advance_path returned (or one saved on the way, e.g. with on_step)"
+        )
+    if state.step == 0 and check:
         _steps.check_inputs(loss_fn, start, direction)
     ts = [trees.scalar(t) for t in state.nodes]
     ws = [trees.scalar(w) for w in state.weights]

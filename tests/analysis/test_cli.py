@@ -41,7 +41,7 @@ def test_help_is_instant():
     )
     assert done.returncode == 0 and "reproduce" in done.stdout and "export" in done.stdout
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, analysis.cli; print('jax' in sys.modules)"],
+        [sys.executable, "-c", "import sys, analysis.cli; analysis.cli.build_parser(); print('jax' in sys.modules)"],
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)},

@@ -19,11 +19,16 @@ def test_write_json_is_atomic_and_standard(tmp_path):
     assert path.read_text() == "replaced" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
-def test_a_failed_write_leaves_the_old_file(tmp_path):
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = files.write_text(tmp_path / "keep.txt", "old")
-    with pytest.raises(TypeError):
-        files.write_json(path, {"x": object()})
-    assert path.read_text() == "old" and len(list(tmp_path.iterdir())) == 1
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", full_disk)  # fails after the temporary file is written
+    with pytest.raises(OSError, match="No space left"):
+        files.write_json(path, {"x": 1})
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
 def test_output_directories_are_never_reused(tmp_path):

@@ -49,6 +49,18 @@ def test_states_are_values_never_changed_in_place():
     assert again.host().losses == s2.host().losses and again.host().dots == s2.host().dots
 
 
+def test_a_consumed_accumulate_state_is_refused_with_a_reason():
+    loss, start, direction, batches = logistic_problem()
+    s0 = riemann.path_state(start, rule="left", n=2, num_batches=len(batches))
+    s1 = riemann.advance_path(loss, s0, start, direction, batches, steps=2)
+    assert s0.step == 0 and len(s0.losses) == 0  # its fields are as they were …
+    with pytest.raises(ValueError, match="advanced already: its accumulator was donated"):
+        riemann.advance_path(loss, s0, start, direction, batches, steps=1)  # … but its accumulator is spent
+    s2 = riemann.advance_path(loss, s1, start, direction, batches)
+    ref = riemann.integrate_path(loss, start, direction, batches, rule="left", n=2)
+    _same(riemann.path_result(loss, s2, start, direction, batches), ref)
+
+
 def test_on_step_sees_each_new_state_and_host_copies_scalars():
     loss, start, direction, batches = logistic_problem()
     seen = []

@@ -34,14 +34,14 @@ from typing import Any
 import numpy as np
 
 from analysis import files
-from analysis.pairs import accuracy
+from analysis.pairs import accuracy, registry
 from analysis.pairs.pair import Pair
 from analysis.pairs.workbench import language, vision
 
 VERSION = "1"  # bump when training code changes results
 LANGUAGE_STAGES = ("pre", "arithmetic", "strings", "arithmetic-dpo")
 VISION_STAGES = ("pre",) + vision.TASKS
-PAIRS = ("lm/arithmetic", "lm/strings", "lm/arithmetic-dpo", "vit/rotated", "vit/inverted", "vit/parity")
+PAIRS = registry.names("workbench")  # the registry is where pairs are named
 SIZES = ("full", "mini")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from analysis.hf import checkpoints
 from analysis.hf.models._common import ConfigError
-from analysis.hf.safetensors_file import CheckpointError, read_header, read_tensor, write_file
+from analysis.hf.safetensors_file import CheckpointError, read_header, read_slice, read_tensor, write_file
 
 LLAMA = {
     "model_type": "llama",
@@ -66,6 +66,34 @@ def test_sharding_callback_places_each_tensor(ckpt_dir):
     ck = checkpoints.load(ckpt_dir, sharding=lambda name, shape: col if len(shape) == 2 and shape[1] % 8 == 0 else rep)
     w = dict(zip(ck.names, jax.tree.leaves(ck.params)))["model.layers.0.mlp.up_proj.weight"]
     assert w.sharding.spec == jax.P(None, "fsdp")
+    # Each device's slice is read from the file on its own; the values are the file's.
+    plain = checkpoints.load(ckpt_dir)
+    fsdp = checkpoints.load(ckpt_dir, sharding=checkpoints.fsdp(mesh, "fsdp"), dtype="bfloat16")
+    for name, a, b in zip(plain.names, jax.tree.leaves(plain.params), jax.tree.leaves(fsdp.params)):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a).astype(jnp.bfloat16), err_msg=name)
+        divisible = np.shape(a)[0] % 8 == 0
+        assert b.sharding.spec == (jax.P("fsdp") if divisible else jax.P()), name
+
+
+def test_read_slice_reads_the_slice(ckpt_dir):
+    infos, _ = read_header(ckpt_dir / "model.safetensors")
+    info = infos["model.layers.0.mlp.down_proj.weight"]
+    whole = read_tensor(info)
+    for index in ((slice(4, 8), slice(None)), (slice(None), slice(8, 16)), (slice(0, 16, 3), slice(1, 2))):
+        np.testing.assert_array_equal(read_slice(info, index), whole[index])
+
+
+def test_a_mesh_that_does_not_divide_a_tensor_is_named_before_any_data_is_read(ckpt_dir):
+    three = jax.sharding.Mesh(np.array(jax.devices()[:3]), ("fsdp",))
+    with pytest.raises(CheckpointError) as err:
+        checkpoints.load(ckpt_dir, sharding=lambda name, shape: jax.sharding.NamedSharding(three, jax.P("fsdp")))
+    msg = str(err.value)
+    assert "the sharding does not divide these tensors evenly" in msg
+    assert "model.embed_tokens.weight (64, 16): axis 0 (64) is not divisible by mesh axes ('fsdp',) of size 3" in msg
+    assert msg.count("is not divisible") == len(checkpoints.load(ckpt_dir).names)  # every tensor, at once
+    eight = jax.make_mesh((8,), ("fsdp",))
+    with pytest.raises(CheckpointError, match=r"model.norm.weight \(16,\): spec .* more entries than the tensor"):
+        checkpoints.load(ckpt_dir, sharding=lambda name, shape: jax.sharding.NamedSharding(eight, jax.P(None, "fsdp")))
 
 
 def _rewrite(path, drop=None, reshape=None):

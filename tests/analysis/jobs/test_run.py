@@ -59,7 +59,7 @@ def test_a_complete_run_is_never_overwritten(mlp_run, capsys):
     assert (mlp_run / "results.json").read_bytes() == before
 
 
-def test_killed_run_resumes_to_the_samenumbers(mlp_run, tmp_path):
+def test_killed_run_resumes_to_the_same_numbers(mlp_run, tmp_path):
     out = tmp_path / "killed"
     cmd = [
         sys.executable,

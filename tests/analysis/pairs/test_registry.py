@@ -23,6 +23,8 @@ def test_built_in_pairs_are_registered_with_their_kind():
     assert registry.check_names(["vit/parity", "mlp-teacher", "vit/parity"]) == ("vit/parity", "mlp-teacher")
     with pytest.raises(ValueError, match=r"unknown pair\(s\) \['lm/poetry'\]; accepted: lm/arithmetic"):
         registry.check_names(["lm/poetry"])
+    with pytest.raises(ValueError, match="unknown pair 'all'"):  # 'all' names several pairs, not one to load
+        registry.load_pair("all")
 
 
 def test_loading_by_name_is_loading_directly():

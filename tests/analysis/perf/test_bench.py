@@ -11,9 +11,13 @@ from analysis.perf import bench
 
 
 def _numbers(o):
+    """Every number in the figures; NaN and infinities were written to JSON as null, so null counts
+    as a number that is not finite."""
     if isinstance(o, dict):
         for v in o.values():
             yield from _numbers(v)
+    elif o is None:
+        yield float("nan")
     elif isinstance(o, (int, float)) and not isinstance(o, bool):
         yield float(o)
 

@@ -111,3 +111,9 @@ def test_xla_plan_of_a_clip_encoder_takes_pixels():
     pixels = 4 * 3 * 16 * 16 * 4
     assert plan.compiled(clip, mode="accumulate", batch=4, dtype="float32").argument_bytes == 3 * 4 * n + 2 * 4 + pixels
     assert plan.compiled(clip, mode="forward", batch=4, dtype="float32").argument_bytes == 2 * 4 * n + 4 + pixels
+
+
+def test_plan_names_the_engines_modes_without_importing_it():
+    import riemann
+
+    assert plan.MODES == riemann.MODES

@@ -1,6 +1,8 @@
 """The estimator registry: every entry scores a change as its method says, and the suite, the
 report, the plots and the command line read the same entries."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -8,9 +10,9 @@ import pytest
 import riemann
 from analysis.cli import build_parser
 from analysis.pairs.pair import Pair
-from analysis.reporting import plots, report
-from analysis.study import estimators
-from analysis.study.estimators import ESTIMATORS, Estimator, Shared
+from analysis.reporting import plots
+from analysis.study import estimators, suite
+from analysis.study.estimators import ESTIMATORS, Shared
 
 
 def _pair():
@@ -45,27 +47,24 @@ def test_every_estimator_scores_a_change_by_its_method():
         assert est.shared == (est.needs is not None)
 
 
-def test_the_report_plots_and_command_line_read_the_registry(monkeypatch):
-    monkeypatch.setattr(estimators, "ESTIMATORS", dict(ESTIMATORS))
-    new = Estimator(
-        "third-order",
-        {"method": "third-order"},
-        "a user's estimator",
-        "1 miracle per edit",
-        "*",
-        None,
-        estimators.per_edit(method="second-order"),
-    )
-    estimators.register_estimator(new)
-    monkeypatch.setattr(plots, "ESTIMATORS", estimators.ESTIMATORS)
-    monkeypatch.setattr(report, "ESTIMATORS", estimators.ESTIMATORS)
+def test_the_suite_plots_and_command_line_read_the_registry(monkeypatch):
+    new = estimators.per_edit("third-order", "a user's estimator", "1 miracle per edit", "*", method="second-order")
+    monkeypatch.setitem(ESTIMATORS, "third-order", new)  # removed again after the test
     assert plots._marker("third-order") == "*"
     run = next(a for a in build_parser()._actions if a.dest == "command").choices["run"]
-    help_text = next(a.help for a in run._actions if a.dest == "estimators")
-    assert "gauss-legendre (8 jvps per batch per edit)" in help_text
+    assert "third-order (1 miracle per edit)" in next(a.help for a in run._actions if a.dest == "estimators")
+    pair = dataclasses.replace(_pair(), pre={"w": jnp.array([0.5, -1.0, 0.0])})
+    res = suite.analyse(
+        pair, ["expo:alpha=0.5"], estimators=["third-order", "first-order"], progress=False, log=lambda s: None
+    )
+    (rec,) = res["edits"]
+    assert set(rec["estimates"]) == {"third-order", "first-order"}
+    assert rec["estimates"]["third-order"] == pytest.approx(rec["measured"], rel=1e-6)  # exact on a quadratic
+    assert res["estimators"]["third-order"] == {"method": "second-order"}
+    assert res["shared"]["estimators"] == {"first-order": res["shared"]["estimators"]["first-order"]}
     with pytest.raises(ValueError, match="already registered"):
         estimators.register_estimator(new)
     with pytest.raises(ValueError, match="needs='hessian'"):
-        estimators.register_estimator(Estimator("x", {}, "", "", "o", "hessian", new.score))
+        estimators.register_estimator(dataclasses.replace(new, name="x", needs="hessian"))
     with pytest.raises(ValueError, match=r"unknown estimator\(s\) \['magic'\]"):
         estimators.check_names(["riemann", "magic"])

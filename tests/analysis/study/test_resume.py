@@ -46,20 +46,50 @@ def _child(state, pause):
     )
 
 
-def test_stepwise_equals_integrate_path_bit_for_bit():
+def test_a_state_file_of_the_previous_format_resumes_to_the_same_bits(tmp_path):
+    """Format 1 kept NaN-padded [batches, nodes] float64 arrays; such a file still resumes, and to
+    the same bits as an uninterrupted integral."""
+    import json
+
     from tests.riemann.test_path import logistic_problem
 
     loss, start, direction, batches = logistic_problem()
-    ref = riemann.integrate_path(loss, start, direction, batches, rule="simpson", n=5, endpoints=True)
-    state = riemann.path_state(start, rule="simpson", n=5, num_batches=len(batches), endpoints=True)
-    while not state.done:
-        state = riemann.advance_path(loss, state, start, direction, batches, steps=4)
-    res = riemann.path_result(loss, state, start, direction, batches)
-    assert res.value == ref.value and res.gap == ref.gap
-    for a, b in zip(jax.tree.leaves(ref.grad), jax.tree.leaves(res.grad)):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
-    with pytest.raises(ValueError, match="advance it to the end"):
-        riemann.path_result(loss, riemann.path_state(start, num_batches=3), start, direction, batches)
+    ref = riemann.integrate_path(loss, start, direction, batches, rule="gauss-legendre", n=3, endpoints=True)
+    fp = resume.fingerprint(start, direction, "gauss-legendre", 3, len(batches), True)
+    state = riemann.path_state(start, rule="gauss-legendre", n=3, num_batches=len(batches), endpoints=True)
+    state = riemann.advance_path(loss, state, start, direction, batches, steps=4).host()  # batch 1 of 3 done, + 1 node
+
+    def grid(values, shape):  # format 1: NaN where a step had not run yet
+        values = np.asarray(values, np.float64)
+        return np.concatenate([values, np.full(int(np.prod(shape)) - len(values), np.nan)]).reshape(shape)
+
+    header = {
+        "rule": "gauss-legendre",
+        "n": 3,
+        "num_batches": 3,
+        "endpoints": True,
+        "step": 4,
+        "fingerprint": fp,
+        "leaves": riemann.leaf_names(start),
+    }
+    old = tmp_path / "old.npz"
+    np.savez(
+        old,
+        header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+        losses=grid(state.losses, (3, 3)),
+        dots=grid(state.dots, (3, 3)),
+        loss_start=grid(state.loss_start, (3,)),
+        loss_end=grid(state.loss_end, (3,)),
+        **{f"acc/{nm}": np.asarray(x) for nm, x in zip(riemann.leaf_names(state.acc), jax.tree.leaves(state.acc))},
+    )
+    res = resume.integrate_path_resumable(
+        loss, start, direction, batches, state_file=old, rule="gauss-legendre", n=3, endpoints=True
+    )
+    assert res.value == ref.value and res.gap == ref.gap and res.loss_start == ref.loss_start
+    header["format"] = 99
+    np.savez(tmp_path / "new.npz", header=np.frombuffer(json.dumps(header).encode(), np.uint8))
+    with pytest.raises(ValueError, match="format 99 is newer"):
+        resume.load_state(tmp_path / "new.npz", start, fp)
 
 
 def test_killed_integral_resumes_bit_identical(tmp_path):
