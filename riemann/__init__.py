@@ -21,6 +21,9 @@ from riemann._src.curvature import shared_curvature as shared_curvature
 from riemann._src.estimate import METHODS as METHODS
 from riemann._src.estimate import Estimate as Estimate
 from riemann._src.estimate import estimate as estimate
+from riemann._src.kronrod import NotConverged as NotConverged
+from riemann._src.kronrod import integrate_kronrod as integrate_kronrod
+from riemann._src.kronrod import kronrod_rule as kronrod_rule
 from riemann._src.path import integrate_adaptive as integrate_adaptive
 from riemann._src.path import integrate_path as integrate_path
 from riemann._src.progress import progress_bar as progress_bar

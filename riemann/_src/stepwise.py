@@ -48,6 +48,9 @@ class PathIntegral:
         (``endpoints=True``), else ``None``.
       evaluations: gradient evaluations (forward + backward passes; jvps in forward mode) per
         batch that were spent, and ``forward``: loss-only forward passes per batch.
+      error, converged: for rules that estimate their own error (``riemann.integrate_kronrod``),
+        the estimate of ``|value − ∫|`` from the integrand alone and whether it met the tolerance;
+        ``None`` for fixed rules.
     """
 
     value: float
@@ -64,6 +67,8 @@ class PathIntegral:
     loss_end: float | None = None
     evaluations: int = 0
     forward: int = 0
+    error: float | None = None
+    converged: bool | None = None
 
     @property
     def num_batches(self) -> int:
