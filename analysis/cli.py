@@ -89,14 +89,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if several:
         _check_several(args, settings)
     if settings.checkpoints is not None:
-        from analysis.hf import checkpoints
-        from analysis.pairs import data
-
-        c = settings.checkpoints
-        checkpoints.check_pair(c["pre"], c["post"])  # architectures from headers, before any weights
-        if not str(c["data"]).endswith(".npz"):
-            kind, records = data.read_jsonl(c["data"])
-            data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
+        # Architectures from headers and the data's tokens, before any weights; on every process,
+        # and if any process fails, every process stops with its message.
+        hosts.all_ok(lambda: _check_user_pair(settings.checkpoints), "checking the checkpoints and data")
     out, resumed = run.prepare(args.out, settings)
     if not hosts.is_writer():  # process 0 reports for all
         run.execute(settings, out, _pair_loader(settings, True), progress=False, log=lambda s: None)
@@ -117,12 +112,45 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_user_pair(c: dict[str, Any]) -> None:
+    from analysis.hf import checkpoints
+    from analysis.pairs import data
+
+    checkpoints.check_pair(c["pre"], c["post"])
+    if not str(c["data"]).endswith(".npz"):
+        kind, records = data.read_jsonl(c["data"])
+        data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
+
+
+def _fingerprint(path: str) -> str:
+    """A hash of what a process will read from ``path``: a data file's bytes, or a checkpoint
+    directory's config and tokenizer files and, for each safetensors file, its size, its header (the
+    tensor table) and 64 KiB of data at its start, middle and end (a copy that differs in shape or
+    in any of those bytes is caught without reading gigabytes)."""
+    import hashlib
+    import struct
+
+    h, p = hashlib.sha256(), Path(path)
+    for f in [p] if p.is_file() else sorted(p.iterdir()):
+        if f.suffix == ".safetensors":
+            size = f.stat().st_size
+            with open(f, "rb") as stream:
+                head = stream.read(8)
+                h.update(f.name.encode() + str(size).encode() + head)
+                h.update(stream.read(struct.unpack("<Q", head)[0]) if len(head) == 8 else b"")
+                for at in (stream.tell(), size // 2, max(size - 65536, 0)):
+                    stream.seek(at)
+                    h.update(stream.read(65536))
+        elif f.is_file() and f.suffix in (".json", ".jsonl", ".npz", ".txt", ".model"):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
 def _check_several(args: argparse.Namespace, settings: Any) -> None:
     """Several processes analyse one checkpoint pair into one run directory: the same command on the
-    same data everywhere, refused on every process alike otherwise."""
-    import hashlib
-
+    same data and checkpoints everywhere, refused on every process alike otherwise."""
     from analysis import hosts
+    from analysis.pairs import data
 
     if settings.checkpoints is None:
         raise ValueError(
@@ -130,9 +158,18 @@ def _check_several(args: argparse.Namespace, settings: Any) -> None:
         )
     if args.out is None:
         raise ValueError("several processes need --out: one run directory, written by process 0")
-    data = Path(settings.checkpoints["data"])
-    digest = hashlib.sha256(data.read_bytes()).hexdigest() if data.is_file() else "missing"
-    hosts.agree(json.dumps({**settings.record(), "data_sha256": digest}, sort_keys=True), "arguments or data")
+    c = settings.checkpoints
+
+    def inputs() -> dict[str, str]:
+        if not str(c["data"]).endswith(".npz") and data.read_jsonl(c["data"])[0] == "preference":
+            raise ValueError(
+                f"{c['data']}: preference (DPO) data runs in one process; several processes take text or "
+                "prompt/response records"
+            )
+        return {k: _fingerprint(c[k]) for k in ("pre", "post", "data")}
+
+    seen = hosts.all_ok(inputs, "reading the inputs")
+    hosts.agree(json.dumps({**settings.record(), "inputs": seen}, sort_keys=True), "arguments, checkpoints or data")
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

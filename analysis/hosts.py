@@ -31,11 +31,15 @@ DEFAULT_TIMEOUT_S = 300
 
 def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any] | None:
     """The coordinator, process count and process id the environment asks for, or ``None`` when
-    it asks for none; a partial or malformed setting is refused, naming the variable."""
+    it asks for none; a partial or malformed setting is refused, naming the variable. Any
+    ``RIEMANN_*`` setting asks; JAX's names ask only when all three are set (one of them alone may
+    be meant for something else)."""
     environ = dict(os.environ if environ is None else environ)
-    found = {k: next(((v, environ[v]) for v in names if environ.get(v)), None) for k, names in ENV.items()}
-    if not any(found.values()):
+    ours = any(environ.get(names[0]) for names in ENV.values())
+    theirs = all(environ.get(names[1]) for names in ENV.values())
+    if not (ours or theirs):
         return None
+    found = {k: next(((v, environ[v]) for v in names if environ.get(v)), None) for k, names in ENV.items()}
     missing = [" or ".join(ENV[k]) for k, v in found.items() if v is None]
     if missing:
         raise ValueError(f"several processes need all three settings; missing {'; '.join(missing)}")
@@ -51,7 +55,11 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any] |
     host, _, port = out["coordinator"].rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"coordinator {out['coordinator']!r}; expected host:port")
-    out["timeout_s"] = int(environ.get("RIEMANN_INIT_TIMEOUT", DEFAULT_TIMEOUT_S))
+    text = environ.get("RIEMANN_INIT_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        out["timeout_s"] = float(text)
+    except ValueError:
+        raise ValueError(f"RIEMANN_INIT_TIMEOUT={text!r}; expected seconds, e.g. 300") from None
     return out
 
 
@@ -112,15 +120,22 @@ def from_env(environ: dict[str, str] | None = None) -> bool:
     return settings["num_processes"] > 1
 
 
+def _started() -> Any:
+    """JAX, if ``jax.distributed`` was started in this process; else ``None``. Asking does not start
+    a backend (which would claim an accelerator's memory, or make a later initialize fail)."""
+    jax = sys.modules.get("jax")
+    return jax if jax is not None and jax.distributed.is_initialized() else None
+
+
 def count() -> int:
     """How many processes take part (1 unless ``jax.distributed`` was started)."""
-    jax = sys.modules.get("jax")
+    jax = _started()
     return 1 if jax is None else jax.process_count()
 
 
 def is_writer() -> bool:
     """Whether this process writes files: always in a single process, only process 0 of several."""
-    jax = sys.modules.get("jax")
+    jax = _started()
     return jax is None or jax.process_index() == 0
 
 
@@ -140,6 +155,54 @@ def agree(text: str, what: str) -> None:
             f"processes {differ} were given other {what} than process 0; every process must run the "
             "same command on the same data"
         )
+
+
+def on_writer(fn: Any) -> Any:
+    """``fn()`` run by process 0 alone, its value given to every process; if it raises, every
+    process raises the same error (so none is left waiting in a collective for the others)."""
+    if count() == 1:
+        return fn()
+    outcome: dict[str, Any] = {}
+    if is_writer():
+        try:
+            outcome = {"value": fn()}
+        except Exception as e:  # re-raised below, on every process
+            outcome = {"error": str(e), "type": type(e).__name__}
+    outcome = broadcast_json(outcome)
+    if "error" in outcome:
+        raise _error(outcome["type"], outcome["error"])
+    return outcome["value"]
+
+
+def all_ok(fn: Any, what: str) -> Any:
+    """``fn()`` run by every process; if it raises on any process, every process raises, naming
+    the processes where ``what`` failed and process 0's or the first failing process's message."""
+    if count() == 1:
+        return fn()
+    try:
+        value, message = fn(), ""
+    except Exception as e:  # re-raised below, on every process
+        value, message = None, f"{type(e).__name__}: {e}"
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    text = np.zeros(1024, np.uint8)
+    raw = message.encode()[:1023]
+    text[: len(raw)] = np.frombuffer(raw, np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(text))
+    failed = [i for i in range(every.shape[0]) if every[i].any()]
+    if failed:
+        first = bytes(every[failed[0]]).rstrip(b"\0").decode(errors="replace")
+        kind, _, detail = first.partition(": ")
+        raise _error(kind, f"{what} failed on processes {failed}; process {failed[0]}: {detail}")
+    return value
+
+
+def _error(kind: str, message: str) -> Exception:
+    for cls in (FileExistsError, FileNotFoundError, PermissionError, ConnectionError, OSError):
+        if kind == cls.__name__:
+            return cls(message)
+    return ValueError(message)
 
 
 def broadcast_json(obj: Any) -> Any:

@@ -89,17 +89,8 @@ def prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
         return _prepare(out, settings)
     if out is None:
         raise ValueError("several processes need --out: one run directory, written by process 0")
-    decision: dict[str, Any] = {}
-    if hosts.is_writer():
-        try:
-            path, resumed = _prepare(out, settings)
-            decision = {"out": str(path), "resumed": resumed}
-        except (FileExistsError, ValueError) as e:
-            decision = {"error": str(e), "type": type(e).__name__}
-    decision = hosts.broadcast_json(decision)
-    if "error" in decision:
-        raise (FileExistsError if decision["type"] == "FileExistsError" else ValueError)(decision["error"])
-    return Path(decision["out"]), decision["resumed"]
+    path, resumed = hosts.on_writer(lambda: (lambda pr: (str(pr[0]), pr[1]))(_prepare(out, settings)))
+    return Path(path), resumed
 
 
 def _prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
@@ -144,16 +135,16 @@ class SharedStore:
     inner: suite.Store
 
     def checks(self) -> dict[str, Any] | None:
-        return hosts.broadcast_json(self.inner.checks() if hosts.is_writer() else None)
+        return hosts.on_writer(self.inner.checks)
 
     def save_checks(self, checks: dict[str, Any]) -> None:
-        self.inner.save_checks(checks)
+        hosts.on_writer(lambda: self.inner.save_checks(checks))
 
     def records(self) -> dict[str, dict[str, Any]]:
-        return hosts.broadcast_json(self.inner.records() if hosts.is_writer() else None)
+        return hosts.on_writer(self.inner.records)
 
     def save_record(self, record: dict[str, Any]) -> None:
-        self.inner.save_record(record)
+        hosts.on_writer(lambda: self.inner.save_record(record))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,8 +203,7 @@ def execute(
     per_pair = []
     for name in settings.pairs:
         here = PairStore(out / "progress" / files.slug(name))
-        if hosts.is_writer():
-            (here.root / "edits").mkdir(parents=True, exist_ok=True)
+        hosts.on_writer(lambda here=here: (here.root / "edits").mkdir(parents=True, exist_ok=True))
         store = here if hosts.count() == 1 else SharedStore(here)
         log(f"[riemann] pair {name}")
         per_pair.append(
@@ -228,7 +218,7 @@ def execute(
                 store=store,
             )
         )
-    run_state = hosts.broadcast_json(json.loads((out / "run.json").read_text()) if hosts.is_writer() else None)
+    run_state = hosts.on_writer(lambda: json.loads((out / "run.json").read_text()))
     results = {
         "settings": {
             **settings.record(),
@@ -243,12 +233,16 @@ def execute(
         "elapsed_s": time.perf_counter() - t0,
     }
     results["claims"] = claims.check(results)
-    for path in report.write(results, out):
-        log(f"[riemann] wrote {path}")
-    files.write_json(
-        out / "run.json",
-        {**run_state, "status": "complete", "finished": datetime.datetime.now().isoformat(timespec="seconds")},
-    )
+
+    def finish() -> None:  # process 0 of several writes; the others do not even draw the figures
+        for path in report.write(results, out):
+            log(f"[riemann] wrote {path}")
+        files.write_json(
+            out / "run.json",
+            {**run_state, "status": "complete", "finished": datetime.datetime.now().isoformat(timespec="seconds")},
+        )
+
+    hosts.on_writer(finish)
     return results
 
 

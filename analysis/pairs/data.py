@@ -268,19 +268,15 @@ def global_batches(
     batches: Sequence[dict[str, Any]], mesh: jax.sharding.Mesh, axis: str | None
 ) -> list[dict[str, Any]]:
     """Batches as arrays laid out over ``mesh``: the batch axis split over mesh axis ``axis`` where it
-    divides it (data parallelism), else every array replicated. With several processes each one
-    places only its own rows (``jax.make_array_from_process_local_data``), so the same function
-    serves one host and many; every process passes the same host batches."""
+    divides it (data parallelism), else every array replicated. Each process places only the rows
+    its own devices hold (``jax.make_array_from_callback``), whatever the mesh's device order, so
+    the same function serves one host and many; every process passes the same host batches."""
     size = mesh.shape[axis] if axis is not None else 1
 
     def place(x: Any) -> jax.Array:
         x = np.asarray(x)
-        if size > 1 and x.ndim and x.shape[0] % size == 0:
-            sharding = jax.sharding.NamedSharding(mesh, jax.P(axis))
-            rows = [idx[0] for idx in sharding.addressable_devices_indices_map(x.shape).values()]
-            start, stop = min(r.start or 0 for r in rows), max(x.shape[0] if r.stop is None else r.stop for r in rows)
-            return jax.make_array_from_process_local_data(sharding, x[start:stop], x.shape)
-        replicated = jax.sharding.NamedSharding(mesh, jax.P())
-        return jax.make_array_from_callback(x.shape, replicated, lambda index: x[index])
+        split = size > 1 and x.ndim > 0 and x.shape[0] % size == 0
+        sharding = jax.sharding.NamedSharding(mesh, jax.P(axis) if split else jax.P())
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: np.array(x[index]))  # a copy each
 
     return [{k: place(v) for k, v in b.items()} for b in batches]

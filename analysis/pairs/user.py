@@ -88,7 +88,7 @@ def from_checkpoints(
             checkpoints.load(post, dtype=dtype, remat=remat, sharding=placed),
         )
         if kind == "preference":
-            if mesh is not None and jax.process_count() > 1:
+            if mesh is not None and jax.process_count() > 1:  # riemann run refuses it before reading weights
                 raise data.DataError(
                     f"{data_file}: preference (DPO) data runs in one process; several processes "
                     "take text or prompt/response records"

@@ -68,6 +68,8 @@ def save_state(path: str | os.PathLike, state: riemann.PathState, fp: str, *, ho
     same ``host`` for every save of one run to copy each per-step scalar to the host only once."""
     if state.mode != "accumulate":
         raise ValueError(f"only accumulate-mode states are saved (this one is {state.mode!r})")
+    if not all(x.is_fully_addressable for x in jax.tree.leaves(state.acc)):
+        raise ValueError("this state's accumulator spans several processes; saving it to one file is not supported")
     names = riemann.leaf_names(state.acc)
     arrays = {f"acc/{nm}": np.asarray(jax.device_get(x)) for nm, x in zip(names, jax.tree.leaves(state.acc))}
     header = {

@@ -4,7 +4,7 @@
 the other processes (none when NUM_PROCESSES is 1), loads the pair in ``WORK`` sharded over a
 4-device mesh that spans every process (each process reading only its slices), builds each batch
 from this process's rows, runs the public API, prints its numbers as one JSON line, and asks
-``analysis.files`` to write them to ``OUT/figures.json`` (process 0 alone does). NUM_PROCESSES 0
+``analysis.files`` to write them to ``OUT/figures-<process index>.json`` (process 0 alone does). NUM_PROCESSES 0
 is the reference: one process, one device, nothing sharded.
 """
 
@@ -67,10 +67,12 @@ def main(argv: list[str]) -> int:
         figures[f"{spec}_riemann"] = riemann.estimate(loss_fn, post.params, ch, batches).value
     figures["sharded_leaves"] = float(sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(post.params)))
     figures["devices"] = float(len({d for x in jax.tree.leaves(post.params) for d in x.sharding.device_set}))
+    figures.update({f"module {k}": v for k, v in acc.modules.items()})
     print(json.dumps(figures), flush=True)
     if hosts.is_writer():
         out.mkdir(parents=True, exist_ok=True)
-    files.write_json(out / "figures.json", {**figures, "written_by": jax.process_index()})
+    # Every process asks; only process 0's file may appear.
+    files.write_json(out / f"figures-{jax.process_index()}.json", figures)
     if n > 1:
         jax.distributed.shutdown()
     return 0

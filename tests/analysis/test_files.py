@@ -44,3 +44,11 @@ def test_output_directories_are_never_reused(tmp_path):
 def test_slug():
     assert files.slug("lm/arithmetic-dpo") == "lm_arithmetic-dpo"
     assert files.slug("dare:p=0.9,k=0.5") == "dare_p_0.9_k_0.5"
+
+
+def test_only_the_writing_process_writes(tmp_path, monkeypatch):
+    from analysis import hosts
+
+    monkeypatch.setattr(hosts, "is_writer", lambda: False)  # as on process 1 of several
+    path = files.write_json(tmp_path / "r.json", {"a": 1})
+    assert path == tmp_path / "r.json" and not list(tmp_path.iterdir())

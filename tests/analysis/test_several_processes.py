@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -25,31 +26,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, **QUIET_JAX, "PYTHONPATH": str(ROOT), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def _start(cmd: list[str], env: dict[str, str], logs) -> subprocess.Popen:
+    """A process of its own group, its output to files (a full pipe could stall it mid-collective)."""
+    i = len(list(logs.glob("*.out")))
+    with open(logs / f"{i}.out", "w") as out, open(logs / f"{i}.err", "w") as err:  # the child keeps its copies
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **QUIET_JAX, "PYTHONPATH": str(ROOT), **env},
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+    proc.logs = (logs / f"{i}.out", logs / f"{i}.err")
+    return proc
 
 
-def _finish(procs: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
-    """Wait for every process; on a timeout end them all (their whole process groups)."""
-    out = []
+def _finish(procs: list[subprocess.Popen]) -> list[tuple[int | None, str, str]]:
+    """Wait for every process against one deadline; past it, end them all (whole process groups)
+    and report them with return code ``None``, so that the assertion shows their logs."""
+    deadline = time.monotonic() + TIMEOUT_S
     try:
         for p in procs:
-            stdout, stderr = p.communicate(timeout=TIMEOUT_S)
-            out.append((p.returncode, stdout, stderr))
+            p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        pass
     finally:
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-    return out
+                p.returncode = None
+    return [(p.returncode, p.logs[0].read_text(), p.logs[1].read_text()) for p in procs]
 
 
 def _worker(pid: int, n: int, port: int, work, out) -> list[str]:
@@ -69,24 +78,30 @@ def _figures(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def _close(got: dict, ref: dict, key: str) -> bool:
+    """Sums over sharded devices come in another order: 1e-5 relative. A measured change is the
+    difference of two float32 losses (about 5.6 here), each within 1e-7 relative: within 2e-7 of
+    the loss, absolutely."""
+    scale = 2e-7 * ref["loss_post"] if "measured" in key else 1e-12
+    return got[key] == pytest.approx(ref[key], rel=1e-5, abs=scale)
+
+
 def test_two_processes_give_the_single_process_numbers_and_one_writes(user_pair, tmp_path):
-    (reference,) = _finish([_start(_worker(0, 0, 0, user_pair, tmp_path / "one"), {})])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (reference,) = _finish([_start(_worker(0, 0, 0, user_pair, tmp_path / "one"), {}, logs)])
     assert reference[0] == 0, reference[2][-3000:]
     ref = _figures(reference[1])
     port = _free_port()
-    procs = [_start(_worker(i, 2, port, user_pair, tmp_path / "two"), {}) for i in range(2)]
-    done = _finish(procs)
+    done = _finish([_start(_worker(i, 2, port, user_pair, tmp_path / "two"), {}, logs) for i in range(2)])
     assert [rc for rc, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
+    compared = [k for k in ref if k not in ("devices", "sharded_leaves")]
+    assert sum(k.startswith("module ") for k in compared) == 21  # every leaf's term, one by one
     for _, stdout, _ in done:
         got = _figures(stdout)
         assert got["devices"] == 4 and got["sharded_leaves"] > 0 and ref["devices"] == 1
-        for key, value in ref.items():
-            if key not in ("devices", "sharded_leaves"):
-                # Changes of the loss are differences of float32 losses (about 2 here) summed in
-                # another order: equal to 1e-5 relative, or to 1e-6 of the loss itself.
-                assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6 * ref["loss_post"]), key
-    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["figures.json"]
-    assert json.loads((tmp_path / "two" / "figures.json").read_text())["written_by"] == 0
+        assert not [k for k in compared if not _close(got, ref, k)], [(k, got[k], ref[k]) for k in compared]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["figures-0.json"]  # process 1 wrote nothing
 
 
 def _run_args(user_pair, out) -> list[str]:
@@ -127,44 +142,74 @@ def _hosts_env(port: int, n: int, i: int) -> dict[str, str]:
     }
 
 
+def _numbers(tree, path=""):
+    """Every number in a results tree with its path, timings and versions left out."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k not in ("seconds", "elapsed_s", "measured_seconds", "versions", "started", "finished", "checkpoints"):
+                yield from _numbers(v, f"{path}/{k}")
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            yield from _numbers(v, f"{path}[{i}]")
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield path, float(tree)
+
+
 def test_riemann_run_under_two_processes_writes_the_single_process_results(user_pair, tmp_path):
-    single = tmp_path / "single"
+    single, logs = tmp_path / "single", tmp_path / "logs"
+    logs.mkdir()
     assert main(_run_args(user_pair, single)) == 0
     port, out = _free_port(), tmp_path / "two"
     cli = [sys.executable, "-m", "analysis.cli", *_run_args(user_pair, out)]
-    done = _finish([_start(cli, _hosts_env(port, 2, i)) for i in range(2)])
+    done = _finish([_start(cli, _hosts_env(port, 2, i), logs) for i in range(2)])
     assert [rc for rc, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
     ours = [[line for line in stdout.splitlines() if line.startswith("[riemann]")] for _, stdout, _ in done]
     assert any("report:" in line for line in ours[0]) and ours[1] == []  # process 0 reports for both
     two, one = results(out), results(single)
     assert json.loads((out / "run.json").read_text())["status"] == "complete"
-    for a, b in zip(two["pairs"][0]["edits"], one["pairs"][0]["edits"], strict=True):
-        assert a["spec"] == b["spec"] and a["class"] == b["class"]
-        loss = one["pairs"][0]["pair"]["loss_post"]  # see the test above for the tolerance
-        assert a["measured"] == pytest.approx(b["measured"], rel=1e-5, abs=1e-6 * loss)
-        for name, value in b["estimates"].items():
-            assert a["estimates"][name] == pytest.approx(value, rel=1e-5, abs=1e-6 * loss), (a["spec"], name)
-    for key in ("loss_pre", "loss_post", "accuracy_pre", "accuracy_post"):
-        assert two["pairs"][0]["pair"][key] == pytest.approx(one["pairs"][0]["pair"][key], rel=1e-5), key
+    assert [r["class"] for r in two["pairs"][0]["edits"]] == [r["class"] for r in one["pairs"][0]["edits"]]
+    a, b = dict(_numbers(two)), dict(_numbers(one))
+    assert a.keys() == b.keys() and len(a) > 300
+    loss = one["pairs"][0]["pair"]["loss_post"]
+    # Differences of losses (measured changes, gaps, the gain) to 2e-7 of the loss; everything else
+    # (estimates, module terms, losses, accuracies) to 1e-5 relative. A relative gap divides a gap
+    # at float32 noise level by a small change: a ratio of round-off, compared through the gap.
+    off = [k for k in b if not k.endswith("relative_gap") and a[k] != pytest.approx(b[k], rel=1e-5, abs=2e-7 * loss)]
+    assert not off, [(k, a[k], b[k]) for k in off[:10]]
 
 
 def test_what_goes_wrong_with_several_processes_is_said(user_pair, tmp_path):
     # A process whose coordinator never answers stops with the address it tried, not a hang or a crash.
+    logs = tmp_path / "logs"
+    logs.mkdir()
     env = {**_hosts_env(_free_port(), 2, 1), "RIEMANN_INIT_TIMEOUT": "2"}
     ((rc, _, err),) = _finish(
-        [_start([sys.executable, "-m", "analysis.cli", *_run_args(user_pair, tmp_path / "x")], env)]
+        [_start([sys.executable, "-m", "analysis.cli", *_run_args(user_pair, tmp_path / "x")], env, logs)]
     )
     assert rc == 2 and "could not reach the coordinator at 127.0.0.1:" in err
     # Processes given different arguments are all refused, before any weights are read.
     port = _free_port()
     cmds = [[sys.executable, "-m", "analysis.cli", *_run_args(user_pair, tmp_path / "y")] for _ in range(2)]
     cmds[1][cmds[1].index("dare:p=0.5")] = "dare:p=0.6"
-    done = _finish([_start(cmd, _hosts_env(port, 2, i)) for i, cmd in enumerate(cmds)])
+    done = _finish([_start(cmd, _hosts_env(port, 2, i), logs) for i, cmd in enumerate(cmds)])
     assert [rc for rc, _, _ in done] == [2, 2]
-    assert all("processes [1] were given other arguments or data than process 0" in err for _, _, err in done)
+    assert all(
+        "processes [1] were given other arguments, checkpoints or data than process 0" in err for _, _, err in done
+    )
     assert not (tmp_path / "y").exists()
     # Half a description of the processes is refused, naming what is missing.
-    with pytest.raises(ValueError, match="missing RIEMANN_PROCESS_ID or JAX_PROCESS_ID"):
-        from analysis import hosts
+    from analysis import hosts
 
+    with pytest.raises(ValueError, match="missing RIEMANN_PROCESS_ID or JAX_PROCESS_ID"):
         hosts.settings_from_env({"RIEMANN_COORDINATOR": "h:1", "RIEMANN_NUM_PROCESSES": "2"})
+    assert hosts.settings_from_env({"JAX_COORDINATOR_ADDRESS": "h:1"}) is None  # JAX's names ask all together
+    with pytest.raises(ValueError, match="RIEMANN_INIT_TIMEOUT='soon'"):
+        hosts.settings_from_env({**_hosts_env(1, 2, 0), "RIEMANN_INIT_TIMEOUT": "soon"})
+    # What each process reads is fingerprinted: the same bytes agree, other bytes do not.
+    from analysis.cli import _fingerprint
+
+    other = tmp_path / "other.jsonl"
+    other.write_text((user_pair / "resp.jsonl").read_text().replace("=", "= "))
+    assert _fingerprint(str(user_pair / "post")) == _fingerprint(str(user_pair / "post"))
+    assert _fingerprint(str(other)) != _fingerprint(str(user_pair / "resp.jsonl"))
+    assert _fingerprint(str(user_pair / "pre")) != _fingerprint(str(user_pair / "post"))
