@@ -89,7 +89,12 @@ def prepare(out: str | Path | None, settings: RunSettings) -> tuple[Path, bool]:
         return _prepare(out, settings)
     if out is None:
         raise ValueError("several processes need --out: one run directory, written by process 0")
-    path, resumed = hosts.on_writer(lambda: (lambda pr: (str(pr[0]), pr[1]))(_prepare(out, settings)))
+
+    def decide() -> tuple[str, bool]:  # JSON-broadcastable: the path as text
+        path, resumed = _prepare(out, settings)
+        return str(path), resumed
+
+    path, resumed = hosts.on_writer(decide)
     return Path(path), resumed
 
 

@@ -110,7 +110,9 @@ class _Panels:
                 self.bar.update(1)
         self.evaluations += len(ts)
         nb = len(self.batches)
-        loss = np.asarray(jax.device_get(losses), np.float64).reshape(nb, len(ts))
+        fetched = jax.device_get(losses)
+        eps = float(np.finfo(np.asarray(fetched[0]).dtype).eps)  # of the dtype the integrand was computed in
+        loss = np.asarray(fetched, np.float64).reshape(nb, len(ts))
         leaf = np.asarray(jax.device_get(parts), np.float64).reshape(nb, len(ts), -1)  # batch, node, leaf
         _diagnose_nonfinite(self.loss_fn, self.start, self.direction, ts, loss, leaf.sum(-1), self.batches)
         width = b - a
@@ -119,7 +121,6 @@ class _Panels:
         k_total = k_leaf.sum(-1)
         # The integrand is computed in float32 (or float64): below 50·eps·∫|f| on the panel (QUADPACK's
         # round-off floor) |K − G| is noise, and bisecting cannot lower it.
-        eps = float(np.finfo(np.asarray(jax.device_get(losses[0])).dtype).eps)
         roundoff = 50.0 * eps * width * float(self.wk @ np.abs(leaf.sum(-1)).mean(axis=0))
         return {
             "a": a,
