@@ -26,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from riemann._src import kronrod as _kronrod
 from riemann._src import path as _path
 from riemann._src import steps as _steps
 from riemann._src import trees
@@ -50,6 +51,8 @@ class Estimate:
         product, ``riemann`` with ``mode="forward"``), ``hvp`` (forward-over-reverse),
         ``forward`` (loss only).
       settings: the estimator's settings (rule and n for ``riemann``).
+      error, converged: for the adaptive rule (``rule="gauss-kronrod"``), its error estimate and
+        whether it met its tolerance within its budget; ``None`` for every other estimator.
     """
 
     method: str
@@ -59,6 +62,8 @@ class Estimate:
     terms: dict[str, float]
     cost: dict[str, int]
     settings: dict[str, Any]
+    error: float | None = None
+    converged: bool | None = None
 
     @property
     def stderr(self) -> float:
@@ -72,7 +77,7 @@ def _second_order_step(loss_fn: Any, post: PyTree, change: PyTree, batch: Any) -
         return jax.grad(loss_fn)(p, batch)
 
     loss = loss_fn(post, batch)
-    g, hc = jax.jvp(grad_fn, (post,), (change,))
+    g, hc = jax.jvp(grad_fn, (post,), (jax.tree.map(lambda c, p: c.astype(p.dtype), change, post),))
     return trees.widen(loss), trees.leaf_vdots(g, change), trees.leaf_vdots(change, hc)
 
 
@@ -110,6 +115,9 @@ def estimate(
     progress: bool = False,
     mode: str = "accumulate",
     loss_post: Any = None,
+    rtol: float = 1e-3,
+    atol: float = 0.0,
+    max_evaluations: int = 15 * 15,
 ) -> Estimate:
     """Estimate ``ΔL = L(post + change) − L(post)`` for an edit with ``change = F(ΔW) − ΔW``.
 
@@ -119,10 +127,15 @@ def estimate(
       change: ``ΔW~``, same structure, shapes and dtypes as ``post``.
       batches: iterable of batches; each counts equally.
       method: ``"riemann"`` (paper Eq. 1), ``"first-order"``, ``"second-order"`` or ``"measured"``.
-      rule, n: the quadrature for ``"riemann"`` (default: the paper's left rule, C = 5).
+      rule, n: the quadrature for ``"riemann"`` (default: the paper's left rule, C = 5). With
+        ``rule="gauss-kronrod"`` the integral is adaptive (:func:`riemann.integrate_kronrod`, to
+        ``rtol``/``atol`` within ``max_evaluations`` per batch; ``n`` is unused) and the estimate
+        carries its ``error`` and ``converged``.
       progress: progress bar for the Riemann sum.
       mode: for ``"riemann"``: ``"accumulate"`` (per-module breakdown) or ``"forward"`` (jvp
-        products, less memory, no breakdown); see :func:`riemann.integrate_path`.
+        products, less memory, no breakdown); see :func:`riemann.integrate_path`. The adaptive
+        rule takes ``"forward"`` or ``"leaves"`` (per-module terms without an accumulator), which
+        ``"accumulate"`` means for it.
       loss_post: for ``"measured"``: the per-batch losses at ``post`` when already known (e.g.
         ``riemann.shared_curvature(...).batch_losses``), so measuring a suite costs one forward
         pass per batch per edit instead of two.
@@ -144,6 +157,21 @@ def estimate(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; accepted methods: {', '.join(METHODS)}")
+    if method == "riemann" and rule == "gauss-kronrod":
+        mode = "leaves" if mode == "accumulate" else mode  # per-module terms, without an accumulator
+        res = _kronrod.integrate_kronrod(
+            loss_fn,
+            post,
+            change,
+            batches,
+            rtol=rtol,
+            atol=atol,
+            max_evaluations=max_evaluations,
+            mode=mode,
+            progress=progress,
+        )
+        settings = {"rule": res.rule, "rtol": rtol, "atol": atol, "max_evaluations": max_evaluations, "mode": mode}
+        return dataclasses.replace(_from_path(res, "riemann", settings), error=res.error, converged=res.converged)
     if method == "riemann":
         res = _path.integrate_path(loss_fn, post, change, batches, rule=rule, n=n, progress=progress, mode=mode)
         return _from_path(res, "riemann", {"rule": res.rule, "n": res.n, "mode": mode})
@@ -157,7 +185,8 @@ def estimate(
 
 
 def _from_path(res: _path.PathIntegral, method: str, settings: dict[str, Any]) -> Estimate:
-    terms = {"loss_post": float(res.losses[0])} if res.nodes[0] == 0.0 else {}
+    # A rule with a node at t = 0 has the first-order term ⟨∇L(post), ΔW~⟩ on these batches for free.
+    terms = {"loss_post": float(res.losses[0]), "first": float(res.integrand[0])} if res.nodes[0] == 0.0 else {}
     return Estimate(
         method=method,
         value=res.value,

@@ -34,10 +34,11 @@ def check_mode(mode: str) -> None:
 
 def check_inputs(loss_fn: LossFn, start: PyTree, direction: PyTree) -> None:
     """Refuse a loss that is not callable, trees that differ (naming the first offending leaf),
-    an empty tree, and non-finite parameters (naming the leaves)."""
+    an empty tree, and non-finite parameters (naming the leaves). A direction may be in the
+    accumulation dtype of 16-bit parameters: the exact difference of two bfloat16 models."""
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch) -> scalar, got {loss_fn!r}")
-    trees.check_compatible(start, direction, ("start", "direction"))
+    trees.check_compatible(start, direction, ("start", "direction"), wide=True)
     if not jax.tree_util.tree_leaves(start):
         raise ValueError("start has no array leaves; expected a pytree of floating arrays")
     trees.check_finite(start, "start")
@@ -62,7 +63,10 @@ def _jvp_step(
 ) -> tuple[jax.Array, jax.Array]:
     """The loss and ``⟨∇L(start + t·D), D⟩`` as the directional derivative ``d/dε L(start + t·D + ε·D)``."""
     point = trees.move_along(start, direction, t)
-    loss, dot = jax.jvp(lambda p: loss_fn(p, batch), (point,), (direction,))
+    # A tangent must have its primal's dtype: a float32 direction on bfloat16 parameters enters the
+    # product rounded to bfloat16, the precision the model's own forward pass has there.
+    tangent = jax.tree.map(lambda d, p: d.astype(p.dtype), direction, point)
+    loss, dot = jax.jvp(lambda p: loss_fn(p, batch), (point,), (tangent,))
     wide = trees.accum_dtype(jnp.result_type(loss))
     return jnp.asarray(loss).astype(wide), jnp.asarray(dot).astype(wide)
 
@@ -97,10 +101,10 @@ def lower_path_step(loss_fn: LossFn, start: PyTree, batch: Any, *, mode: str = "
     """
     check_mode(mode)
     scalar = jax.ShapeDtypeStruct((), trees.scalar(0.0).dtype)
-    if mode == "forward":
-        return jvp_step.lower(loss_fn, start, start, scalar, batch)
 
     def wide(x: Any) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct(x.shape, trees.accum_dtype(x.dtype), sharding=getattr(x, "sharding", None))
 
+    if mode == "forward":
+        return jvp_step.lower(loss_fn, start, start, scalar, batch)
     return grad_step.lower(loss_fn, jax.tree_util.tree_map(wide, start), start, start, scalar, scalar, batch)

@@ -78,8 +78,10 @@ def zeros_like_wide(tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map(one, tree)
 
 
-def check_compatible(reference: PyTree, other: PyTree, names: tuple[str, str]) -> None:
-    """Raise ``ValueError`` unless ``other`` has the structure, shapes and dtypes of ``reference``.
+def check_compatible(reference: PyTree, other: PyTree, names: tuple[str, str], *, wide: bool = False) -> None:
+    """Raise ``ValueError`` unless ``other`` has the structure, shapes and dtypes of ``reference``
+    (with ``wide=True``, each leaf of ``other`` may instead be in the accumulation dtype of
+    ``reference``'s: a float32 direction for bfloat16 parameters).
 
     The message names the first offending leaf path and gives both shapes and dtypes.
     """
@@ -102,10 +104,11 @@ def check_compatible(reference: PyTree, other: PyTree, names: tuple[str, str]) -
     for (path, x), (_, y) in zip(ref_leaves, oth_leaves):
         sx, sy = np.shape(x), np.shape(y)
         dx, dy = jnp.result_type(x), jnp.result_type(y)
-        if sx != sy or dx != dy:
+        if sx != sy or (dx != dy and not (wide and jnp.issubdtype(dx, jnp.floating) and dy == accum_dtype(dx))):
+            also = f" (or {accum_dtype(dx)} for {b})" if wide else ""
             raise ValueError(
                 f"leaf {path_name(path)!r}: {a} has shape {sx} dtype {dx}, "
-                f"{b} has shape {sy} dtype {dy}; they must match"
+                f"{b} has shape {sy} dtype {dy}; they must match{also}"
             )
         if not jnp.issubdtype(dx, jnp.floating):
             raise ValueError(f"leaf {path_name(path)!r}: {a} has dtype {dx}; expected a floating dtype")
