@@ -11,7 +11,7 @@ Post-training tasks (synthetic, seeded; exact-match accuracy by greedy decoding)
 - ``strings``: ``"rev:lamp="`` → ``"pmal"`` (reverse a lowercase word of 4 to 8 letters).
 
 Preferences for DPO (``arithmetic``): chosen = the correct sum, rejected = the sum off by a
-nonzero amount in −3…3.
+nonzero amount in −3…3 (the full size; the mini size, whose model cannot add, by +100, +200, +300).
 """
 
 from __future__ import annotations
@@ -114,11 +114,13 @@ def strings(rng: np.random.Generator, n: int) -> list[dict[str, str]]:
     return out
 
 
-def preferences(rng: np.random.Generator, n: int) -> list[dict[str, str]]:
+def preferences(
+    rng: np.random.Generator, n: int, offsets: tuple[int, ...] = (-3, -2, -1, 1, 2, 3)
+) -> list[dict[str, str]]:
     out = []
     for rec in arithmetic(rng, n):
         right = int(rec["response"])
-        off = int(rng.choice([-3, -2, -1, 1, 2, 3]))
+        off = int(rng.choice(list(offsets)))
         wrong = right + off if right + off >= 0 else right - off  # never negative, never right
         out.append({"prompt": rec["prompt"], "chosen": rec["response"], "rejected": str(wrong)})
     return out

@@ -3,8 +3,8 @@ pre-trained on handwritten digits and fine-tuned on three other tasks — a mirr
 ViT-B/32 task vectors.
 
 Data: scikit-learn's bundled 8×8 handwritten digits (1,797 images, shipped inside the package;
-BSD licence), scaled to 16×16 and three channels. A fixed seeded split keeps 497 images for
-evaluation only. Tasks (labels share the 10-way head):
+BSD licence), scaled to 16×16 and three channels. A fixed seeded split keeps 492 images
+(12 batches of 41) for evaluation only. Tasks (labels share the 10-way head):
 
 - ``digits`` (pre-training): the digit, 0–9;
 - ``rotated``: images rotated by 90°, label the digit;
@@ -41,7 +41,8 @@ class VisionConfig:
     post_steps: int = 300
     batch_size: int = 64
     lr: float = 2e-3
-    eval_images: int = 497
+    eval_images: int = 492  # held out: eval_batches equal batches (12 × 41)
+    eval_batches: int = 12
     seed: int = 0
 
 
@@ -54,6 +55,7 @@ MINI = VisionConfig(
     pre_steps=200,
     post_steps=120,
     batch_size=32,
+    eval_images=96,  # 12 × 8
 )
 
 
@@ -103,9 +105,12 @@ def task_view(split: dict[str, np.ndarray], task: str) -> dict[str, np.ndarray]:
     return {"pixel_values": ((x - 0.5) / 0.5).astype(np.float32), "labels": y.astype(np.int32)}
 
 
-def eval_batches(view: dict[str, np.ndarray], batch_size: int = 71) -> list[dict[str, np.ndarray]]:
-    # 497 = 7 × 71: seven equal batches cover every evaluation image.
-    return list(data.image_batches(view["pixel_values"], view["labels"], batch_size=batch_size))
+def eval_batches(view: dict[str, np.ndarray], n: int) -> list[dict[str, np.ndarray]]:
+    """``n`` equal batches that cover every evaluation image."""
+    size, rest = divmod(len(view["labels"]), n)
+    if rest or not size:
+        raise ValueError(f"{len(view['labels'])} evaluation images do not split into {n} equal batches")
+    return list(data.image_batches(view["pixel_values"], view["labels"], batch_size=size))
 
 
 def build_stage(
@@ -135,9 +140,9 @@ def build_stage(
         weight_decay=1e-4,
     )
     checkpoints.save(out, model, params)
-    ev = eval_batches(task_view(eval_split, task))
+    ev = eval_batches(task_view(eval_split, task), cfg.eval_batches)
     top1 = accuracy.top1_accuracy_fn(model.classify)
-    np.savez(out / "eval.npz", **{k: np.concatenate([b[k] for b in ev]) for k in ("pixel_values", "labels")})
+    np.savez_compressed(out / "eval.npz", **{k: np.concatenate([b[k] for b in ev]) for k in ("pixel_values", "labels")})
     result = {
         "task": task,
         "curve": curve[::10],
