@@ -42,8 +42,20 @@ def _run_settings(args: argparse.Namespace) -> Any:
     names = tuple(estimators.check_names(tuple(args.estimators or estimators.ESTIMATORS)))
     if args.probes < 1:
         raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: expected at least 1 mask per random edit")
+    if args.calibration_batches < 1:
+        raise ValueError(f"--calibration-batches {args.calibration_batches}: expected at least 1")
     return run.RunSettings(
-        pairs=pairs, edits=specs, seed=args.seed, probes=args.probes, estimators=names, size=args.size, checkpoints=user
+        pairs=pairs,
+        edits=specs,
+        seed=args.seed,
+        seeds=args.seeds,
+        calibration=args.calibration_batches,
+        probes=args.probes,
+        estimators=names,
+        size=args.size,
+        checkpoints=user,
     )
 
 
@@ -194,7 +206,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         if pair.template is None:
             raise ValueError(f"pair {args.pair!r} is not a Hugging Face checkpoint pair; nothing to export it as")
         pre, template = pair.pre, pair.template
-    path = export.export(args.out, pre, template, edit.spec, seed=args.seed)
+    if args.mask < 0:
+        raise ValueError(f"--mask {args.mask}: expected a mask index ≥ 0")
+    path = export.export(args.out, pre, template, edit.spec, seed=args.seed, mask=args.mask)
     print(f"[riemann] wrote {path}: W_pre + F(ΔW) with F = {edit.spec} (seed {args.seed}), Hugging Face layout")
     return 0
 
@@ -261,6 +275,8 @@ def _cmd_edits(args: argparse.Namespace) -> int:
 def _cmd_workbench(args: argparse.Namespace) -> int:
     from analysis.pairs import workbench
 
+    if args.ship and args.size != "full":
+        raise ValueError("--ship: only the full workbench ships (drop --size mini)")
     root = workbench.build(args.size, progress=not args.quiet)
     manifest = json.loads((root / "manifest.json").read_text())
     for name, result in manifest["stages"].items():
@@ -271,6 +287,18 @@ def _cmd_workbench(args: argparse.Namespace) -> int:
         }
         print(f"{name}: {keep}")
     print(f"[riemann] workbench ready in {root}")
+    if "shipped" in manifest:
+        print(f"[riemann] retrained here vs shipped ({manifest['shipped']['path']}):")
+        for name, row in manifest["shipped"]["stages"].items():
+            figures = [
+                f"{k} {v['shipped']:.4f} shipped, {v['retrained']:.4f} retrained"
+                for k, v in row.items()
+                if k != "relative_distance"
+            ]
+            distance = f"‖W_retrained − W_shipped‖/‖W_shipped‖ {row['relative_distance']:.3g}"
+            print(f"  {name}: {'; '.join(figures + [distance])}")
+    if args.ship:
+        print(f"[riemann] shipped this build into {workbench.ship(root)}")
     return 0
 
 
@@ -303,8 +331,9 @@ def _options(
 def build_parser() -> argparse.ArgumentParser:
     # Registries without heavy imports: --help stays instant.
     from analysis.pairs import registry
+    from analysis.pairs.split import DEFAULT_CALIBRATION, MIN_TEST
     from analysis.perf.bench import BENCHMARKS
-    from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS
+    from analysis.study.estimators import DEFAULT_PROBES, DEFAULT_SEEDS, ESTIMATORS
 
     parser = argparse.ArgumentParser(
         prog="riemann",
@@ -362,6 +391,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PROBES,
         help=f"Hutchinson probes per batch for the shared-curvature estimator (default {DEFAULT_PROBES})",
     )
+    run.add_argument(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SEEDS,
+        help="masks per random edit (DARE, DELLA, random BitDelta magnitudes), nested across p "
+        f"(default {DEFAULT_SEEDS})",
+    )
+    run.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=DEFAULT_CALIBRATION,
+        help=f"evaluation batches kept for calibration (shared gradient, curvature, tolerance); the rest, at least "
+        f"{MIN_TEST}, are test batches (default {DEFAULT_CALIBRATION})",
+    )
     run.set_defaults(func=_cmd_run)
     ex = sub.add_parser(
         "export",
@@ -373,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--pre", help="pre-trained HF checkpoint directory (instead of --pair)")
     ex.add_argument("--post", help="post-trained HF checkpoint directory")
     ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
+    ex.add_argument(
+        "--mask", type=int, default=0, help="which draw of a random edit, as numbered in riemann run (default 0)"
+    )
     ex.set_defaults(func=_cmd_export)
     rp = sub.add_parser(
         "reproduce",
@@ -407,7 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     wb = sub.add_parser("workbench", help="the built-in pre/post pairs")
     wb_sub = wb.add_subparsers(dest="workbench_command", required=True)
     wb_build = wb_sub.add_parser(
-        "build", parents=[_options(size=True, quiet=True)], help="train (or verify the cache of) every built-in pair"
+        "build",
+        parents=[_options(size=True, quiet=True)],
+        help="train (or verify the cache of) every built-in pair and compare the full size with the shipped models",
+        description="Trains the workbench into the cache ($RIEMANN_CACHE); pairs load the models shipped with the "
+        "package unless RIEMANN_WORKBENCH=cache.",
+    )
+    wb_build.add_argument(
+        "--ship",
+        action="store_true",
+        help="then copy the full build into the package as the shipped models (for maintainers, before a release)",
     )
     wb_build.set_defaults(func=_cmd_workbench)
     bench = sub.add_parser("bench", help="performance ratios measured side by side in one run")

@@ -152,6 +152,7 @@ def sweep(
     measured change, the accuracy, the per-module terms."""
     parsed = suite.check_specs(specs)
     scorer = suite.Scorer(pair, seed=seed, estimators=estimators)
+    pair = scorer.pair  # split: estimates and measurements on its test batches
     loss_post = float(scorer.loss_post.mean())
     # L(pre) − L(post) is the measured change of moving back by −ΔW: one forward per batch.
     back = jax.tree.map(lambda d: -d, scorer.delta)
@@ -159,11 +160,11 @@ def sweep(
         pair.loss_fn, pair.post, back, pair.batches, method="measured", loss_post=scorer.loss_post
     ).value
     loss_pre = loss_post + gain
-    acc_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
+    acc_post = scorer.accuracy_post
     records = []
     with riemann.progress_bar(progress, desc=pair.name, unit="edit", total=len(parsed), leave=False) as bar:
         for e in parsed:
-            records.append(suite.record(scorer.score(e), seed=seed, gain=gain))
+            records.append(scorer.record(scorer.score(e)))
             bar.update(1)
     return {
         "pair": pair.name,

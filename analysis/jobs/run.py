@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from analysis import files, hosts
-from analysis.pairs import registry
+from analysis.pairs import registry, split
 from analysis.pairs.pair import Pair
 from analysis.study import claims, suite
-from analysis.study.estimators import ESTIMATORS
+from analysis.study.estimators import DEFAULT_SEEDS, ESTIMATORS
 
 DEFAULT_PAIRS = registry.DEFAULT
 
@@ -43,6 +43,8 @@ class RunSettings:
     pairs: tuple[str, ...] = DEFAULT_PAIRS
     edits: tuple[str, ...] = ()
     seed: int = 0
+    seeds: int = DEFAULT_SEEDS
+    calibration: int = split.DEFAULT_CALIBRATION
     probes: int = suite.DEFAULT_PROBES
     estimators: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(ESTIMATORS))
     size: str = "full"
@@ -188,6 +190,10 @@ def _restore_nan(record: dict[str, Any]) -> dict[str, Any]:
     for key in ("estimates", "stderr"):
         if isinstance(out.get(key), dict):
             out[key] = {k: nan if v is None else v for k, v in out[key].items()}
+    if isinstance(out.get("measured_seeds"), list):
+        out["measured_seeds"] = [nan if v is None else v for v in out["measured_seeds"]]
+    if isinstance(out.get("estimates_seeds"), dict):
+        out["estimates_seeds"] = {k: [nan if v is None else v for v in vs] for k, vs in out["estimates_seeds"].items()}
     return out
 
 
@@ -216,6 +222,8 @@ def execute(
                 load_pair(name),
                 specs,
                 seed=settings.seed,
+                seeds=settings.seeds,
+                calibration=settings.calibration,
                 probes=settings.probes,
                 estimators=settings.estimators,
                 progress=progress,
@@ -229,8 +237,9 @@ def execute(
             **settings.record(),
             "edits": specs,
             "estimators": {n: ESTIMATORS[n].settings for n in settings.estimators},
-            "tolerance_rule": "max(0.05·|L(pre) − L(post)|, 2·stderr(measured))",
-            "edit_keys": "fold_in(key(seed), crc32(spec))",
+            "tolerance_rule": "max(0.05·|gain|, t(0.975, n_cal − 1)·sd(L(W_post) per batch)/√n_test), "
+            "from the calibration batches, fixed before any edit is scored",
+            "edit_keys": suite.KEY_RULE,
         },
         "versions": run_state.get("versions", versions()),
         "pairs": per_pair,
@@ -256,16 +265,20 @@ def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
     every edit of every pair, seconds spent; and the best estimator by mean Spearman."""
     import numpy as np
 
+    from analysis.study import stats
+
     names = list(per_pair[0]["agreement"]) if per_pair else []
     out: dict[str, Any] = {}
     for n in names:
         rhos = [p["agreement"][n]["spearman"] for p in per_pair]
-        agree = [r["class"][n] == r["class"]["measured"] for p in per_pair for r in p["edits"]]
+        agree = np.array([r["class"][n] == r["class"]["measured"] for p in per_pair for r in p["edits"]], float)
         out[n] = {
             "spearman_by_pair": {p["pair"]["name"]: p["agreement"][n]["spearman"] for p in per_pair},
+            "spearman_ci95_by_pair": {p["pair"]["name"]: p["agreement"][n].get("spearman_ci95") for p in per_pair},
             "spearman_min": float(np.min(rhos)),
             "spearman_mean": float(np.mean(rhos)),
-            "class_agreement": float(np.mean(agree)) if agree else float("nan"),
+            "class_agreement": float(np.mean(agree)) if len(agree) else float("nan"),
+            "class_agreement_ci95": stats.bootstrap_ci(np.mean, agree),
             "seconds": float(sum(p["agreement"][n]["seconds"] for p in per_pair)),
             "edits": len(agree),
         }

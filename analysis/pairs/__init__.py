@@ -2,6 +2,7 @@
 
 - :mod:`~analysis.pairs.pair`: the :class:`Pair` type.
 - :mod:`~analysis.pairs.registry`: names → loaders (``PAIRS``, ``register_pair``, ``load_pair``).
+- :mod:`~analysis.pairs.split`: calibration and test batches.
 - :mod:`~analysis.pairs.user`: a pair from two Hugging Face checkpoints and a data file.
 - :mod:`~analysis.pairs.data`: JSONL and image data, tokenization, batches, and the losses.
 - :mod:`~analysis.pairs.accuracy`: every task metric (token, top-1, exact match, DPO reward).

@@ -36,7 +36,7 @@ class MLPConfig:
     post_steps: int = 250
     batch: int = 256
     lr: float = 3e-3
-    eval_batches: int = 4
+    eval_batches: int = 12  # 4 calibration + 8 test (analysis.pairs.split)
     seed: int = 0
 
 

@@ -20,6 +20,10 @@ class Pair:
     seen in post-training; ``accuracy_fn(params, batches)`` is the task metric the paper's plots use
     (see :mod:`analysis.pairs.accuracy`). ``template`` (an ``analysis.hf.checkpoints.Checkpoint``),
     when present, is what an edited model is saved as (``riemann export``).
+
+    ``calibration`` is empty until the pair is split (:func:`analysis.pairs.split.split_pair`):
+    then ``calibration`` holds the batches that shared predictors and tolerances are fitted on and
+    ``batches`` the disjoint test batches every estimate and measurement is validated on.
     """
 
     name: str
@@ -31,3 +35,4 @@ class Pair:
     accuracy_fn: Callable[[PyTree, list[Any]], float] | None
     info: dict[str, Any]
     template: Any = None
+    calibration: list[Any] = dataclasses.field(default_factory=list)

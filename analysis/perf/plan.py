@@ -203,6 +203,9 @@ def plan(
     logits = 2 * bt * vocab * 4
     saved_inputs = layers * bt * h * pb
     backward_acts = (saved_inputs + 2 * layer_internals) if remat else layers * layer_internals
+    # The suite forms ΔW and ΔW~ exactly, in float32, and stores each leaf in the parameter dtype
+    # where that is exact — nearly always for differences of nearby models; a leaf where it is not
+    # stays float32 (up to twice this; analysis.study.artefact.compact).
     resident = {"W_post": n * pb, "ΔW (suite)": n * pb, "direction ΔW~": n * pb}
     parts = {
         "accumulate": {

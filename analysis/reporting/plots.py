@@ -107,7 +107,8 @@ def confusions(results: dict[str, Any], axes: Any = None) -> Any:
 def frontier(results: dict[str, Any], ax: Any = None) -> Any:
     """Cost–accuracy frontier of a run: seconds spent per edit (shared passes amortised over the
     suite) against the Spearman correlation with the measured change, one point per estimator
-    and pair, and measuring each edit for reference (correlation 1 by definition)."""
+    and pair with its 95 % bootstrap interval over edits as an error bar, and measuring each edit
+    for reference (correlation 1 by definition)."""
     fig, ax = _axes(ax, (6.5, 4.5))
     colors = {}
     for res in results["pairs"]:
@@ -123,6 +124,17 @@ def frontier(results: dict[str, Any], ax: Any = None) -> Any:
                 label=name if name not in colors else None,
             )
             colors.setdefault(name, line.get_facecolor()[0])
+            ci = a.get("spearman_ci95")
+            if ci is not None and all(v is not None and v == v for v in ci):
+                x, y = a["seconds"] / edits, a["spearman"]
+                ax.errorbar(
+                    x,
+                    y,
+                    yerr=[[max(y - ci[0], 0.0)], [max(ci[1] - y, 0.0)]],
+                    fmt="none",
+                    ecolor=colors[name],
+                    alpha=0.6,
+                )
             ax.annotate(
                 pair,
                 (a["seconds"] / edits, a["spearman"]),

@@ -11,6 +11,7 @@ per-edit estimators and one forward pass per batch to measure it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -21,12 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import riemann
+from analysis.pairs import split
 from analysis.pairs.pair import Pair
-from analysis.study import stats
+from analysis.study import artefact as artefacts
+from analysis.study import stats, tolerance
+from analysis.study.artefact import delta_of
 from analysis.study.checks import pair_checks
 from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names
 from riemann import edits
-from riemann.tree_utils import tree_vdot
+from riemann.tree_utils import tree_vdot, widen
 
 PyTree = Any
 # The Hutchinson probes' key is folded from the seed with this constant, apart from every edit key.
@@ -47,10 +51,20 @@ def default_suite() -> list[str]:
     return suite
 
 
-def edit_key(seed: int, spec: str) -> jax.Array:
-    """The key of one edit: ``fold_in(key(seed), crc32(spec))``. Each edit's key depends on the
-    seed and its own spec only, so adding or reordering edits never changes another's result."""
-    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(spec.encode()) & 0x7FFFFFFF)
+def edit_key(seed: int, name: str, mask: int = 0) -> jax.Array:
+    """The key of a random edit's ``mask``-th draw: ``fold_in(fold_in(key(seed), crc32(name)), mask)``.
+
+    It depends on the seed, the edit's *name* (``dare``, ``della``, …) and the mask index only — not
+    on its other parameters — so for one seed and mask every DARE edit draws the same uniforms and
+    its masks are nested across ``p`` (an entry dropped at ``p = 0.5`` is dropped at ``p = 0.9``):
+    a sweep compares like with like. Adding or reordering edits never changes another's result.
+    """
+    root = jax.random.fold_in(jax.random.key(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF)
+    return jax.random.fold_in(root, mask)
+
+
+_F32_EPS = float(np.finfo(np.float32).eps)
+KEY_RULE = "fold_in(fold_in(key(seed), crc32(edit name)), mask)"
 
 
 def check_specs(specs: Sequence[str]) -> list[edits.Edit]:
@@ -67,18 +81,24 @@ def check_specs(specs: Sequence[str]) -> list[edits.Edit]:
 
 
 @jax.jit
-def _sub(a: PyTree, b: PyTree) -> PyTree:
-    return jax.tree.map(lambda x, y: x - y, a, b)
-
-
-@jax.jit
-def _add(a: PyTree, b: PyTree) -> PyTree:
-    return jax.tree.map(lambda x, y: x + y, a, b)
-
-
-@jax.jit
 def _norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(tree_vdot(tree, tree))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _step_back(post: PyTree, delta: PyTree, fraction: float) -> PyTree:
+    """``W_post − fraction·ΔW`` in each leaf's dtype: the tolerance's reference point."""
+    return jax.tree.map(lambda p, d: (widen(p) - fraction * widen(d)).astype(p.dtype), post, delta)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batch: Any) -> jax.Array:
+    return widen(loss_fn(params, batch))
+
+
+def batch_losses(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batches: Sequence[Any]) -> np.ndarray:
+    """``loss_fn(params, b)`` for every batch, one forward each."""
+    return np.array([float(_loss(loss_fn, params, b)) for b in batches], np.float64)
 
 
 def _timed(f: Callable[[], Any]) -> tuple[Any, float]:
@@ -87,43 +107,68 @@ def _timed(f: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
+def family(name: str) -> str:
+    """The edit family an edit's metrics are grouped under (``biased_sign`` and ``biased_product``
+    are both ``biased``); any other edit is its own family."""
+    return FAMILIES.get(name, name)
+
+
+FAMILIES = {"biased_sign": "biased", "biased_product": "biased"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Scored:
-    """One edit, scored: ``F(ΔW)`` and the change ``ΔW~``, each estimator's estimate, the measurement, the accuracy of
-    the edited model, and the seconds each part took."""
+    """One edit, scored over its masks (one for a deterministic edit, ``seeds`` for a random one):
+    the norm of the first mask's change ``ΔW~``; each estimator's estimate per mask it ran on (shared
+    estimators on every mask, per-edit ones on the first); the measurement and the edited model's
+    accuracy per mask; what rounding to the storage dtype left unmoved; seconds per part."""
 
     edit: edits.Edit
-    edited: PyTree
-    change: PyTree
-    estimates: dict[str, riemann.Estimate]
-    measured: riemann.Estimate
-    accuracy: float | None
+    change_norm: float
+    estimates: dict[str, list[riemann.Estimate]]
+    measured: list[riemann.Estimate]
+    accuracy: list[float | None]
+    unmoved: list[float]
     seconds: dict[str, float]
+    low_precision: bool = False
 
 
 class Scorer:
-    """Scores edits of one pair with the chosen estimators. Shared quantities are computed once,
-    at construction; :meth:`score` then costs only the per-edit estimators and the measurement."""
+    """Scores edits of one pair with the chosen estimators.
+
+    The pair is split into calibration and test batches (:mod:`analysis.pairs.split`) unless it
+    already is. At construction, from the calibration batches only, it computes what is shared —
+    the gradient (and the Hutchinson diagonal) at ``W_post`` — and the classification tolerances
+    (:mod:`analysis.study.tolerance`); from the test batches, ``L(W_post)`` per batch and the
+    accuracy of ``W_post``. :meth:`score` then costs the per-edit estimators on the first mask and,
+    per mask, one forward per test batch (the measurement), the accuracy and the shared estimators.
+    """
 
     def __init__(
         self,
         pair: Pair,
         *,
         seed: int = 0,
+        seeds: int = 1,
         probes: int = DEFAULT_PROBES,
         estimators: Sequence[str] | None = None,
+        calibration: int = split.DEFAULT_CALIBRATION,
         progress: bool = False,
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_curvature = any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
             raise ValueError(f"probes={probes}; the shared-curvature estimator needs at least 1 probe per batch")
-        self.pair, self.seed, self.probes, self.estimators = pair, seed, probes, names
-        self.delta = _sub(pair.post, pair.pre)
+        if seeds < 1:
+            raise ValueError(f"seeds={seeds}; random edits need at least 1 mask")
+        pair = split.split_pair(pair, calibration=calibration, seed=seed)
+        self.pair, self.seed, self.seeds, self.probes, self.estimators = pair, seed, seeds, probes, names
+        self.delta = delta_of(pair.pre, pair.post)
+        cal = pair.calibration
         # The gradient alone (first order) and the probes (shared curvature) are timed apart so
         # that each estimator is charged what it needs; the probes' own gradient is the same g.
         gradient, self.gradient_seconds = _timed(
-            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
+            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, cal, probes=0)
         )
         curvature, self.curvature_seconds = None, 0.0
         if needs_curvature:
@@ -131,12 +176,32 @@ class Scorer:
             key = jax.random.fold_in(jax.random.key(seed), _PROBE_SALT)
             curvature, self.curvature_seconds = _timed(
                 lambda: riemann.shared_curvature(
-                    pair.loss_fn, pair.post, pair.batches, probes=probes, key=key, progress=progress
+                    pair.loss_fn, pair.post, cal, probes=probes, key=key, progress=progress
                 )
             )
         self.shared = Shared(pair, gradient, curvature)
-        # Per-batch L(W_post) from the gradient pass: measuring each edit then costs one forward.
-        self.loss_post = gradient.batch_losses
+        n_test = len(pair.batches)
+        ref = _step_back(pair.post, self.delta, tolerance.FRACTION)
+        pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
+        self.tolerance = tolerance.fixed(pre_cal, gradient.batch_losses, ref_cal, n_test=n_test)
+        self.accuracy_tolerance = None
+        if pair.accuracy_fn is not None:
+            acc = [[pair.accuracy_fn(p, [b]) for b in cal] for p in (pair.pre, pair.post, ref)]
+            self.accuracy_tolerance = tolerance.fixed(*acc, n_test=n_test)
+        del ref
+        # Per-batch L(W_post) on the test batches: measuring each edit then costs one forward.
+        self.loss_post = batch_losses(pair.loss_fn, pair.post, pair.batches)
+        self.accuracy_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
+
+    def calibration_record(self) -> dict[str, Any]:
+        """What was fixed before any edit was scored: the split, the tolerances and their parts."""
+        return {
+            "split": self.pair.info.get("split"),
+            "tolerance": self.tolerance,
+            "accuracy_tolerance": self.accuracy_tolerance,
+            "loss_post_test": float(np.mean(self.loss_post)),
+            "accuracy_post_test": self.accuracy_post,
+        }
 
     def shared_record(self) -> dict[str, Any]:
         """What was computed once for the suite, per shared estimator: passes per batch and seconds."""
@@ -145,63 +210,165 @@ class Scorer:
         if c is not None:
             spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
         rec = {n: spent[e.needs] for n, e in ESTIMATORS.items() if e.needs in spent}
-        return {"probes": self.probes if c is not None else 0, "loss_post": g.loss, "estimators": rec}
+        return {
+            "probes": self.probes if c is not None else 0,
+            "data": "calibration",
+            "loss_post": g.loss,
+            "estimators": rec,
+        }
 
-    def edited(self, edit: edits.Edit) -> PyTree:
-        """``F(ΔW)`` with the edit's own key (:func:`edit_key`) and, if it asks, the shared gradient."""
-        key = edit_key(self.seed, edit.spec) if edit.random else None
+    def masks(self, edit: edits.Edit) -> int:
+        """How many masks ``edit`` is scored over: ``seeds`` if it is random, else 1."""
+        return self.seeds if edit.random else 1
+
+    def edited(self, edit: edits.Edit, mask: int = 0) -> PyTree:
+        """``F(ΔW)`` with the key of its ``mask``-th draw (:func:`edit_key`) and, if it asks, the
+        shared gradient (from calibration data)."""
+        key = edit_key(self.seed, edit.name, mask) if edit.random else None
         return edit(self.delta, key=key, grad=self.shared.gradient.grad if edit.needs_grad else None)
 
-    def score(self, edit: edits.Edit) -> Scored:
-        """Every chosen estimator of one edit, its measured change and the edited model's accuracy."""
+    def artefact(self, edit: edits.Edit, mask: int = 0) -> artefacts.Artefact:
+        """The edited model as it would be saved, and the float32 direction that reaches it."""
         pair = self.pair
-        t = time.perf_counter()
-        edited = self.edited(edit)
-        change = _sub(edited, self.delta)
-        seconds = {"edit": time.perf_counter() - t}
-        estimates = {}
-        for name in self.estimators:
-            estimates[name], seconds[name] = _timed(lambda n=name: ESTIMATORS[n].score(self.shared, change))
-        measured, seconds["measured"] = _timed(
-            lambda: riemann.estimate(
-                pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=self.loss_post
+        out = artefacts.stored(pair.pre, pair.post, self.delta, self.edited(edit, mask))
+        artefacts.warn_unmoved(out, f"[{pair.name}] {edit.spec}")
+        return out
+
+    def score(self, edit: edits.Edit) -> Scored:
+        """Every chosen estimator of one edit, its measured change and the edited model's accuracy,
+        over each of its masks."""
+        pair = self.pair
+        seconds = dict.fromkeys(("edit", *self.estimators, "measured", "accuracy"), 0.0)
+        estimates: dict[str, list[riemann.Estimate]] = {n: [] for n in self.estimators}
+        measured, accuracy, unmoved, norm = [], [], [], float("nan")
+        for mask in range(self.masks(edit)):
+            art, t = _timed(lambda m=mask: self.artefact(edit, m))
+            seconds["edit"] += t
+            if mask == 0:
+                norm = float(_norm(art.change))
+            unmoved.append(art.unmoved_fraction)
+            for name in self.estimators:
+                if mask == 0 or ESTIMATORS[name].shared:
+                    est, t = _timed(lambda n=name, c=art.change: ESTIMATORS[n].score(self.shared, c))
+                    estimates[name].append(est)
+                    seconds[name] += t
+            m, t = _timed(
+                lambda c=art.change: riemann.estimate(
+                    pair.loss_fn, pair.post, c, pair.batches, method="measured", loss_post=self.loss_post
+                )
             )
+            measured.append(m)
+            seconds["measured"] += t
+            acc, t = _timed(lambda p=art.params: pair.accuracy_fn(p, pair.batches) if pair.accuracy_fn else None)
+            accuracy.append(acc)
+            seconds["accuracy"] += t
+        low = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
+        return Scored(edit, norm, estimates, measured, accuracy, unmoved, seconds, low)
+
+    def record(self, scored: Scored) -> dict[str, Any]:
+        """One edit's record for ``results.json`` (see :func:`record`)."""
+        acc_tol = self.accuracy_tolerance["value"] if self.accuracy_tolerance else None
+        return record(
+            scored,
+            seed=self.seed,
+            tolerance=self.tolerance["value"],
+            accuracy_post=self.accuracy_post,
+            accuracy_tolerance=acc_tol,
         )
-        accuracy, seconds["accuracy"] = _timed(
-            lambda: pair.accuracy_fn(_add(pair.pre, edited), pair.batches) if pair.accuracy_fn else None
-        )
-        return Scored(edit, edited, change, estimates, measured, accuracy, seconds)
 
 
-def record(scored: Scored, *, seed: int, gain: float) -> dict[str, Any]:
-    """One edit's record for ``results.json``: estimates, measured change, the tolerance and the
-    classes it gives, accuracy, per-module terms, cost, seconds."""
-    edit, estimates, m = scored.edit, scored.estimates, scored.measured
-    tol = riemann.choose_tolerance(gain=gain, stderr=m.stderr)
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def record(
+    scored: Scored,
+    *,
+    seed: int,
+    tolerance: float,
+    accuracy_post: float | None = None,
+    accuracy_tolerance: float | None = None,
+) -> dict[str, Any]:
+    """One edit's record for ``results.json``.
+
+    ``measured`` and each ``estimates`` value are means over the masks they were computed on
+    (``measured_seeds``, ``estimates_seeds``); ``identity`` compares each quadrature of Eq. 1 with
+    the measurement of the *same* mask on the same test batches (the in-sample identity, with
+    the adaptive rule's error and whether the gap is within it, allowing the measurement's own
+    float32 resolution ``eps·(|L(W_post)| + |L(W_edit)|)``); classes use the pair's fixed
+    ``tolerance``; ``class_accuracy`` classifies the accuracy change (a fall beyond the accuracy
+    tolerance is ``decreased``)."""
+    edit, m0 = scored.edit, scored.measured[0]
+    meas = [m.value for m in scored.measured]
+    meas_mean, meas_std = _mean_std(meas)
+    est = {n: _mean_std([e.value for e in es])[0] for n, es in scored.estimates.items()}
+    # Each estimator is judged against the measurement of the masks it was computed on: shared
+    # estimators ran on every mask (the mean), per-edit ones on the first.
+    measured_for = {n: _mean_std(meas[: len(es)])[0] for n, es in scored.estimates.items()}
+    low_precision = scored.low_precision
+    # The measured change is a difference of two float32 losses: it cannot be resolved more finely
+    # than their rounding, so a quadrature's gap is judged against its error plus that resolution.
+    resolution = _F32_EPS * (abs(m0.terms["loss_post"]) + abs(m0.terms["loss_edited"]))
+    identity = {}
+    for n, es in scored.estimates.items():
+        e = es[0]
+        if ESTIMATORS[n].method.get("method") == "riemann":
+            gap = e.value - m0.value
+            identity[n] = {
+                "estimate": e.value,
+                "measured": m0.value,
+                "gap": gap,
+                "error": e.error,
+                "resolution": resolution,
+                "converged": e.converged,
+                # On 16-bit parameters the path's inner points are rounded to the storage dtype:
+                # the integrand is not the derivative of the measured loss, so no bound applies.
+                "within_error": None if e.error is None or low_precision else bool(abs(gap) <= e.error + resolution),
+            }
+    accs = scored.accuracy
+    acc_mean = None if accs[0] is None else float(np.mean(accs))
+    acc_delta = None if acc_mean is None or accuracy_post is None else acc_mean - accuracy_post
+    e0 = {n: es[0] for n, es in scored.estimates.items()}
     # The paper's rule when it ran, else the first estimator that has a per-module breakdown.
-    modules_source = next((n for n in ("riemann", *estimates) if n in estimates and estimates[n].modules), None)
+    modules_source = next((n for n in ("riemann", *e0) if n in e0 and e0[n].modules), None)
     return {
         "name": edit.name,
+        "family": family(edit.name),
         "spec": edit.spec,
         "params": dict(edit.params),
         "paper_class": edit.info.paper_class,
-        "key": {"seed": seed, "derived_from": "fold_in(key(seed), crc32(spec))"} if edit.random else None,
-        "estimates": {n: e.value for n, e in estimates.items()},
-        "stderr": {**{n: e.stderr for n, e in estimates.items()}, "measured": m.stderr},
-        "terms": {n: e.terms for n, e in estimates.items() if "second" in e.terms},  # the quadratic's parts
-        "measured": m.value,
-        "loss_edited": m.terms["loss_edited"],
-        "accuracy": scored.accuracy,
-        "tolerance": tol,
+        "key": {"seed": seed, "derived_from": KEY_RULE, "masks": len(meas)} if edit.random else None,
+        "estimates": est,
+        "estimates_seeds": {n: [e.value for e in es] for n, es in scored.estimates.items()},
+        "stderr": {**{n: e.stderr for n, e in e0.items()}, "measured": m0.stderr},
+        "terms": {n: e.terms for n, e in e0.items() if "second" in e.terms},  # the quadratic's parts
+        "measured": meas_mean,
+        "measured_seeds": meas,
+        "measured_std": meas_std,
+        "measured_for": measured_for,
+        "loss_edited": float(np.mean([m.terms["loss_edited"] for m in scored.measured])),
+        "identity": identity,
+        "accuracy": acc_mean,
+        "accuracy_seeds": None if acc_mean is None else [float(a) for a in accs],
+        "accuracy_delta": acc_delta,
+        "tolerance": tolerance,
         "class": {
-            **{n: riemann.classify(e.value, tol) for n, e in estimates.items()},
-            "measured": riemann.classify(m.value, tol),
+            **{n: riemann.classify(v, tolerance) for n, v in est.items()},
+            "measured": riemann.classify(meas_mean, tolerance),
         },
-        "modules": estimates[modules_source].modules if modules_source else {},
+        "class_measured_for": {n: riemann.classify(v, tolerance) for n, v in measured_for.items()},
+        "class_accuracy": None
+        if acc_delta is None or accuracy_tolerance is None
+        else riemann.classify(-acc_delta, accuracy_tolerance),
+        "unmoved_fraction": float(np.mean(scored.unmoved)),
+        "first_order_test": e0["riemann"].terms.get("first") if "riemann" in e0 else None,
+        "low_precision": low_precision,
+        "modules": e0[modules_source].modules if modules_source else {},
         "modules_estimator": modules_source,
-        "cost": {n: e.cost for n, e in estimates.items()} | {"measured": m.cost},
+        "cost": {n: e.cost for n, e in e0.items()} | {"measured": m0.cost},
         "seconds": scored.seconds,
-        "change_norm": float(_norm(scored.change)),
+        "change_norm": scored.change_norm,
     }
 
 
@@ -243,26 +410,35 @@ def analyse(
     specs: Sequence[str] | None = None,
     *,
     seed: int = 0,
+    seeds: int = 1,
     probes: int = DEFAULT_PROBES,
     estimators: Sequence[str] | None = None,
+    calibration: int = split.DEFAULT_CALIBRATION,
     progress: bool = True,
     log: Callable[[str], None] = print,
     store: Store | None = None,
 ) -> dict[str, Any]:
     """Run the suite on ``pair`` and return its results record.
 
-    What ``store`` already holds (the pair checks, records of edits in ``specs``) is kept, not
-    recomputed; everything new is saved to it as soon as it exists.
+    The pair is split into ``calibration`` calibration batches and the rest as test batches
+    (unless it already is); random edits are scored over ``seeds`` masks. What ``store`` already
+    holds (the pair checks, records of edits in ``specs``) is kept, not recomputed; everything new
+    is saved to it as soon as it exists.
     """
     specs = list(default_suite() if specs is None else specs)
     parsed = check_specs(specs)  # every spec checked before any heavy work
     store = MemoryStore() if store is None else store
     t0 = time.perf_counter()
-    scorer = Scorer(pair, seed=seed, probes=probes, estimators=estimators, progress=progress)
+    scorer = Scorer(
+        pair, seed=seed, seeds=seeds, probes=probes, estimators=estimators, calibration=calibration, progress=progress
+    )
+    pair = scorer.pair
     checks = store.checks()
     if checks is None:
-        checks = pair_checks(pair, scorer.delta, log=log, progress=progress)
+        checks = {**pair_checks(pair, scorer.delta, log=log, progress=progress), **scorer.calibration_record()}
         store.save_checks(checks)
+    else:  # a resumed study keeps the tolerances its first edits were classified with
+        scorer.tolerance, scorer.accuracy_tolerance = checks["tolerance"], checks["accuracy_tolerance"]
     done = {k: v for k, v in store.records().items() if k in {e.spec for e in parsed}}
     if done:
         log(f"[{pair.name}] resuming: {len(done)} of {len(parsed)} edits already scored")
@@ -270,7 +446,7 @@ def analyse(
     with riemann.progress_bar(progress, desc=f"{pair.name} edits", unit="edit", total=len(parsed) - len(done)) as bar:
         for edit in parsed:
             if edit.spec not in done:
-                done[edit.spec] = record(scorer.score(edit), seed=seed, gain=checks["gain"])
+                done[edit.spec] = scorer.record(scorer.score(edit))
                 store.save_record(done[edit.spec])
                 bar.update(1)
             records.append(done[edit.spec])
@@ -280,39 +456,120 @@ def analyse(
         "shared": shared,
         "estimators": {n: ESTIMATORS[n].settings for n in scorer.estimators},
         "edits": records,
-        "agreement": {name: agreement_of(records, name, shared=shared) for name in scorer.estimators},
+        "agreement": {name: agreement_of(records, name, shared=shared, seed=seed) for name in scorer.estimators},
+        "accuracy_correlation": accuracy_correlation(records, seed=seed),
+        "first_order_on_test": first_order_on_test(records, seed=seed),
         "elapsed_s": time.perf_counter() - t0,
     }
 
 
-def agreement_of(
-    records: list[dict[str, Any]], estimator: str, *, shared: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Spearman, Pearson, sign and class agreement of one estimator with the measured change,
-    its confusion matrix, and its cost over the suite (passes and seconds)."""
-    pred = np.array([r["estimates"][estimator] for r in records])
-    meas = np.array([r["measured"] for r in records])
+def _sign_agreement(pred: np.ndarray, meas: np.ndarray) -> float:
     nonzero = meas != 0
+    return float(np.mean(np.sign(pred[nonzero]) == np.sign(meas[nonzero]))) if nonzero.any() else float("nan")
+
+
+def _class_agreement(pc: np.ndarray, mc: np.ndarray) -> float:
+    return float(np.mean(pc == mc)) if len(pc) else float("nan")
+
+
+def metrics(
+    pred: Sequence[float], meas: Sequence[float], pc: Sequence[str], mc: Sequence[str], *, seed: int = 0
+) -> dict[str, Any]:
+    """Spearman, class agreement, sign agreement and median ``|log(|pred|/|meas|)|`` of predictions
+    against measurements, each with its bootstrap 95 % interval over edits (``<name>_ci95``)."""
+    cols = (np.asarray(pred, np.float64), np.asarray(meas, np.float64), np.asarray(pc), np.asarray(mc))
+    fns: dict[str, Callable[..., float]] = {
+        "spearman": lambda p, m, a, b: stats.spearman(p, m),
+        "class_agreement": lambda p, m, a, b: _class_agreement(a, b),
+        "sign_agreement": lambda p, m, a, b: _sign_agreement(p, m),
+        "median_abs_log_ratio": lambda p, m, a, b: stats.median_abs_log_ratio(p, m),
+    }
+    out: dict[str, Any] = {"edits": len(cols[0])}
+    for name, fn in fns.items():
+        out[name] = fn(*cols) if len(cols[0]) else float("nan")
+        out[f"{name}_ci95"] = stats.bootstrap_ci(fn, *cols, seed=seed)
+    return out
+
+
+def agreement_of(
+    records: list[dict[str, Any]], estimator: str, *, shared: dict[str, Any] | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """How one estimator agrees with the measured change on the test batches — the measurement of
+    the masks it was computed on (every mask for shared estimators, the first for per-edit ones):
+    :func:`metrics` overall and per edit family (``by_family``), Pearson, the confusion matrix,
+    the edits it misclassifies, for quadratures the in-sample identity (gaps within the stated
+    error), and its cost over the suite (passes and seconds)."""
+    pred = np.array([r["estimates"][estimator] for r in records])
+    meas = np.array([r.get("measured_for", {}).get(estimator, r["measured"]) for r in records])
     pc = [r["class"][estimator] for r in records]
-    mc = [r["class"]["measured"] for r in records]
+    mc = [r.get("class_measured_for", {}).get(estimator, r["class"]["measured"]) for r in records]
     per_edit = records[0]["cost"][estimator] if records else {}
     once = {}
     seconds = float(sum(r["seconds"].get(estimator, 0.0) for r in records))
     if shared is not None and estimator in shared["estimators"]:
         once = dict(shared["estimators"][estimator]["passes_per_batch"])
         seconds += float(shared["estimators"][estimator]["seconds"])
-    wrong = [r["spec"] for r, a, b in zip(records, pc, mc) if a != b]
-    return {
-        "spearman": stats.spearman(pred, meas),
+    fams = [r.get("family", family(r["name"])) for r in records]
+    by_family = {}
+    for f in dict.fromkeys(fams):
+        idx = [i for i, g in enumerate(fams) if g == f]
+        by_family[f] = metrics(pred[idx], meas[idx], [pc[i] for i in idx], [mc[i] for i in idx], seed=seed)
+    out = {
+        **metrics(pred, meas, pc, mc, seed=seed),
         "pearson": stats.pearson(pred, meas),
-        "sign_agreement": float(np.mean(np.sign(pred[nonzero]) == np.sign(meas[nonzero])))
-        if nonzero.any()
-        else float("nan"),
-        "class_agreement": float(np.mean([a == b for a, b in zip(pc, mc)])) if records else float("nan"),
         "confusion": stats.confusion(pc, mc, riemann.CLASSES),
-        "misclassified": wrong,
+        "misclassified": [r["spec"] for r, a, b in zip(records, pc, mc) if a != b],
+        "by_family": by_family,
         "passes_per_edit_per_batch": per_edit,
         "passes_once_per_batch": once,
         "seconds": seconds,
         "mean_abs_error": float(np.mean(np.abs(pred - meas))) if records else float("nan"),
     }
+    ident = [r["identity"][estimator] for r in records if estimator in r.get("identity", {})]
+    if ident:
+        gaps = np.abs([i["gap"] for i in ident])
+        out["identity"] = {
+            "median_abs_gap": float(np.median(gaps)),
+            "max_abs_gap": float(np.max(gaps)),
+        }
+        if all(i["error"] is not None for i in ident):
+            specs = [r["spec"] for r in records if estimator in r.get("identity", {})]
+            out["identity"] |= {
+                "within_error": float(np.mean([i["within_error"] for i in ident])),
+                "outside_error": [s for s, i in zip(specs, ident) if not i["within_error"]],
+                "not_converged": [s for s, i in zip(specs, ident) if not i["converged"]],
+            }
+    return out
+
+
+def accuracy_correlation(records: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any] | None:
+    """Spearman correlation between the measured loss change and the accuracy change over the
+    edits (negative when loss and accuracy agree: a loss that rises with falling accuracy), with
+    its bootstrap 95 % interval; ``None`` when no accuracy was recorded."""
+    rows = [(r["measured"], r["accuracy_delta"]) for r in records if r.get("accuracy_delta") is not None]
+    if not rows:
+        return None
+    dl, da = (np.array(c, np.float64) for c in zip(*rows))
+    return {
+        "spearman": stats.spearman(dl, da),
+        "spearman_ci95": stats.bootstrap_ci(stats.spearman, dl, da, seed=seed),
+        "edits": len(rows),
+    }
+
+
+def first_order_on_test(records: list[dict[str, Any]], *, seed: int = 0) -> dict[str, Any] | None:
+    """:func:`metrics` of the first-order term computed with the *test* batches' own gradient (the
+    paper's left rule has it at its ``t = 0`` node) against the first mask's measurement.
+
+    The ``first-order`` estimator uses the calibration gradient, the quadratures the test batches
+    themselves; this isolates how much of their difference is the data and how much the method.
+    ``None`` when the paper's rule did not run."""
+    rows = [r for r in records if r.get("first_order_test") is not None]
+    if not rows:
+        return None
+    pred = [r["first_order_test"] for r in rows]
+    meas = [r["measured_seeds"][0] for r in rows]
+    tol = [r["tolerance"] for r in rows]
+    pc = [riemann.classify(v, t) for v, t in zip(pred, tol)]
+    mc = [riemann.classify(v, t) for v, t in zip(meas, tol)]
+    return metrics(pred, meas, pc, mc, seed=seed)

@@ -21,9 +21,18 @@ def test_run_writes_results_report_and_figures(mlp_run):
     assert {"jax", "flax", "optax", "python"} <= set(res["versions"])
     (pair,) = res["pairs"]
     for r in pair["edits"]:
-        assert set(r["estimates"]) == {"riemann", "first-order", "shared-curvature", "second-order", "gauss-legendre"}
+        assert set(r["estimates"]) == {
+            "riemann",
+            "first-order",
+            "shared-curvature",
+            "second-order",
+            "gauss-legendre",
+            "gauss-kronrod",
+        }
         assert set(r["class"]) == set(r["estimates"]) | {"measured"}
-        assert r["estimates"]["gauss-legendre"] == pytest.approx(r["measured"], rel=2e-3, abs=1e-4)
+        same_mask = r["identity"]["gauss-legendre"]  # the first mask's estimate and measurement
+        assert same_mask["estimate"] == pytest.approx(same_mask["measured"], rel=2e-3, abs=1e-4)
+        assert same_mask["measured"] == r["measured_seeds"][0]
         assert sum(r["modules"].values()) == pytest.approx(r["estimates"]["riemann"], rel=1e-4, abs=1e-7)
         assert 0.0 <= r["accuracy"] <= 1.0
     agree = pair["agreement"]
@@ -40,7 +49,26 @@ def test_run_writes_results_report_and_figures(mlp_run):
         pair["pair"]["completeness"]["gauss-legendre:8"]["value"], rel=1e-4
     )
     assert res["summary"]["best"] in agree
+    # Held out: calibration and test batches recorded and disjoint; one tolerance fixed for the pair.
+    checks = pair["pair"]
+    split = checks["split"]
+    assert len(split["test_batches"]) >= 8 and set(split["calibration_batches"]).isdisjoint(split["test_batches"])
+    assert checks["num_batches"] == len(split["test_batches"])
+    assert {r["tolerance"] for r in pair["edits"]} == {checks["tolerance"]["value"]}
+    assert res["settings"]["seeds"] == 3
+    for r in pair["edits"]:
+        assert len(r["measured_seeds"]) == (3 if r["key"] else 1)
+        assert r["measured"] == pytest.approx(sum(r["measured_seeds"]) / len(r["measured_seeds"]), rel=1e-12)
+        assert isinstance(r["identity"]["gauss-kronrod"]["converged"], bool)
+    for stat in ("spearman", "class_agreement", "sign_agreement", "median_abs_log_ratio"):
+        lo, hi = agree["riemann"][f"{stat}_ci95"]
+        assert lo <= agree["riemann"][stat] <= hi, stat
+    assert set(agree["riemann"]["by_family"]) == {r["family"] for r in pair["edits"]}
+    assert -1.0 <= pair["accuracy_correlation"]["spearman"] <= 1.0
+    kronrod = agree["gauss-kronrod"]["identity"]
+    assert kronrod["not_converged"] == [] and kronrod["within_error"] == 1.0 and kronrod["outside_error"] == []
     report = (mlp_run / "report.md").read_text()
+    assert "### In-sample identity" in report and "Per edit family" in report
     assert "## The paper's claims on these pairs" in report and "## Pair `mlp-teacher`" in report
     for png in (
         "frontier.png",

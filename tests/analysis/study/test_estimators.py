@@ -20,7 +20,8 @@ def _pair():
         return 0.5 * jnp.sum(x * p["w"] ** 2)
 
     post = {"w": jnp.array([1.0, -2.0, 0.5])}
-    return Pair("quadratic", "½ Σ x w²", post, post, loss, [jnp.array([1.0, 2.0, 3.0])], None, {})
+    batches = [jnp.array([1.0, 2.0, 3.0]) * (1.0 + 0.1 * i) for i in range(12)]  # 4 calibrate, 8 test
+    return Pair("quadratic", "½ Σ x w²", post, post, loss, batches, None, {})
 
 
 def test_every_estimator_scores_a_change_by_its_method():
@@ -37,6 +38,7 @@ def test_every_estimator_scores_a_change_by_its_method():
         "shared-curvature": exact,
         "second-order": exact,
         "gauss-legendre": exact,
+        "gauss-kronrod": exact,
     }
     assert set(ESTIMATORS) == set(want)
     for name, est in ESTIMATORS.items():

@@ -3,14 +3,18 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import riemann
 from analysis.cli import main
+from analysis.pairs import split
 from analysis.pairs.mlp import MLPConfig, build_pair
+from analysis.pairs.pair import Pair
 from analysis.study import suite
 
-SMALL = MLPConfig(hidden=24, teacher_hidden=16, pre_steps=150, post_steps=100, batch=128, eval_batches=3)
+SMALL = MLPConfig(hidden=24, teacher_hidden=16, pre_steps=150, post_steps=100, batch=128, eval_batches=12)
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +71,10 @@ def test_measured_change_equals_the_engine_measurement(pair):
 
     delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
     edit = edits.parse("dare:p=0.7")
-    change = jax.tree.map(lambda e, d: e - d, edit(delta, key=suite.edit_key(0, edit.spec)), delta)
+    change = jax.tree.map(lambda e, d: e - d, edit(delta, key=suite.edit_key(0, edit.name)), delta)
     res = suite.analyse(pair, ["dare:p=0.7"], progress=False, log=lambda s: None, estimators=["first-order"])
-    ref = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured")
+    test = split.split_pair(pair, seed=0).batches  # estimates and measurements are on the test batches
+    ref = riemann.estimate(pair.loss_fn, pair.post, change, test, method="measured")
     assert res["edits"][0]["measured"] == pytest.approx(ref.value, rel=1e-5, abs=1e-7)
     assert res["edits"][0]["stderr"]["measured"] == pytest.approx(ref.stderr, rel=1e-4)
     with pytest.raises(ValueError, match=r"unknown estimator\(s\)"):
@@ -85,3 +90,97 @@ def test_cli_edits_lists_every_edit(capsys):
 
 def test_config_is_recorded(pair):
     assert pair.info["config"] == dataclasses.asdict(SMALL)
+
+
+def test_random_edits_are_scored_over_nested_masks(pair):
+    scorer = suite.Scorer(pair, seed=3, seeds=3, estimators=["first-order", "riemann"])
+    dare = {p: suite.check_specs([f"dare:p={p}"])[0] for p in (0.5, 0.9)}
+    leaf = lambda tree: np.asarray(tree["fc1"]["weight"])  # noqa: E731
+    nonzero = leaf(scorer.delta) != 0
+    dropped = {p: (leaf(scorer.edited(e)) == 0) & nonzero for p, e in dare.items()}
+    assert dropped[0.5].sum() > 0 and (dropped[0.5] & ~dropped[0.9]).sum() == 0  # nested across p
+    assert dropped[0.9].sum() > dropped[0.5].sum()
+    again = (leaf(scorer.edited(dare[0.5], 1)) == 0) & nonzero
+    assert (again != dropped[0.5]).any()  # another mask, another draw
+    dare_rec, expo_rec = (scorer.record(scorer.score(e)) for e in suite.check_specs(["dare:p=0.9", "expo:alpha=0.3"]))
+    assert len(dare_rec["measured_seeds"]) == 3 and dare_rec["key"]["masks"] == 3
+    assert dare_rec["measured"] == pytest.approx(np.mean(dare_rec["measured_seeds"]), rel=1e-12)
+    assert dare_rec["measured_std"] == pytest.approx(np.std(dare_rec["measured_seeds"], ddof=1), rel=1e-12)
+    assert len(set(dare_rec["measured_seeds"])) == 3
+    # Seeds are spent on measurement and shared estimators; per-edit estimators run on the first mask.
+    assert len(dare_rec["estimates_seeds"]["first-order"]) == 3 and len(dare_rec["estimates_seeds"]["riemann"]) == 1
+    assert dare_rec["identity"]["riemann"]["measured"] == dare_rec["measured_seeds"][0]
+    # Each estimator is judged against the measurement of the masks it ran on.
+    assert dare_rec["measured_for"] == {"riemann": dare_rec["measured_seeds"][0], "first-order": dare_rec["measured"]}
+    # The paper's left rule gives the first-order term on the test batches for free (its t = 0 node).
+    change = scorer.artefact(suite.check_specs(["dare:p=0.9"])[0]).change
+    on_test = riemann.estimate(pair.loss_fn, pair.post, change, scorer.pair.batches, method="first-order").value
+    assert dare_rec["first_order_test"] == pytest.approx(on_test, rel=1e-5, abs=1e-8)
+    assert expo_rec["measured_seeds"] == [expo_rec["measured"]] and expo_rec["measured_std"] == 0.0
+    assert expo_rec["key"] is None
+
+
+def test_the_adaptive_rule_bounds_its_own_gap_on_the_suite(pair):
+    specs = ["dare:p=0.5", "dare:p=0.99", "bitdelta", "expo:alpha=0.3", "magnitude:keep=0.8", "lowrank:fraction=0.5"]
+    res = suite.analyse(pair, specs, estimators=["gauss-kronrod"], progress=False, log=lambda s: None)
+    ident = res["agreement"]["gauss-kronrod"]["identity"]
+    for r in res["edits"]:
+        i = r["identity"]["gauss-kronrod"]
+        assert i["converged"] and i["error"] > 0
+        assert i["within_error"] == (abs(i["gap"]) <= i["error"] + i["resolution"])
+    assert ident["within_error"] == 1.0 and ident["outside_error"] == [] and ident["not_converged"] == []
+
+
+def _bf16_pair():
+    """Two leaves stored in bfloat16: in ``moves`` an edit's change is several bfloat16 steps, in
+    ``stays`` it is below half a step (a weight near 1.0 changed by about 5e-4)."""
+    rng = np.random.default_rng(0)
+    pre = {
+        "moves": jnp.asarray(rng.uniform(-0.5, 0.5, 8), jnp.bfloat16),
+        "stays": jnp.asarray(rng.uniform(0.75, 1.0, 8), jnp.bfloat16),
+    }
+    post = {"moves": (pre["moves"].astype(jnp.float32) + 8.0).astype(jnp.bfloat16), "stays": pre["stays"] + 0.25}
+    batches = [jnp.asarray(rng.standard_normal((16, 8)), jnp.float32) for _ in range(12)]
+
+    def loss(p, x):
+        w = p["moves"].astype(jnp.float32) + p["stays"].astype(jnp.float32)
+        return jnp.mean(jnp.sin(x @ w) ** 2)
+
+    return Pair("bf16", "two bfloat16 leaves", pre, post, loss, batches, None, {})
+
+
+def test_bfloat16_measures_the_rounded_model_that_would_be_saved():
+    from analysis.jobs import export
+    from analysis.study.artefact import UnmovedWarning
+
+    pair = _bf16_pair()
+    scorer = suite.Scorer(pair, estimators=["gauss-kronrod", "riemann"])
+    (expo,) = suite.check_specs(["expo:alpha=0.01"])
+    with pytest.warns(UnmovedWarning, match=r"1 leaves: stays \(100.0%\)"):
+        rec = scorer.record(scorer.score(expo))
+    assert rec["unmoved_fraction"] == pytest.approx(0.5)  # every entry of `stays`, none of `moves`
+    with pytest.warns(UnmovedWarning, match="export expo:alpha=0.01"):  # export says so too
+        saved = export.edited_params(pair.pre, pair.post, "expo:alpha=0.01")
+    assert jnp.array_equal(saved["stays"], pair.post["stays"]) and not jnp.array_equal(
+        saved["moves"], pair.post["moves"]
+    )
+    test = scorer.pair.batches
+    direct = np.mean([float(pair.loss_fn(saved, b)) - float(pair.loss_fn(pair.post, b)) for b in test])
+    assert rec["measured"] == pytest.approx(direct, rel=1e-5)  # the artefact itself, measured
+    # The path ends on the artefact: integral + completeness gap = measured. (Its inner points are
+    # rounded to bfloat16 too, so the integral alone is off by more than the quadrature's error.)
+    with pytest.warns(UnmovedWarning):
+        art = scorer.artefact(expo)
+    path = riemann.integrate_path(pair.loss_fn, pair.post, art.change, test, rule="gauss-legendre", n=8, endpoints=True)
+    resolution = rec["identity"]["gauss-kronrod"]["resolution"]  # float32 rounding of a loss difference
+    assert path.value - path.gap == pytest.approx(rec["measured"], rel=0, abs=resolution)
+    assert rec["identity"]["gauss-kronrod"]["estimate"] - path.gap == pytest.approx(
+        rec["measured"], abs=rec["identity"]["gauss-kronrod"]["error"] + resolution
+    )
+    # An edit that moves nothing: measured 0 and every estimate exactly 0 (not the unrounded term).
+    (tiny,) = suite.check_specs(["expo:alpha=0.0001"])
+    small = dataclasses.replace(pair, post={"moves": pair.post["stays"], "stays": pair.post["stays"]})
+    s2 = suite.Scorer(small, estimators=["riemann"])
+    with pytest.warns(UnmovedWarning):
+        r2 = s2.record(s2.score(tiny))
+    assert r2["measured"] == 0.0 and r2["estimates"]["riemann"] == 0.0 and r2["unmoved_fraction"] == 1.0
