@@ -5,13 +5,18 @@ budget is spent (Piessens et al., QUADPACK, 1983; Kronrod, 1965).
 On a panel the 15 Kronrod nodes contain the 7 Gauss–Legendre nodes, so one set of integrand values
 gives two estimates: ``K`` (exact for polynomials of degree 22) and ``G`` (degree 13). ``|K − G|``
 bounds the error of ``G`` and, for smooth integrands, far exceeds that of ``K``, which is what is
-returned: the stated error is conservative, and it comes from the integrand alone — never from the
-measured loss change it will be compared with. Near a kink or a steep rise of the loss along the
-segment (large steps such as DARE at p = 0.99), fixed rules oscillate as nodes are added; bisection
-puts the nodes where ``|K − G|`` says they are needed, and when the budget runs out first the result
-says so (``converged=False`` and a :class:`NotConverged` warning) rather than stopping silently.
-Then the estimate may fall short: a feature narrower than every panel is invisible to the samples
-of any rule, so only a converged result's error is a bound to rely on.
+returned. But both rules see the integrand only at their nodes, and a steep rise of the loss
+narrower than the node spacing (large steps such as DARE at p = 0.99) can fool them alike.
+
+The integrand is a derivative, so each panel also has its exact value: the loss gap
+``L(b) − L(a)`` between its ends (the fundamental theorem of calculus), one forward pass per batch
+per panel end, shared by neighbouring panels. A panel's error is the larger of ``|K − G|`` and
+``|K − (L(b) − L(a))|`` beyond the float32 resolution of that gap (``eps·(|L(a)| + |L(b)|)``), so
+the stated error bounds the deviation from the true integral whatever the integrand hides between
+nodes, and bisection goes where either check says it is needed. When the budget runs out first
+the result says so (``converged=False`` and a :class:`NotConverged` warning) rather than stopping
+silently. The value is still the quadrature: its per-module terms (``leaves`` mode) are what the
+gap check makes trustworthy.
 
 Two modes: ``forward`` (each node one Jacobian-vector product: the value only) and ``leaves`` (each
 node one gradient, reduced at once against the direction leaf by leaf, so per-module terms come
@@ -94,6 +99,14 @@ class _Panels:
             loss_fn, start, direction, batches, mode, bar)  # fmt: skip
         self.x, self.wk, self.wg = kronrod_rule()
         self.evaluations = 0
+        self.ends: dict[float, np.ndarray] = {}  # per-batch loss at each panel end evaluated
+
+    def loss_at(self, t: float) -> np.ndarray:
+        """The per-batch loss at ``start + t·direction`` (one forward pass per batch, cached)."""
+        if t not in self.ends:
+            got = [_steps.loss_at(self.loss_fn, self.start, self.direction, trees.scalar(t), b) for b in self.batches]
+            self.ends[t] = np.asarray(jax.device_get(got), np.float64)
+        return self.ends[t]
 
     def evaluate(self, a: float, b: float) -> dict[str, Any]:
         ts = a + (b - a) * self.x
@@ -122,6 +135,11 @@ class _Panels:
         # The integrand is computed in float32 (or float64): below 50·eps·∫|f| on the panel (QUADPACK's
         # round-off floor) |K − G| is noise, and bisecting cannot lower it.
         roundoff = 50.0 * eps * width * float(self.wk @ np.abs(leaf.sum(-1)).mean(axis=0))
+        # The exact panel value is the loss gap between its ends; a disagreement within the gap's own
+        # float32 resolution says nothing.
+        la, lb = self.loss_at(a), self.loss_at(b)
+        resolution = eps * float(np.mean(np.abs(la) + np.abs(lb)))
+        ends = max(abs(float(k_total.mean() - (lb - la).mean())) - resolution, 0.0)
         return {
             "a": a,
             "b": b,
@@ -131,7 +149,7 @@ class _Panels:
             "dot": leaf.sum(-1),
             "k_leaf": k_leaf,
             "k": k_total,
-            "gk": abs(float(k_total.mean() - g_total.mean())),
+            "gk": max(abs(float(k_total.mean() - g_total.mean())), ends),
             "roundoff": roundoff,
         }
 
@@ -151,11 +169,13 @@ def integrate_kronrod(
     """``∫_0^1 ⟨∇L(start + t·direction), direction⟩ dt`` by adaptive Gauss–Kronrod 7/15 panels, with
     its error estimate.
 
-    Starting from one panel, the panel with the largest ``|K − G|`` is bisected until the summed
-    error is at most ``max(atol, rtol·|value|)``, until bisecting again would spend more than
+    A panel's error is the largest of ``|K − G|``, the disagreement of ``K`` with the loss gap
+    between the panel's ends beyond that gap's float32 resolution, and the round-off of its
+    integrand values (``50·eps·∫|f|``, eps of the loss's dtype), which bisection cannot lower.
+    Starting from one panel, the panel with the largest error is bisected until the summed error
+    is at most ``max(atol, rtol·|value|)``, until bisecting again would spend more than
     ``max_evaluations`` integrand evaluations per batch (each panel costs 15), or until every
-    panel's ``|K − G|`` is below the round-off of its integrand values (``50·eps·∫|f|``, eps of the
-    loss's dtype), which bisection cannot lower. A panel's error is the larger of the two.
+    panel is at its round-off.
 
     Args:
       loss_fn, start, direction, batches: as for :func:`riemann.integrate_path`.
@@ -167,8 +187,9 @@ def integrate_kronrod(
 
     Returns:
       A :class:`riemann.PathIntegral` with ``rule="gauss-kronrod"``, the nodes and weights of the
-      final panels, ``error`` (the summed ``|K − G|``), ``converged``, and ``evaluations`` counting
-      every evaluation spent (panels later bisected included). ``grad`` is ``None``; ``modules`` are
+      final panels, ``error`` (the summed panel errors), ``converged``, ``evaluations`` counting
+      every evaluation spent (panels later bisected included) and ``forward`` the loss-only passes
+      per batch at panel ends. ``grad`` is ``None``; ``modules`` are
       filled in ``leaves`` mode. When the budget runs out first, ``converged`` is ``False`` and a
       :class:`NotConverged` warning says so.
 
@@ -211,7 +232,7 @@ def integrate_kronrod(
             NotConverged,
             stacklevel=2,
         )
-    return _result(panels, value, error, converged, work.evaluations, trees.leaf_names(start), mode)
+    return _result(panels, value, error, converged, work.evaluations, len(work.ends), trees.leaf_names(start), mode)
 
 
 def _result(
@@ -220,6 +241,7 @@ def _result(
     error: float,
     converged: bool,
     evaluations: int,
+    forward: int,
     names: list[str],
     mode: str,
 ) -> PathIntegral:
@@ -245,6 +267,7 @@ def _result(
         rule="gauss-kronrod",
         n=len(nodes),
         evaluations=evaluations,
+        forward=forward,
         error=error,
         converged=converged,
     )

@@ -30,7 +30,11 @@ def test_the_readme_checkpoint_example_runs_on_bfloat16(user_pair, tmp_path):
     loss = jax.jit(loss_fn)  # compiled as the engine compiles it: bfloat16 rounding depends on fusion
     direct = np.mean([float(loss(art.params, b)) - float(loss(post.params, b)) for b in batches])
     assert measured.value == pytest.approx(direct, rel=1e-6, abs=1e-7)
-    kron = riemann.estimate(loss_fn, post.params, art.change, batches, rule="gauss-kronrod", mode="forward")
+    # On a bfloat16 path the inner points are rounded: the loss gaps disagree with the integrand
+    # and the adaptive rule says so rather than claiming a converged error.
+    with pytest.warns(riemann.NotConverged):
+        kron = riemann.estimate(loss_fn, post.params, art.change, batches, rule="gauss-kronrod", mode="forward")
+    assert not kron.converged and abs(kron.value - measured.value) <= kron.error + 1e-6
     # The backward pass of jax.nn.dot_product_attention mixes float32 and bfloat16 itself (see the
     # model's attention), which this test session's strict promotion refuses outside the forward.
     with jax.numpy_dtype_promotion("standard"):

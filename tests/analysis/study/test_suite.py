@@ -156,9 +156,13 @@ def test_bfloat16_measures_the_rounded_model_that_would_be_saved():
     pair = _bf16_pair()
     scorer = suite.Scorer(pair, estimators=["gauss-kronrod", "riemann"])
     (expo,) = suite.check_specs(["expo:alpha=0.01"])
-    with pytest.warns(UnmovedWarning, match=r"1 leaves: stays \(100.0%\)"):
+    # The path's inner points are rounded to bfloat16, so the integrand is not the derivative of the
+    # loss between them: the adaptive rule's loss-gap check sees it and does not converge, and the
+    # record does not judge the in-sample identity there.
+    with pytest.warns(UnmovedWarning, match=r"1 leaves: stays \(100.0%\)"), pytest.warns(riemann.NotConverged):
         rec = scorer.record(scorer.score(expo))
     assert rec["unmoved_fraction"] == pytest.approx(0.5)  # every entry of `stays`, none of `moves`
+    assert rec["low_precision"] and rec["identity"]["gauss-kronrod"]["within_error"] is None
     with pytest.warns(UnmovedWarning, match="export expo:alpha=0.01"):  # export says so too
         saved = export.edited_params(pair.pre, pair.post, "expo:alpha=0.01")
     assert jnp.array_equal(saved["stays"], pair.post["stays"]) and not jnp.array_equal(
