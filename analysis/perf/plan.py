@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 # riemann.MODES (a test checks they agree): planning from shapes does not import JAX.
-MODES = ("accumulate", "forward")
+MODES = ("accumulate", "forward", "leaves")
 
 GiB = 1024**3
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -113,9 +113,10 @@ class Plan:
         return None if self.device_memory is None else self.total(mode) <= self.device_memory
 
     def recommended(self) -> str | None:
-        """The mode to use: ``accumulate`` when it fits (it gives per-module terms), else
-        ``forward`` when that fits, else ``None`` (shard over more devices)."""
-        for mode in MODES:
+        """The mode to use: ``accumulate`` when it fits (per-module terms and the gradient), else
+        ``leaves`` (per-module terms without the accumulator), else ``forward`` when that fits,
+        else ``None`` (shard over more devices)."""
+        for mode in ("accumulate", "leaves", "forward"):
             if self.fits(mode) in (True, None):
                 return mode
         return None
@@ -221,6 +222,14 @@ def plan(
             "point W + t·D": n * pb,
             "activations (primal + tangent)": 2 * layer_internals + 2 * bt * h * pb,
             "logits + tangent (float32)": logits,
+        },
+        # A gradient per node, reduced leaf by leaf at once: per-module terms, no accumulator.
+        "leaves": {
+            **resident,
+            "point W + t·D": n * pb,
+            "gradient": n * pb,
+            "activations": backward_acts,
+            "logits + gradient (float32)": logits,
         },
     }
     mem = None if device_memory_gib is None else int(device_memory_gib * GiB)

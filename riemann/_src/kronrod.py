@@ -79,16 +79,6 @@ def kronrod_rule() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (x + 1.0) / 2.0, wk / 2.0, wg / 2.0
 
 
-def _leaf_step(loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> tuple[Any, list]:
-    """The loss and ``⟨∇L(start + t·D)_leaf, D_leaf⟩`` for every leaf: the gradient is reduced leaf
-    by leaf where it is formed, and never kept."""
-    loss, g = jax.value_and_grad(loss_fn)(trees.move_along(start, direction, t), batch)
-    return trees.widen(loss), trees.leaf_vdots(g, direction)
-
-
-leaf_step = jax.jit(_leaf_step, static_argnums=0)
-
-
 class _Panels:
     """Integrand values on the panels evaluated so far: per panel, per batch, per node."""
 
@@ -117,7 +107,7 @@ class _Panels:
                     loss, dot = _steps.jvp_step(self.loss_fn, self.start, self.direction, trees.scalar(t), batch)
                     parts.append([dot])
                 else:
-                    loss, dots = leaf_step(self.loss_fn, self.start, self.direction, trees.scalar(t), batch)
+                    loss, dots = _steps.leaf_step(self.loss_fn, self.start, self.direction, trees.scalar(t), batch)
                     parts.append(dots)
                 losses.append(loss)
                 self.bar.update(1)

@@ -67,7 +67,9 @@ def integrate_path(
         breakdown, scores of other directions). ``"forward"``: each integrand is the directional
         derivative ``d/dε L(W + t·D + ε·D)`` by ``jax.jvp`` — no gradient, no accumulator, about
         half the memory of a backward pass (see ``riemann plan``); ``grad`` is ``None`` and
-        ``modules`` empty.
+        ``modules`` empty. ``"leaves"``: one gradient per node reduced against the direction leaf by
+        leaf at once (``nodes × leaves`` scalars): the value and per-module terms of any rule with
+        no float32 accumulator (``grad`` is ``None``) — what an 8B model's per-module terms need.
 
     Returns:
       A :class:`PathIntegral`.

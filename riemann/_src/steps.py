@@ -6,7 +6,10 @@ each (node, batch) pair costs one of these steps:
 - ``accumulate`` mode: ``acc += w_i · ∇L(W + t_i·D)`` (reverse mode, one float32 accumulator
   donated into each step so it is updated in place), also returning the loss and ``⟨∇L, D⟩``;
 - ``forward`` mode: the loss and ``⟨∇L(W + t_i·D), D⟩ = d/dε L(W + t_i·D + ε·D)`` by ``jax.jvp``:
-  no gradient is formed and nothing is accumulated.
+  no gradient is formed and nothing is accumulated;
+- ``leaves`` mode: the loss and ``⟨∇L(W + t_i·D)_leaf, D_leaf⟩`` for every leaf, the gradient
+  reduced leaf by leaf where it is formed and never kept: ``nodes × leaves`` scalars give the value
+  and the per-module terms of any rule with no float32 accumulator.
 
 ``loss_fn`` is a static argument (hashed by identity), so a step compiles once per (loss function,
 shapes) and is reused by every later call, whatever the rule and node count.
@@ -24,12 +27,15 @@ from riemann._src import trees
 
 PyTree = Any
 LossFn = Callable[[PyTree, Any], jax.Array]
-MODES: tuple[str, ...] = ("accumulate", "forward")
+MODES: tuple[str, ...] = ("accumulate", "forward", "leaves")
 
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"mode={mode!r}; expected 'accumulate' (gradient accumulator) or 'forward' (jvp products)")
+        raise ValueError(
+            f"mode={mode!r}; expected 'accumulate' (gradient accumulator), 'forward' (jvp products) or "
+            "'leaves' (per-leaf gradient terms, no accumulator)"
+        )
 
 
 def check_inputs(loss_fn: LossFn, start: PyTree, direction: PyTree) -> None:
@@ -74,6 +80,18 @@ def _jvp_step(
 jvp_step = jax.jit(_jvp_step, static_argnums=0)
 
 
+def _leaf_step(
+    loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any
+) -> tuple[jax.Array, jax.Array]:
+    """The loss and ``⟨∇L(start + t·D)_leaf, D_leaf⟩`` for every leaf (a vector in leaf order): the
+    gradient is reduced leaf by leaf where it is formed, and never kept."""
+    loss, g = jax.value_and_grad(loss_fn)(trees.move_along(start, direction, t), batch)
+    return trees.widen(loss), jnp.stack(trees.leaf_vdots(g, direction))
+
+
+leaf_step = jax.jit(_leaf_step, static_argnums=0)
+
+
 def _loss_at(loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> jax.Array:
     return trees.widen(loss_fn(trees.move_along(start, direction, t), batch))
 
@@ -107,4 +125,6 @@ def lower_path_step(loss_fn: LossFn, start: PyTree, batch: Any, *, mode: str = "
 
     if mode == "forward":
         return jvp_step.lower(loss_fn, start, start, scalar, batch)
+    if mode == "leaves":
+        return leaf_step.lower(loss_fn, start, start, scalar, batch)
     return grad_step.lower(loss_fn, jax.tree_util.tree_map(wide, start), start, start, scalar, scalar, batch)

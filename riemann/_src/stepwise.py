@@ -98,7 +98,8 @@ class PathIntegral:
         """``⟨grad, other⟩``: the same weighted gradients applied to another direction."""
         if self.grad is None:
             raise ValueError(
-                "this PathIntegral was computed in forward mode and holds no gradient; use mode='accumulate'"
+                "this PathIntegral was computed without a gradient accumulator (forward, leaves or adaptive); "
+                "use mode='accumulate'"
             )
         trees.check_compatible(self.grad, trees.widen_tree(other), ("grad", "other"))
         return float(trees.tree_vdot(self.grad, other))
@@ -113,10 +114,10 @@ class PathState:
       num_batches: batches the integral averages over.
       nodes, weights: the nodes this state evaluates and their weights.
       acc: ``Σ w_i ∇L`` summed over the steps done, a pytree like ``start`` in the accumulation
-        dtype; ``None`` in forward mode.
+        dtype; ``None`` in forward and leaves modes.
       step: steps done.
       losses, dots: the loss and ``⟨∇L, D⟩`` of each step done, in step order (device scalars
-        until :meth:`host` copies them).
+        until :meth:`host` copies them; in leaves mode each dot is the vector of per-leaf terms).
       loss_start, loss_end: per batch done, the loss at ``t = 0`` and ``t = 1`` when
         ``endpoints`` asks for them and no node lies there.
 
@@ -182,7 +183,7 @@ def path_state(
     _steps.check_mode(mode)
     if num_batches < 1:
         raise ValueError(f"num_batches={num_batches}; expected at least one batch")
-    acc = None if mode == "forward" else trees.zeros_like_wide(start)
+    acc = trees.zeros_like_wide(start) if mode == "accumulate" else None
     return PathState(
         rule=rule,
         n=int(n),
@@ -244,8 +245,10 @@ def advance_path(
         while step < stop:
             b, i = divmod(step, per_batch)
             batch = batches[b]
-            if acc is None:
+            if state.mode == "forward":
                 loss, dot = _steps.jvp_step(loss_fn, start, direction, ts[i], batch)
+            elif state.mode == "leaves":  # a vector of per-leaf terms; its sum is ⟨∇L, D⟩
+                loss, dot = _steps.leaf_step(loss_fn, start, direction, ts[i], batch)
             else:
                 acc, loss, dot = _steps.grad_step(loss_fn, acc, start, direction, ts[i], ws[i], batch)
             losses.append(loss)
@@ -271,11 +274,20 @@ def path_result(
     nodes, weights = state.nodes, state.weights
     host = state.host()
     losses = np.asarray(host.losses, np.float64).reshape(-1, len(nodes))
-    dots = np.asarray(host.dots, np.float64).reshape(-1, len(nodes))
+    leaf = None
+    if state.mode == "leaves":  # batch, node, leaf
+        leaf = np.asarray(host.dots, np.float64).reshape(losses.shape[0], len(nodes), -1)
+        dots = leaf.sum(-1)
+    else:
+        dots = np.asarray(host.dots, np.float64).reshape(-1, len(nodes))
     _diagnose_nonfinite(loss_fn, start, direction, nodes, losses, dots, batches)
     batch_values = dots @ weights
-    if state.acc is None:  # forward mode: no gradient, the value comes from the directional derivatives
+    if state.mode == "forward":  # no gradient: the value comes from the directional derivatives
         grad, modules, value = None, {}, float(batch_values.mean())
+    elif leaf is not None:  # every rule's per-module terms from the nodes × leaves scalars
+        per_leaf = np.einsum("n,bnl->l", weights, leaf) / leaf.shape[0]
+        grad, modules = None, dict(zip(trees.leaf_names(start), per_leaf.tolist()))
+        value = float(batch_values.mean())
     else:
         grad = _scale_tree(state.acc, trees.scalar(1.0 / state.num_batches))
         per_leaf = [float(v) for v in jax.device_get(_leaf_vdots(grad, direction))]

@@ -96,3 +96,20 @@ def test_misuse_is_refused():
         riemann.path_state(start, num_batches=1, mode="reverse")
     with pytest.raises(ValueError, match="leaf 'w'"):
         riemann.advance_path(loss, state, start, {**direction, "w": direction["w"][:3]}, batches)
+
+
+@pytest.mark.parametrize(("rule", "n"), [("left", 5), ("gauss-legendre", 8), ("simpson", 5)])
+def test_leaves_mode_gives_every_rules_value_and_modules_without_an_accumulator(rule, n):
+    loss, start, direction, batches = logistic_problem()
+    acc = riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n, endpoints=True)
+    leaves = riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n, endpoints=True, mode="leaves")
+    assert leaves.grad is None and riemann.path_state(start, num_batches=1, mode="leaves").acc is None
+    assert leaves.value == pytest.approx(acc.value, rel=1e-5)
+    assert leaves.modules.keys() == acc.modules.keys()
+    for name, v in acc.modules.items():
+        assert leaves.modules[name] == pytest.approx(v, rel=1e-5, abs=1e-7), name
+    assert sum(leaves.modules.values()) == pytest.approx(leaves.value, rel=1e-6)
+    np.testing.assert_allclose(leaves.batch_values, acc.batch_values, rtol=1e-5)
+    assert leaves.loss_start == acc.loss_start and leaves.loss_end == acc.loss_end
+    with pytest.raises(ValueError, match="without a gradient accumulator"):
+        leaves.score(direction)

@@ -33,7 +33,7 @@ def test_tiny_run_reports_every_figure():
     # Partial figures are handed out after every phase: device, build, integral, each edit, end, other mode.
     assert updates[:3] == [-1, -1, -1] and updates[3:7] == [1, 2, 3, 4] and len(updates) == 10
     # XLA's own plan for both modes, from shapes, comes last.
-    assert set(res["xla_plan_gib"]) == {"accumulate", "forward"}
+    assert set(res["xla_plan_gib"]) == {"accumulate", "forward", "leaves"}
     assert res["xla_plan_gib"]["accumulate"] > res["xla_plan_gib"]["forward"] > 0
     # Without a device memory limit both modes "fit", so the other one is timed as well and gives
     # the same integral (jvp vs gradient, both in bfloat16).
