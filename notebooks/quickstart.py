@@ -27,7 +27,7 @@
 # surrogates, measures each edit, classifies it and plots the result.
 #
 # `RIEMANN_SMOKE=1` (as in CI) uses the miniature workbench; otherwise the full one
-# (built on first use, about 4.5 minutes on two CPU cores, then cached).
+# (shipped trained with the package: nothing to build).
 
 # %%
 import os

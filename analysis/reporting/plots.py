@@ -36,8 +36,10 @@ def calibration(results: dict[str, Any], ax: Any = None) -> Any:
     for name in results["agreement"]:
         marker = _marker(name)
         pred = np.array([r["estimates"][name] for r in recs])
+        # Against the measurement of the masks the estimator ran on (the first, for per-edit ones).
+        own = np.array([r.get("measured_for", {}).get(name, r["measured"]) for r in recs])
         rho = results["agreement"][name]["spearman"]
-        ax.scatter(meas, pred, marker=marker, s=22, alpha=0.75, label=f"{name} (Spearman {rho:.3f})")
+        ax.scatter(own, pred, marker=marker, s=22, alpha=0.75, label=f"{name} (Spearman {rho:.3f})")
     lo, hi = float(np.min(meas)) if len(meas) else 0.0, float(np.max(meas)) if len(meas) else 1.0
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls="--", label="predicted = measured")
     linthresh = max(1e-4, float(np.percentile(np.abs(meas), 20)) if len(meas) else 1e-3)

@@ -55,7 +55,8 @@ def _validation(p: dict[str, Any], res: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Tolerance {_f(tol['value'], 3)} = max({_f(tol['fraction'])} × calibration gain {_f(tol['gain'], 3)} "
             f"= {_f(tol['gain_part'], 3)}, t({_f((1 + tol['level']) / 2)}, {tol['dof']} dof) = "
-            f"{_f(tol['t_quantile'], 3)} × per-batch sd of L(W_post) / √{tol['n_test']} = {_f(tol['noise_part'], 3)}), "
+            f"{_f(tol['t_quantile'], 3)} × sd of the paired per-batch change of a step back to "
+            f"{tol.get('reference', 'W_post − 0.05·ΔW')} / √{tol['n_test']} = {_f(tol['noise_part'], 3)}), "
             "fixed before any edit was scored."
         )
     acc_tol = p.get("accuracy_tolerance")
@@ -231,7 +232,9 @@ def pair_section(res: dict[str, Any], prefix: str) -> list[str]:
                 )
             lines += ["", f"First order misclassifies {len(wrong)} of {len(res['edits'])} edits."]
             for n in fix:
-                fixed = sum(r["class"][n] == r["class"]["measured"] for r in wrong)
+                fixed = sum(
+                    r["class"][n] == r.get("class_measured_for", {}).get(n, r["class"]["measured"]) for r in wrong
+                )
                 lines.append(f"- {n} classifies {fixed} of these {len(wrong)} edits as measured.")
         else:
             lines.append("First order classifies every edit as measured.")
