@@ -60,10 +60,16 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
 
 
 def pair_checks(
-    pair: Pair, delta: PyTree, *, log: Callable[[str], None] = print, progress: bool = False
+    pair: Pair,
+    delta: PyTree,
+    *,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+    accuracy_post: float | None = None,
 ) -> dict[str, Any]:
     """Per-pair facts: endpoint losses and accuracies, completeness of every rule on pre→post,
-    the per-module attribution of the post-training gain, and the line profile."""
+    the per-module attribution of the post-training gain, and the line profile. ``accuracy_post``,
+    when the caller has it on the same batches, is not computed again (greedy decoding is not cheap)."""
     log(f"[{pair.name}] completeness of the pre→post change with {len(COMPLETENESS_RULES)} rules, line profile")
     table, gl = completeness(pair, delta, progress=progress)
     return {
@@ -74,7 +80,9 @@ def pair_checks(
         "gain": gl.loss_start - gl.loss_end,
         "accuracy_name": pair.info.get("accuracy_name", "accuracy"),
         "accuracy_pre": pair.accuracy_fn(pair.pre, pair.batches) if pair.accuracy_fn else None,
-        "accuracy_post": pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None,
+        "accuracy_post": accuracy_post
+        if accuracy_post is not None
+        else (pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None),
         "num_batches": len(pair.batches),
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(pair.post))),
         "completeness": table,

@@ -30,7 +30,7 @@ from analysis.study.artefact import delta_of
 from analysis.study.checks import pair_checks
 from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names
 from riemann import edits
-from riemann.tree_utils import tree_vdot, widen
+from riemann.tree_utils import move_along, tree_vdot, widen
 
 PyTree = Any
 # The Hutchinson probes' key is folded from the seed with this constant, apart from every edit key.
@@ -85,10 +85,8 @@ def _norm(tree: PyTree) -> jax.Array:
     return jnp.sqrt(tree_vdot(tree, tree))
 
 
-@functools.partial(jax.jit, static_argnums=2)
-def _step_back(post: PyTree, delta: PyTree, fraction: float) -> PyTree:
-    """``W_post − fraction·ΔW`` in each leaf's dtype: the tolerance's reference point."""
-    return jax.tree.map(lambda p, d: (widen(p) - fraction * widen(d)).astype(p.dtype), post, delta)
+# W + t·D in each leaf's dtype, as the engine forms its points (for the tolerance's reference).
+_move_along = jax.jit(move_along)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -130,7 +128,6 @@ class Scored:
     accuracy: list[float | None]
     unmoved: list[float]
     seconds: dict[str, float]
-    low_precision: bool = False
 
 
 class Scorer:
@@ -181,7 +178,7 @@ class Scorer:
             )
         self.shared = Shared(pair, gradient, curvature)
         n_test = len(pair.batches)
-        ref = _step_back(pair.post, self.delta, tolerance.FRACTION)
+        ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
         self.tolerance = tolerance.fixed(pre_cal, gradient.batch_losses, ref_cal, n_test=n_test)
         self.accuracy_tolerance = None
@@ -192,6 +189,7 @@ class Scorer:
         # Per-batch L(W_post) on the test batches: measuring each edit then costs one forward.
         self.loss_post = batch_losses(pair.loss_fn, pair.post, pair.batches)
         self.accuracy_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
+        self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
 
     def calibration_record(self) -> dict[str, Any]:
         """What was fixed before any edit was scored: the split, the tolerances and their parts."""
@@ -199,8 +197,6 @@ class Scorer:
             "split": self.pair.info.get("split"),
             "tolerance": self.tolerance,
             "accuracy_tolerance": self.accuracy_tolerance,
-            "loss_post_test": float(np.mean(self.loss_post)),
-            "accuracy_post_test": self.accuracy_post,
         }
 
     def shared_record(self) -> dict[str, Any]:
@@ -262,8 +258,7 @@ class Scorer:
             acc, t = _timed(lambda p=art.params: pair.accuracy_fn(p, pair.batches) if pair.accuracy_fn else None)
             accuracy.append(acc)
             seconds["accuracy"] += t
-        low = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
-        return Scored(edit, norm, estimates, measured, accuracy, unmoved, seconds, low)
+        return Scored(edit, norm, estimates, measured, accuracy, unmoved, seconds)
 
     def record(self, scored: Scored) -> dict[str, Any]:
         """One edit's record for ``results.json`` (see :func:`record`)."""
@@ -274,6 +269,7 @@ class Scorer:
             tolerance=self.tolerance["value"],
             accuracy_post=self.accuracy_post,
             accuracy_tolerance=acc_tol,
+            low_precision=self.low_precision,
         )
 
 
@@ -289,6 +285,7 @@ def record(
     tolerance: float,
     accuracy_post: float | None = None,
     accuracy_tolerance: float | None = None,
+    low_precision: bool = False,
 ) -> dict[str, Any]:
     """One edit's record for ``results.json``.
 
@@ -306,7 +303,6 @@ def record(
     # Each estimator is judged against the measurement of the masks it was computed on: shared
     # estimators ran on every mask (the mean), per-edit ones on the first.
     measured_for = {n: _mean_std(meas[: len(es)])[0] for n, es in scored.estimates.items()}
-    low_precision = scored.low_precision
     # The measured change is a difference of two float32 losses: it cannot be resolved more finely
     # than their rounding, so a quadrature's gap is judged against its error plus that resolution.
     resolution = _F32_EPS * (abs(m0.terms["loss_post"]) + abs(m0.terms["loss_edited"]))
@@ -435,7 +431,8 @@ def analyse(
     pair = scorer.pair
     checks = store.checks()
     if checks is None:
-        checks = {**pair_checks(pair, scorer.delta, log=log, progress=progress), **scorer.calibration_record()}
+        checks = pair_checks(pair, scorer.delta, log=log, progress=progress, accuracy_post=scorer.accuracy_post)
+        checks |= scorer.calibration_record()
         store.save_checks(checks)
     else:  # a resumed study keeps the tolerances its first edits were classified with
         scorer.tolerance, scorer.accuracy_tolerance = checks["tolerance"], checks["accuracy_tolerance"]
