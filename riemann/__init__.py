@@ -24,6 +24,7 @@ from riemann._src.estimate import estimate as estimate
 from riemann._src.kronrod import NotConverged as NotConverged
 from riemann._src.kronrod import integrate_kronrod as integrate_kronrod
 from riemann._src.kronrod import kronrod_rule as kronrod_rule
+from riemann._src.pacing import pace as pace
 from riemann._src.path import integrate_adaptive as integrate_adaptive
 from riemann._src.path import integrate_path as integrate_path
 from riemann._src.progress import progress_bar as progress_bar

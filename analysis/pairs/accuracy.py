@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import riemann
 from analysis.pairs import data
 from analysis.pairs.decode import greedy_decode
 
@@ -32,7 +33,7 @@ def token_accuracy_fn(forward: Forward) -> AccuracyFn:
         return jnp.sum((pred == ids[:, 1:]).astype(jnp.float32) * m), jnp.sum(m)
 
     def accuracy(params: PyTree, batches: list[Any]) -> float:
-        got = [hits(params, b["input_ids"], b["loss_mask"]) for b in batches]
+        got = [riemann.pace(hits(params, b["input_ids"], b["loss_mask"])) for b in batches]
         return float(sum(float(h) for h, _ in got) / max(sum(float(n) for _, n in got), 1.0))
 
     return accuracy

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import riemann
+
 PyTree = Any
 KINDS = {"text": ("text",), "response": ("prompt", "response"), "preference": ("prompt", "chosen", "rejected")}
 
@@ -203,8 +205,8 @@ def dpo_batches(
         out.append(
             {
                 **b,
-                "ref_chosen": ref(reference, b["chosen_input_ids"], b["chosen_loss_mask"]),
-                "ref_rejected": ref(reference, b["rejected_input_ids"], b["rejected_loss_mask"]),
+                "ref_chosen": riemann.pace(ref(reference, b["chosen_input_ids"], b["chosen_loss_mask"])),
+                "ref_rejected": riemann.pace(ref(reference, b["rejected_input_ids"], b["rejected_loss_mask"])),
                 "valid": (b["chosen_loss_mask"].sum(-1) > 0).astype(np.float32),
             }
         )

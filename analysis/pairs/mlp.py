@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import riemann
 from analysis.pairs.pair import Pair
 
 PyTree = Any
@@ -67,7 +68,7 @@ def cross_entropy(params: PyTree, batch: tuple[jax.Array, jax.Array]) -> jax.Arr
 
 def accuracy(params: PyTree, batches: list[tuple[jax.Array, jax.Array]]) -> float:
     """Top-1 accuracy over ``batches``."""
-    hits = [jnp.mean(jnp.argmax(mlp_logits(params, x), axis=-1) == y) for x, y in batches]
+    hits = [riemann.pace(jnp.mean(jnp.argmax(mlp_logits(params, x), axis=-1) == y)) for x, y in batches]
     return float(np.mean(jax.device_get(hits)))
 
 

@@ -34,7 +34,8 @@ def line_profile(pair: Pair, delta: PyTree, ts: Sequence[float]) -> list[float]:
     def loss_at(pre: PyTree, d: PyTree, t: jax.Array, b: Any) -> jax.Array:
         return pair.loss_fn(jax.tree.map(lambda p, x: p + t.astype(p.dtype) * x, pre, d), b)
 
-    return [float(np.mean([loss_at(pair.pre, delta, np.float32(t), b) for b in pair.batches])) for t in ts]
+    losses = [[riemann.pace(loss_at(pair.pre, delta, np.float32(t), b)) for b in pair.batches] for t in ts]
+    return [float(np.mean(per_batch)) for per_batch in losses]
 
 
 def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[dict[str, Any], riemann.PathIntegral]:

@@ -34,6 +34,7 @@ import numpy as np
 
 from riemann._src import trees
 from riemann._src.estimate import Estimate
+from riemann._src.pacing import pace
 from riemann._src.progress import progress_bar
 
 PyTree = Any
@@ -205,15 +206,15 @@ def shared_curvature(
     with progress_bar(progress, desc="shared curvature", unit="pass", total=nb * max(probes, 1), leave=False) as bar:
         for b, batch in enumerate(batches):
             if probes == 0:
-                acc_g, loss = _grad_jit(loss_fn, acc_g, params, batch, trees.scalar(1.0 / nb))
+                acc_g, loss = pace(_grad_jit(loss_fn, acc_g, params, batch, trees.scalar(1.0 / nb)))
                 losses.append(loss)
                 bar.update(1)
                 continue
             for p in range(probes):
                 k = jax.random.fold_in(jax.random.fold_in(key, p), b)
                 wg = trees.scalar(1.0 / nb if p == 0 else 0.0)
-                acc_g, acc_d, loss = _probe_jit(
-                    loss_fn, acc_g, acc_d, params, batch, k, wg, trees.scalar(1.0 / (nb * probes))
+                acc_g, acc_d, loss = pace(
+                    _probe_jit(loss_fn, acc_g, acc_d, params, batch, k, wg, trees.scalar(1.0 / (nb * probes)))
                 )
                 if p == 0:
                     losses.append(loss)

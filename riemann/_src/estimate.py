@@ -30,6 +30,7 @@ from riemann._src import kronrod as _kronrod
 from riemann._src import path as _path
 from riemann._src import steps as _steps
 from riemann._src import trees
+from riemann._src.pacing import pace
 
 PyTree = Any
 METHODS: tuple[str, ...] = ("riemann", "first-order", "second-order", "measured")
@@ -210,7 +211,7 @@ def _second_order(loss_fn: Any, post: PyTree, change: PyTree, batches: Iterable[
     names = trees.leaf_names(post)
     losses, firsts, quads = [], [], []
     for batch in batches:
-        loss, first, quad = _second_order_jit(loss_fn, post, change, batch)
+        loss, first, quad = pace(_second_order_jit(loss_fn, post, change, batch))
         losses.append(loss)
         firsts.append(first)
         quads.append(quad)
@@ -247,9 +248,9 @@ def _second_order(loss_fn: Any, post: PyTree, change: PyTree, batches: Iterable[
 
 def _measured(loss_fn: Any, post: PyTree, change: PyTree, batches: Iterable[Any], loss_post: Any = None) -> Estimate:
     if loss_post is None:
-        pairs = [_measured_jit(loss_fn, post, change, batch) for batch in batches]
+        pairs = [pace(_measured_jit(loss_fn, post, change, batch)) for batch in batches]
     else:
-        edited = [_edited_jit(loss_fn, post, change, batch) for batch in batches]
+        edited = [pace(_edited_jit(loss_fn, post, change, batch)) for batch in batches]
         reference = np.asarray(loss_post, np.float64).reshape(-1)
         if len(reference) != len(edited):
             raise ValueError(

@@ -34,6 +34,7 @@ import numpy as np
 
 from riemann._src import steps as _steps
 from riemann._src import trees
+from riemann._src.pacing import pace
 from riemann._src.progress import progress_bar
 from riemann._src.stepwise import PathIntegral, _diagnose_nonfinite
 
@@ -94,7 +95,9 @@ class _Panels:
     def loss_at(self, t: float) -> np.ndarray:
         """The per-batch loss at ``start + t·direction`` (one forward pass per batch, cached)."""
         if t not in self.ends:
-            got = [_steps.loss_at(self.loss_fn, self.start, self.direction, trees.scalar(t), b) for b in self.batches]
+            got = [
+                pace(_steps.loss_at(self.loss_fn, self.start, self.direction, trees.scalar(t), b)) for b in self.batches
+            ]
             self.ends[t] = np.asarray(jax.device_get(got), np.float64)
         return self.ends[t]
 
@@ -109,7 +112,7 @@ class _Panels:
                 else:
                     loss, dots = _steps.leaf_step(self.loss_fn, self.start, self.direction, trees.scalar(t), batch)
                     parts.append(dots)
-                losses.append(loss)
+                losses.append(pace((loss, parts[-1]))[0])
                 self.bar.update(1)
         self.evaluations += len(ts)
         nb = len(self.batches)

@@ -23,6 +23,7 @@ import numpy as np
 from riemann._src import quadrature as quad
 from riemann._src import steps as _steps
 from riemann._src import trees
+from riemann._src.pacing import pace
 from riemann._src.progress import progress_bar
 
 PyTree = Any
@@ -251,13 +252,14 @@ def advance_path(
                 loss, dot = _steps.leaf_step(loss_fn, start, direction, ts[i], batch)
             else:
                 acc, loss, dot = _steps.grad_step(loss_fn, acc, start, direction, ts[i], ws[i], batch)
+            pace((acc, loss, dot))
             losses.append(loss)
             dots.append(dot)
             if i == per_batch - 1:
                 if want_start:
-                    l0.append(_steps.loss_at(loss_fn, start, direction, trees.scalar(0.0), batch))
+                    l0.append(pace(_steps.loss_at(loss_fn, start, direction, trees.scalar(0.0), batch)))
                 if want_end:
-                    l1.append(_steps.loss_at(loss_fn, start, direction, trees.scalar(1.0), batch))
+                    l1.append(pace(_steps.loss_at(loss_fn, start, direction, trees.scalar(1.0), batch)))
             step += 1
             bar.update(1)
             if on_step is not None:
