@@ -4,7 +4,8 @@ Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path inte
 gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
 and the competitive / decreased / improved classification.
-Edit operators live in :mod:`riemann.edits`; pytree helpers (inner products, widening to the
+Edit operators live in :mod:`riemann.edits`; closed forms of whole edit families (DARE over ``p × k``,
+DELLA, EXPO over ``α``) in :mod:`riemann.closed_form`; pytree helpers (inner products, widening to the
 accumulation dtype, leaf names) in :mod:`riemann.tree_utils`. The theory, in this project's words:
 ``docs/theory.md``.
 
@@ -12,6 +13,7 @@ Reference: Tang et al., "A Unified View of Delta Parameter Editing in Post-Train
 Models", arXiv 2410.13841 (2024).
 """
 
+from riemann import closed_form as closed_form
 from riemann import tree_utils as tree_utils
 from riemann._src.classify import CLASSES as CLASSES
 from riemann._src.classify import choose_tolerance as choose_tolerance

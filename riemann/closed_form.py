@@ -1,0 +1,24 @@
+"""Closed forms: an edit family's expected loss change predicted for every parameter value from a
+few shared statistics, with no forward or backward pass per point.
+
+- :func:`delta_statistics` → :class:`DeltaStatistics`: ``b = ⟨g, ΔW⟩``, ``q = ⟨ΔW, HΔW⟩``,
+  ``s = Σ diag(H)·ΔW²``, ``r = Σ g²·ΔW²`` and the gain, from the shared gradient and Hutchinson
+  diagonal and one Hessian-vector product per batch.
+- :func:`dare_moments` (DARE, its k-extension, drop-only), :func:`della_moments` (DELLA's
+  MAGPRUNE): the mean ΔL over masks and the first-order spread; :func:`dare_factors`.
+- :func:`expo_curve`, :func:`best_alpha`: EXPO's ``ΔL(α)`` and the best ``α`` on a grid.
+- :func:`line_quadratic` → :class:`LineQuadratic`: ``ΔL(θ)`` of any family of changes ``x0 + θ·x1``
+  (BitDelta's multiple), exact for a quadratic loss.
+
+The formulas and where they fail: ``docs/theory.md``, §11.
+"""
+
+from riemann._src.closed_form import DeltaStatistics as DeltaStatistics
+from riemann._src.closed_form import LineQuadratic as LineQuadratic
+from riemann._src.closed_form import best_alpha as best_alpha
+from riemann._src.closed_form import dare_factors as dare_factors
+from riemann._src.closed_form import dare_moments as dare_moments
+from riemann._src.closed_form import della_moments as della_moments
+from riemann._src.closed_form import delta_statistics as delta_statistics
+from riemann._src.closed_form import expo_curve as expo_curve
+from riemann._src.closed_form import line_quadratic as line_quadratic

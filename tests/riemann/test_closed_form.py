@@ -1,0 +1,177 @@
+"""Closed forms against brute force: the expectation over many sampled masks of the exact
+quadratic change, the sample spread of the first-order term, and EXPO's curve on a loss that is
+exactly cubic along ΔW."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import riemann
+from riemann import closed_form as cf
+from riemann import edits
+
+
+def _quadratic_problem(n: int = 40, seed: int = 0):
+    """L(w) = ½ wᵀAw + cᵀw with a dense symmetric A (cross terms present), float64."""
+    rng = np.random.default_rng(seed)
+    m = rng.normal(size=(n, n))
+    a = m @ m.T / n + np.diag(rng.uniform(0.5, 2.0, n))
+    c = rng.normal(size=n)
+    a_j, c_j = jnp.asarray(a), jnp.asarray(c)
+
+    def loss(p, s):
+        w = p["w"]
+        return s * (0.5 * w @ a_j @ w + c_j @ w)
+
+    post = {"w": jnp.asarray(rng.normal(size=n))}
+    delta = {"w": jnp.asarray(rng.normal(size=n) * rng.uniform(0.1, 2.0, n))}
+    return loss, post, delta, a, c
+
+
+def _statistics(loss, post, delta, batches, a):
+    sc = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+    # A dense A: Hutchinson's diagonal is noisy, so the exact diagonal is put in its place to test
+    # the closed form itself (the probes are tested in test_curvature).
+    exact = riemann.SharedCurvature(
+        grad=sc.grad,
+        diagonal={"w": jnp.asarray(np.diag(a) * np.mean([float(b) for b in batches]))},
+        loss=sc.loss,
+        batch_losses=sc.batch_losses,
+        probes=sc.probes,
+        num_batches=sc.num_batches,
+        cost=sc.cost,
+    )
+    return exact, cf.delta_statistics(loss, post, delta, batches, exact)
+
+
+@pytest.mark.parametrize(("p", "k", "rescale"), [(0.5, 0.0, True), (0.9, -1.0, True), (0.3, 0.5, False)])
+def test_dare_mean_equals_the_average_over_many_masks_of_the_exact_quadratic(p, k, rescale):
+    with jax.enable_x64(True):
+        loss, post, delta, a, c = _quadratic_problem()
+        batches = [jnp.float64(1.0), jnp.float64(3.0)]
+        _, st = _statistics(loss, post, delta, batches, a)
+        mean, sd = cf.dare_moments(st, p, k, rescale=rescale)
+        w, d = np.asarray(post["w"]), np.asarray(delta["w"])
+        g = 2.0 * (a @ w + c)  # the batch-mean gradient (scales 1 and 3)
+        h = 2.0 * a
+        changes = []
+        key = jax.random.key(7)
+        for i in range(4000):
+            x = np.asarray(edits.dare(delta, p, k=k, rescale=rescale, key=jax.random.fold_in(key, i))["w"]) - d
+            changes.append(x)
+        x = np.stack(changes)
+        exact = x @ g + 0.5 * np.einsum("mi,ij,mj->m", x, h, x)  # the loss is quadratic: exact ΔL
+        first = x @ g
+        se = exact.std(ddof=1) / np.sqrt(len(exact))
+        assert float(mean) == pytest.approx(exact.mean(), abs=4 * se)
+        assert float(sd) == pytest.approx(first.std(ddof=1), rel=0.05)
+
+
+def test_the_statistics_are_the_exact_inner_products():
+    with jax.enable_x64(True):
+        loss, post, delta, a, c = _quadratic_problem(seed=3)
+        batches = [jnp.float64(2.0)]
+        _, st = _statistics(loss, post, delta, batches, a)
+        w, d = np.asarray(post["w"]), np.asarray(delta["w"])
+        g, h = 2.0 * (a @ w + c), 2.0 * a
+        assert st.b == pytest.approx(g @ d, rel=1e-10)
+        assert st.q == pytest.approx(d @ h @ d, rel=1e-10)
+        assert st.s == pytest.approx(np.diag(h) @ d**2, rel=1e-10)
+        assert st.r == pytest.approx((g**2) @ d**2, rel=1e-10)
+
+
+def test_della_mean_and_spread_against_sampled_masks():
+    with jax.enable_x64(True):
+        loss, post, delta, a, c = _quadratic_problem(n=30, seed=5)
+        batches = [jnp.float64(1.0)]
+        shared, _ = _statistics(loss, post, delta, batches, a)
+        delta2 = {"w": delta["w"].reshape(3, 10)}  # DELLA ranks within rows
+        shared2 = riemann.SharedCurvature(
+            grad={"w": shared.grad["w"].reshape(3, 10)},
+            diagonal={"w": shared.diagonal["w"].reshape(3, 10)},
+            loss=shared.loss,
+            batch_losses=shared.batch_losses,
+            probes=1,
+            num_batches=1,
+            cost=shared.cost,
+        )
+        mean, sd = cf.della_moments(shared2, delta2, density=0.4, epsilon=0.2)
+        g = np.asarray(shared.grad["w"])
+        h = a  # one batch of scale 1
+        d = np.asarray(delta["w"])
+        xs = np.stack(
+            [np.asarray(edits.della(delta2, 0.4, 0.2, key=jax.random.key(i))["w"]).ravel() - d for i in range(3000)]
+        )
+        # The closed form keeps only diagonal curvature for the variance part (μ = 0 here, so
+        # exactly the expectation of ½ xᵀHx): E[xᵢxⱼ] = 0 for i ≠ j.
+        quad = 0.5 * np.einsum("mi,ij,mj->m", xs, h, xs)
+        exact = xs @ g + quad
+        se = exact.std(ddof=1) / np.sqrt(len(exact))
+        assert mean == pytest.approx(exact.mean(), abs=4 * se)
+        assert sd == pytest.approx((xs @ g).std(ddof=1), rel=0.06)
+
+
+def test_expo_curve_is_exact_on_a_loss_cubic_along_the_delta():
+    with jax.enable_x64(True):
+        # L(w) = a·u + b·u² + c·u³ with u = ⟨e, w⟩: exactly cubic along any direction.
+        e = jnp.asarray([1.0, -2.0, 0.5])
+
+        def loss(p, s):
+            u = e @ p["w"]
+            return s * (0.3 * u + 0.7 * u**2 - 0.2 * u**3)
+
+        post = {"w": jnp.asarray([0.4, 0.1, -0.3])}
+        delta = {"w": jnp.asarray([1.0, -0.5, 0.4])}
+        pre = {"w": post["w"] - delta["w"]}
+        batches = [jnp.float64(1.0)]
+        sc = riemann.shared_curvature(loss, post, batches, probes=2, key=jax.random.key(0))
+        st = cf.delta_statistics(loss, post, delta, batches, sc, loss_pre=float(loss(pre, 1.0)))
+        alphas = np.linspace(-1.0, 0.0, 9)  # between W_pre and W_post the cubic is exact
+        measured = [float(loss({"w": post["w"] + a * delta["w"]}, 1.0) - loss(post, 1.0)) for a in alphas]
+        np.testing.assert_allclose(cf.expo_curve(st, alphas), measured, rtol=1e-9, atol=1e-12)
+        quad = cf.expo_curve(st, alphas, cubic=False)
+        assert np.max(np.abs(quad - measured)) > 0.5  # the cubic term matters here
+        # Beyond W_post the curve is the local quadratic α·b + ½α²·q, continuous at 0.
+        beyond = np.array([1e-6, 0.5, 2.0])
+        u0, e_d = float(e @ post["w"]), float(e @ delta["w"])
+        slope, curv = (0.3 + 1.4 * u0 - 0.6 * u0**2) * e_d, (1.4 - 1.2 * u0) * e_d**2
+        np.testing.assert_allclose(cf.expo_curve(st, beyond), beyond * slope + 0.5 * beyond**2 * curv, rtol=1e-9)
+        grid = np.linspace(-1.0, 2.0, 31)
+        pred = cf.expo_curve(st, grid)
+        assert cf.best_alpha(st, grid) == (grid[int(np.argmin(pred))] if pred.min() < 0 else 0.0)
+
+
+def test_bad_arguments_are_refused():
+    st = cf.DeltaStatistics(b=0.0, q=1.0, s=1.0, r=1.0, gain=None, loss_post=0.0)
+    with pytest.raises(ValueError, match="p must lie in"):
+        cf.dare_moments(st, 1.0)
+    with jax.enable_x64(True):
+        loss, post, delta, a, c = _quadratic_problem(n=4)
+        sc = riemann.shared_curvature(loss, post, [jnp.float64(1.0)], probes=0)
+        with pytest.raises(ValueError, match="Hutchinson diagonal"):
+            cf.delta_statistics(loss, post, delta, [jnp.float64(1.0)], sc)
+
+
+def test_line_quadratic_is_exact_for_a_quadratic_loss_and_finds_bitdeltas_best_multiple():
+    with jax.enable_x64(True):
+        loss, post, delta, a, c = _quadratic_problem(n=24, seed=9)
+        post2 = {"w": post["w"].reshape(4, 6)}
+        delta2 = {"w": delta["w"].reshape(4, 6)}
+
+        def loss2(p, s):
+            return loss({"w": p["w"].ravel()}, s)
+
+        batches = [jnp.float64(1.0), jnp.float64(0.5)]
+        f0, f1 = (edits.bitdelta(delta2, multiple=m) for m in (0.0, 1.0))
+        x0 = jax.tree.map(lambda f, d: f - d, f0, delta2)
+        x1 = jax.tree.map(lambda a_, b_: a_ - b_, f1, f0)
+        lq = cf.line_quadratic(loss2, post2, x0, x1, batches)
+        grid = np.linspace(0.0, 3.0, 31)
+        measured = []
+        for m in grid:
+            edited = edits.bitdelta(delta2, multiple=float(m))
+            change = jax.tree.map(lambda e, d: e - d, edited, delta2)
+            measured.append(riemann.estimate(loss2, post2, change, batches, method="measured").value)
+        np.testing.assert_allclose(lq(grid), measured, rtol=1e-8, atol=1e-10)
+        assert lq.best(grid) == grid[int(np.argmin(measured))]
