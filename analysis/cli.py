@@ -239,6 +239,39 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from analysis import files
+    from analysis.jobs import run, sweep
+    from analysis.pairs import registry
+
+    names = registry.check_names(args.pair or run.DEFAULT_PAIRS)
+    if args.seeds < 2:
+        raise ValueError(f"--seeds {args.seeds}: a sweep needs at least 2 masks per measured random point")
+    if args.probes < 1:
+        raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
+    out = files.fresh_output_dir(args.out, root="runs")
+    settings = run.RunSettings(seed=args.seed, size=args.size)
+    record = sweep.sweep(
+        names,
+        _pair_loader(settings, args.quiet),
+        out,
+        seed=args.seed,
+        seeds=args.seeds,
+        probes=args.probes,
+        progress=not args.quiet,
+    )
+    for r in record["pairs"]:
+        sec, ex = r["seconds"], r["expo"]
+        print(
+            f"[riemann] {r['pair']}: {sec['points_predicted']} points predicted in {sec['predict']:.2f} s "
+            f"(+{sec['shared']:.1f} s shared passes; 10 measurements: {sec['ten_measurements']:.2f} s); "
+            f"within 2 SE at {r['within_2se']['hits']}/{r['within_2se']['of']} measured points; "
+            f"EXPO best α predicted {ex['predicted_best_alpha']:g}, measured {ex['measured_best_alpha']:g}"
+        )
+    print(f"[riemann] wrote {out / 'sweep.md'}")
+    return 0
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from analysis.perf import plan
 
@@ -333,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.pairs import registry
     from analysis.pairs.split import DEFAULT_CALIBRATION, MIN_TEST
     from analysis.perf.bench import BENCHMARKS
-    from analysis.study.estimators import DEFAULT_PROBES, DEFAULT_SEEDS, ESTIMATORS
+    from analysis.study.estimators import DEFAULT_PROBES, DEFAULT_SEEDS, DEFAULT_SWEEP_SEEDS, ESTIMATORS
 
     parser = argparse.ArgumentParser(
         prog="riemann",
@@ -432,6 +465,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("experiment", nargs="+", help="fig1 fig2 table1 fig3 fig4 fig5 fig6 fig7 or all")
     rp.set_defaults(func=_cmd_reproduce)
+    sw = sub.add_parser(
+        "sweep",
+        parents=[workbench, _options(out="output directory (new or empty; default: runs/<timestamp>)")],
+        help="predict whole DARE, DELLA and EXPO curves from shared passes, and check them at measured points",
+        description="From the gradient, Hutchinson diagonal and one Hessian-vector product along ΔW on the "
+        "calibration batches: DARE's expected ΔL over a 20 × 10 p × k grid, drop-only, DELLA and EXPO's ΔL(α), "
+        "with no pass per point; then a few points of each measured on the test batches over --seeds masks. "
+        "Writes sweep.json, sweep.md and <pair>-sweep.png.",
+    )
+    sw.add_argument(
+        "--pair",
+        nargs="+",
+        metavar="NAME",
+        help=f"registered pair(s): {', '.join(registry.PAIRS)}; default: {' '.join(registry.DEFAULT)}",
+    )
+    sw.add_argument(
+        "--seeds",
+        type=int,
+        default=DEFAULT_SWEEP_SEEDS,
+        help=f"masks per measured random point (default {DEFAULT_SWEEP_SEEDS})",
+    )
+    sw.add_argument(
+        "--probes", type=int, default=DEFAULT_PROBES, help=f"Hutchinson probes per batch (default {DEFAULT_PROBES})"
+    )
+    sw.set_defaults(func=_cmd_sweep)
     pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
     pl.add_argument(
         "model",

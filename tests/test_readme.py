@@ -14,6 +14,7 @@ MODULES = {
     "riemann": "riemann",
     "edits": "riemann.edits",
     "tree_utils": "riemann.tree_utils",
+    "closed_form": "riemann.closed_form",
     "checkpoints": "analysis.hf.checkpoints",
     "data": "analysis.pairs.data",
     "workbench": "analysis.pairs.workbench",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 DEFAULT_PROBES = 8  # Hutchinson probes per batch for the shared curvature
 DEFAULT_SEEDS = 3  # masks per random edit in the main job (measured, and scored by the shared estimators, on each)
+DEFAULT_SWEEP_SEEDS = 5  # masks per measured random point of `riemann sweep` (a standard error needs several)
 
 if TYPE_CHECKING:
     import riemann

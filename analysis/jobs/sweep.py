@@ -1,0 +1,354 @@
+"""Whole curves of edits predicted from one set of shared passes, and checked at a few measured points.
+
+For each pair (default: the main job's workbench pairs) the sweep computes, on the calibration
+batches only, the gradient and Hutchinson diagonal at ``W_post`` and one Hessian-vector product
+along ``ΔW`` (:func:`riemann.closed_form.delta_statistics`), and from them predicts, with no pass
+per point:
+
+- DARE's expected ``ΔL`` and the first-order spread over masks on a ``p × k`` grid (20 × 10 = 200
+  points), and drop-only over ``p``;
+- DELLA's over the density at ``ε = 0.1``;
+- EXPO's ``ΔL(α)`` on ``α ∈ [−1, 2]`` and its best ``α``;
+- BitDelta's ``ΔL`` over its multiple ``m ∈ [0, 3]`` (``ΔW~(m) = x0 + m·x1`` is affine in ``m``, so
+  the second-order model is a quadratic in ``m``: three more Hessian-vector products per batch) and
+  its best multiple.
+
+It then measures, on the test batches, a handful of DARE, drop-only and DELLA points over
+``seeds`` masks each (keyed as the main job keys them, so masks nest across ``p``) and every EXPO
+and BitDelta grid point, and reports how often the predicted mean lies within two standard errors
+of the measured mean, the predicted against the measured best ``α`` and multiple, and the seconds
+each part took.
+Writes ``sweep.json``, ``sweep.md`` and one ``<pair>-sweep.png`` per pair.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import riemann
+from analysis import files
+from analysis.pairs import Pair, split
+from analysis.study import suite
+from analysis.study.estimators import DEFAULT_SWEEP_SEEDS
+from riemann import closed_form, edits
+
+Loader = Callable[[str], Pair]
+DEFAULT_SEEDS = DEFAULT_SWEEP_SEEDS
+DARE_P = tuple(float(p) for p in np.round(np.append(np.linspace(0.05, 0.95, 19), 0.99), 4))
+DARE_K = (-1.0, -0.8, -0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8)
+DELLA_DENSITY = tuple(float(d) for d in np.round(np.linspace(0.2, 0.8, 7), 4))
+DELLA_EPSILON = 0.1
+EXPO_ALPHA = tuple(float(a) for a in np.round(np.linspace(-1.0, 2.0, 31), 4))
+BITDELTA_MULTIPLE = tuple(float(m) for m in np.round(np.linspace(0.0, 3.0, 31), 4))
+# The measured points: where the curves bend and where the quadratic model is expected to fail.
+MEASURED_DARE = tuple((p, k) for k in (0.0, -1.0) for p in (0.3, 0.7, 0.9, 0.99))
+MEASURED_DROP = (0.3, 0.7)
+MEASURED_DELLA = (0.3, 0.7)
+
+
+def _timed(f: Callable[[], Any]) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = f()
+    return out, time.perf_counter() - t
+
+
+def _measure(scorer: suite.Scorer, spec: str, seeds: int) -> dict[str, Any]:
+    """The measured ``ΔL`` of ``spec`` on the test batches over ``seeds`` masks (one if deterministic)."""
+    edit = edits.parse(spec)
+    pair = scorer.pair
+    values = []
+    for mask in range(seeds if edit.random else 1):
+        change = scorer.artefact(edit, mask).change
+        m = riemann.estimate(
+            pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=scorer.loss_post
+        )
+        values.append(m.value)
+    v = np.asarray(values)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {
+        "spec": edit.spec,
+        "measured_seeds": v.tolist(),
+        "measured": float(v.mean()),
+        "measured_std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
+        "measured_se": se,
+    }
+
+
+def _check(point: dict[str, Any], predicted: float, sd: float) -> dict[str, Any]:
+    """The point with its prediction and whether the prediction lies within 2 SE of the measured mean."""
+    se = point["measured_se"]
+    return {
+        **point,
+        "predicted": predicted,
+        "predicted_sd": sd,
+        "within_2se": bool(abs(predicted - point["measured"]) <= 2 * se) if np.isfinite(se) else None,
+        "ratio": predicted / point["measured"] if point["measured"] != 0 else float("nan"),
+    }
+
+
+def _bitdelta_line(pair: Pair, delta: Any, batches: Sequence[Any]) -> closed_form.LineQuadratic:
+    """BitDelta's ΔL over its multiple ``m``: its change is affine in ``m`` (``F_m = m·F_1`` on the
+    edited leaves, ``ΔW`` elsewhere), ``ΔW~(m) = (F_0 − ΔW) + m·(F_1 − F_0)``."""
+    f0, f1 = (edits.bitdelta(delta, multiple=m) for m in (0.0, 1.0))
+    x0 = jax.tree.map(lambda f, d: f - d, f0, delta)
+    x1 = jax.tree.map(lambda a, b: a - b, f1, f0)
+    return closed_form.line_quadratic(pair.loss_fn, pair.post, x0, x1, batches)
+
+
+def sweep_pair(
+    pair: Pair,
+    *,
+    seed: int = 0,
+    seeds: int = DEFAULT_SEEDS,
+    probes: int = suite.DEFAULT_PROBES,
+    calibration: int = split.DEFAULT_CALIBRATION,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Predict the DARE, drop-only, DELLA and EXPO curves of ``pair`` from shared passes on its
+    calibration batches, and measure a few points of each on its test batches."""
+    t0 = time.perf_counter()
+    scorer, shared_s = _timed(
+        lambda: suite.Scorer(
+            pair, seed=seed, seeds=seeds, probes=probes, estimators=["shared-curvature"], calibration=calibration
+        )
+    )
+    pair = scorer.pair
+    cal = pair.calibration
+    curvature = scorer.shared.curvature
+    loss_pre_cal = float(suite.batch_losses(pair.loss_fn, pair.pre, cal).mean())
+    stats, stats_s = _timed(
+        lambda: closed_form.delta_statistics(
+            pair.loss_fn, pair.post, scorer.delta, cal, curvature, loss_pre=loss_pre_cal
+        )
+    )
+    shared_s += stats_s
+    line, line_s = _timed(lambda: _bitdelta_line(pair, scorer.delta, cal))
+    shared_s += line_s
+
+    # --- predictions: no pass per point --------------------------------------------------------
+    def dare_grid() -> tuple[np.ndarray, np.ndarray]:
+        p, k = np.meshgrid(np.asarray(DARE_P), np.asarray(DARE_K), indexing="ij")
+        return closed_form.dare_moments(stats, p, k)
+
+    (mean, sd), dare_s = _timed(dare_grid)
+
+    def predict() -> dict[str, Any]:
+        drop_mean, drop_sd = closed_form.dare_moments(stats, np.asarray(DARE_P), 0.0, rescale=False)
+        della = [closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON) for d in DELLA_DENSITY]
+        return {
+            "dare": {"p": list(DARE_P), "k": list(DARE_K), "mean": mean.tolist(), "sd": sd.tolist()},
+            "drop_only": {"p": list(DARE_P), "mean": drop_mean.tolist(), "sd": drop_sd.tolist()},
+            "della": {
+                "density": list(DELLA_DENSITY),
+                "epsilon": DELLA_EPSILON,
+                "mean": [m for m, _ in della],
+                "sd": [s for _, s in della],
+            },
+            "expo": {
+                "alpha": list(EXPO_ALPHA),
+                "cubic": closed_form.expo_curve(stats, EXPO_ALPHA).tolist(),
+                "quadratic": closed_form.expo_curve(stats, EXPO_ALPHA, cubic=False).tolist(),
+                "best_alpha": closed_form.best_alpha(stats, EXPO_ALPHA),
+            },
+            "bitdelta": {
+                "multiple": list(BITDELTA_MULTIPLE),
+                "mean": line(BITDELTA_MULTIPLE).tolist(),
+                "coefficients": [line.c0, line.c1, line.c2],
+                "best_multiple": line.best(BITDELTA_MULTIPLE),
+            },
+        }
+
+    predicted, predict_s = _timed(predict)
+    predict_s += dare_s
+    n_predicted = len(DARE_P) * len(DARE_K) + len(DARE_P) + len(DELLA_DENSITY) + len(EXPO_ALPHA)
+    n_predicted += len(BITDELTA_MULTIPLE)
+    log(f"[{pair.name}] {n_predicted} points predicted in {predict_s:.2f} s after {shared_s:.1f} s of shared passes")
+
+    # --- measurements ----------------------------------------------------------------------------
+    dare_index = {(p, k): (DARE_P.index(p), DARE_K.index(k)) for p, k in MEASURED_DARE}
+    specs = [f"dare:p={p:g},k={k:g}" for p, k in MEASURED_DARE]
+    specs += [f"dare:p={p:g},rescale=false" for p in MEASURED_DROP]
+    specs += [f"della:density={d:g},epsilon={DELLA_EPSILON:g}" for d in MEASURED_DELLA]
+    measured: dict[str, dict[str, Any]] = {}
+    measure_s = 0.0
+    masks = 0
+    with riemann.progress_bar(progress, desc=f"{pair.name} measured points", unit="point", total=len(specs)) as bar:
+        for spec in specs:
+            measured[spec], t = _timed(lambda s=spec: _measure(scorer, s, seeds))
+            measure_s += t
+            masks += len(measured[spec]["measured_seeds"])
+            bar.update(1)
+    points = []
+    for (p, k), spec in zip(MEASURED_DARE, specs):
+        i, j = dare_index[(p, k)]
+        points.append(
+            {"family": "dare", "p": p, "k": k}
+            | _check(measured[spec], predicted["dare"]["mean"][i][j], predicted["dare"]["sd"][i][j])
+        )
+    for p in MEASURED_DROP:
+        i = DARE_P.index(p)
+        spec = f"dare:p={p:g},rescale=false"
+        points.append(
+            {"family": "drop_only", "p": p}
+            | _check(measured[spec], predicted["drop_only"]["mean"][i], predicted["drop_only"]["sd"][i])
+        )
+    for d in MEASURED_DELLA:
+        i = DELLA_DENSITY.index(d)
+        spec = f"della:density={d:g},epsilon={DELLA_EPSILON:g}"
+        points.append(
+            {"family": "della", "density": d}
+            | _check(measured[spec], predicted["della"]["mean"][i], predicted["della"]["sd"][i])
+        )
+    expo_measured, expo_s = _timed(lambda: [_measure(scorer, f"expo:alpha={a:g}", 1)["measured"] for a in EXPO_ALPHA])
+    measure_s += expo_s
+    masks += len(EXPO_ALPHA)
+    bit_measured, bit_s = _timed(
+        lambda: [_measure(scorer, f"bitdelta:multiple={m:g}", 1)["measured"] for m in BITDELTA_MULTIPLE]
+    )
+    measure_s += bit_s
+    masks += len(BITDELTA_MULTIPLE)
+    bit_best = BITDELTA_MULTIPLE[int(np.argmin(bit_measured))]
+    bit_step = BITDELTA_MULTIPLE[1] - BITDELTA_MULTIPLE[0]
+    best_i = int(np.argmin(expo_measured))
+    measured_best = EXPO_ALPHA[best_i] if expo_measured[best_i] < 0 else 0.0
+    step = EXPO_ALPHA[1] - EXPO_ALPHA[0]
+    helps = measured_best != 0.0
+    checked = [pt["within_2se"] for pt in points if pt["within_2se"] is not None]
+    per_measurement = measure_s / max(masks, 1)
+    return {
+        "pair": pair.name,
+        "split": pair.info.get("split"),
+        "seeds": seeds,
+        "probes": probes,
+        "statistics": {
+            "b": stats.b,
+            "q": stats.q,
+            "s": stats.s,
+            "r": stats.r,
+            "gain": stats.gain,
+            "loss_post": stats.loss_post,
+            "data": "calibration",
+        },
+        "predicted": predicted,
+        "points": points,
+        "expo": {
+            "alpha": list(EXPO_ALPHA),
+            "measured": expo_measured,
+            "predicted_best_alpha": predicted["expo"]["best_alpha"],
+            "measured_best_alpha": measured_best,
+            "some_alpha_helps": helps,
+            "best_within_one_step": bool(abs(predicted["expo"]["best_alpha"] - measured_best) <= step + 1e-9)
+            if helps
+            else None,
+        },
+        "bitdelta": {
+            "multiple": list(BITDELTA_MULTIPLE),
+            "measured": bit_measured,
+            "predicted_best_multiple": predicted["bitdelta"]["best_multiple"],
+            "measured_best_multiple": bit_best,
+            "best_within_one_step": bool(abs(predicted["bitdelta"]["best_multiple"] - bit_best) <= bit_step + 1e-9),
+        },
+        "within_2se": {"hits": int(sum(checked)), "of": len(checked)},
+        "seconds": {
+            "shared": shared_s,
+            "predict": predict_s,
+            "predict_dare_grid": dare_s,
+            "dare_grid_points": len(DARE_P) * len(DARE_K),
+            "points_predicted": n_predicted,
+            "measure": measure_s,
+            "measurements": masks,
+            "per_measurement": per_measurement,
+            "ten_measurements": 10 * per_measurement,
+        },
+        "elapsed_s": time.perf_counter() - t0,
+    }
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The sweep's report: per pair, the statistics, the checked points and the timings."""
+    lines = [
+        "# Closed-form sweeps",
+        "",
+        f"Seed {record['seed']}; {record['seeds']} masks per measured random point; shared passes on the "
+        "calibration batches only, measurements on the test batches. Predictions are the second-order model's "
+        "mean over masks (E[ΔL] ≈ μ·b + ½(μ²·q + v·s)); the ± is the first-order term's spread over masks; "
+        "'within 2 SE' compares the predicted mean with the measured mean over masks.",
+        "",
+    ]
+    for r in record["pairs"]:
+        st, sec, ex, bd = r["statistics"], r["seconds"], r["expo"], r["bitdelta"]
+        m1 = bd["multiple"].index(1.0)
+        lines += [
+            f"## {r['pair']}",
+            "",
+            f"- Statistics (calibration): b = ⟨g, ΔW⟩ = {st['b']:+.4g}, q = ⟨ΔW, HΔW⟩ = {st['q']:.4g}, "
+            f"s = Σ diag(H)·ΔW² = {st['s']:.4g}, r = Σ g²·ΔW² = {st['r']:.4g}, gain = {st['gain']:.4g}.",
+            f"- Time: {sec['points_predicted']} points predicted in {sec['predict']:.3f} s (the "
+            f"{sec['dare_grid_points']}-point DARE grid in {1e3 * sec['predict_dare_grid']:.2f} ms; the rest is mostly "
+            f"compiling DELLA's ranking) after {sec['shared']:.1f} s of shared passes; one measurement costs "
+            f"{sec['per_measurement']:.3f} s, so 10 cost {sec['ten_measurements']:.2f} s.",
+            f"- Predicted mean within 2 SE of the measured mean at {r['within_2se']['hits']} of "
+            f"{r['within_2se']['of']} random points.",
+            f"- EXPO: predicted best α = {ex['predicted_best_alpha']:g}, "
+            f"measured best α = {ex['measured_best_alpha']:g}"
+            + (
+                f" ({'within' if ex['best_within_one_step'] else 'not within'} one grid step)."
+                if ex["some_alpha_helps"]
+                else " (no α on the grid lowers the loss)."
+            ),
+            f"- BitDelta: predicted best multiple = {bd['predicted_best_multiple']:g}, measured best = "
+            f"{bd['measured_best_multiple']:g} ({'within' if bd['best_within_one_step'] else 'not within'} one grid "
+            f"step); at m = 1 (BitDelta itself) predicted {r['predicted']['bitdelta']['mean'][m1]:+.4g}, measured "
+            f"{bd['measured'][m1]:+.4g}.",
+            "",
+            "| edit | predicted | ± sd | measured mean | ± SE | predicted / measured | within 2 SE |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for pt in r["points"]:
+            ok = "—" if pt["within_2se"] is None else ("yes" if pt["within_2se"] else "no")
+            lines.append(
+                f"| `{pt['spec']}` | {pt['predicted']:+.4g} | {pt['predicted_sd']:.3g} | {pt['measured']:+.4g} | "
+                f"{pt['measured_se']:.3g} | {pt['ratio']:.3g} | {ok} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def sweep(
+    names: Sequence[str],
+    load_pair: Loader,
+    out: Path,
+    *,
+    seed: int = 0,
+    seeds: int = DEFAULT_SEEDS,
+    probes: int = suite.DEFAULT_PROBES,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Sweep every pair of ``names`` and write ``sweep.json``, ``sweep.md`` and the figures into ``out``."""
+    if seeds < 2:
+        raise ValueError(f"seeds={seeds}; a sweep needs at least 2 masks per random point for a standard error")
+    t0 = time.perf_counter()
+    results = []
+    for name in names:
+        log(f"[sweep] {name}")
+        results.append(sweep_pair(load_pair(name), seed=seed, seeds=seeds, probes=probes, progress=progress, log=log))
+    record = {"seed": seed, "seeds": seeds, "probes": probes, "pairs": results, "elapsed_s": time.perf_counter() - t0}
+    import matplotlib.pyplot as plt
+
+    from analysis.reporting import sweep_figures
+
+    for r in results:
+        fig = sweep_figures.pair_figure(r)
+        files.save_figure(fig, out / f"{r['pair'].replace('/', '_')}-sweep.png")
+        plt.close(fig)
+    files.write_text(out / "sweep.md", markdown(record))
+    files.write_json(out / "sweep.json", record)
+    return record

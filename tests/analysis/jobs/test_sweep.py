@@ -1,0 +1,76 @@
+"""``riemann sweep`` on the mlp-teacher pair: the files it writes, predictions that are the closed
+forms of the statistics it records, measurements that are the main job's (same keys, same test
+batches), and the refusals."""
+
+import json
+
+import numpy as np
+import pytest
+
+from analysis.cli import main
+from analysis.jobs import sweep
+from riemann import closed_form
+from tests.analysis.helpers import results
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "s"
+    assert main(["sweep", "--pair", "mlp-teacher", "--seeds", "3", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_sweep_writes_its_record_report_and_figure(swept):
+    rec = json.loads((swept / "sweep.json").read_text())
+    (r,) = rec["pairs"]
+    assert r["pair"] == "mlp-teacher" and rec["seeds"] == 3
+    assert np.asarray(r["predicted"]["dare"]["mean"]).shape == (len(sweep.DARE_P), len(sweep.DARE_K)) == (20, 10)
+    assert r["seconds"]["points_predicted"] >= 200
+    assert len(r["expo"]["measured"]) == len(sweep.EXPO_ALPHA)
+    assert len(r["bitdelta"]["measured"]) == len(sweep.BITDELTA_MULTIPLE) == len(r["predicted"]["bitdelta"]["mean"])
+    assert (swept / "mlp-teacher-sweep.png").stat().st_size > 20_000
+    md = (swept / "sweep.md").read_text()
+    assert "## mlp-teacher" in md and "`dare:p=0.99,k=-1`" in md and "points predicted" in md
+    assert r["within_2se"]["of"] == len(sweep.MEASURED_DARE) + len(sweep.MEASURED_DROP) + len(sweep.MEASURED_DELLA)
+
+
+def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
+    r = json.loads((swept / "sweep.json").read_text())["pairs"][0]
+    st = closed_form.DeltaStatistics(**{k: v for k, v in r["statistics"].items() if k != "data"})
+    for pt in r["points"]:
+        if pt["family"] in ("dare", "drop_only"):
+            mean, sd = closed_form.dare_moments(st, pt["p"], pt.get("k", 0.0), rescale=pt["family"] == "dare")
+            assert pt["predicted"] == pytest.approx(float(mean), rel=1e-12)
+            assert pt["predicted_sd"] == pytest.approx(float(sd), rel=1e-12)
+        se = pt["measured_se"]
+        assert pt["within_2se"] == (abs(pt["predicted"] - pt["measured"]) <= 2 * se)
+        assert se == pytest.approx(np.std(pt["measured_seeds"], ddof=1) / np.sqrt(3), rel=1e-9)
+    alphas = np.asarray(r["expo"]["alpha"])
+    np.testing.assert_allclose(r["predicted"]["expo"]["cubic"], closed_form.expo_curve(st, alphas), rtol=1e-12)
+    c0, c1, c2 = r["predicted"]["bitdelta"]["coefficients"]
+    m = np.asarray(r["bitdelta"]["multiple"])
+    np.testing.assert_allclose(r["predicted"]["bitdelta"]["mean"], c0 + c1 * m + c2 * m**2, rtol=1e-12)
+    assert r["bitdelta"]["measured_best_multiple"] == m[int(np.argmin(r["bitdelta"]["measured"]))]
+    measured_best = alphas[int(np.argmin(r["expo"]["measured"]))]
+    assert r["expo"]["measured_best_alpha"] == (measured_best if min(r["expo"]["measured"]) < 0 else 0.0)
+
+
+def test_measured_points_are_the_main_jobs_measurements(swept, mlp_run):
+    # Same seed, same split, same edit keys: the main job's three masks of dare:p=0.99 are the
+    # sweep's first three (the sweep measures its points exactly as the main job measures edits);
+    # BitDelta (multiple 1) is deterministic and measured alike.
+    r = json.loads((swept / "sweep.json").read_text())["pairs"][0]
+    (pair,) = results(mlp_run)["pairs"]
+    main_job = {e["spec"]: e["measured_seeds"] for e in pair["edits"]}
+    ours = {pt["spec"]: pt["measured_seeds"] for pt in r["points"]}
+    assert "dare:p=0.99" in main_job and "dare:p=0.99,k=0" in ours  # one edit, two spellings
+    np.testing.assert_allclose(ours["dare:p=0.99,k=0"], main_job["dare:p=0.99"][:3], rtol=1e-6)
+    at_one = r["bitdelta"]["measured"][r["bitdelta"]["multiple"].index(1.0)]
+    assert at_one == pytest.approx(main_job["bitdelta"][0], rel=1e-6)
+
+
+def test_sweep_refuses_bad_arguments(tmp_path, capsys):
+    assert main(["sweep", "--pair", "mlp-teacher", "--seeds", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "--seeds 1" in capsys.readouterr().err
+    assert main(["sweep", "--pair", "nope", "--out", str(tmp_path / "b")]) == 2
+    assert "nope" in capsys.readouterr().err
