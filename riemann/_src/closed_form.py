@@ -18,9 +18,10 @@ Hessian-vector products per batch (:func:`line_quadratic`). DELLA keeps entry ``
 with a probability set by its magnitude rank, so its sums are taken once per ``(density, ε)``:
 one pass over the parameters, no forward or backward pass.
 
-These are predictions of the *quadratic model's* mean. Where the loss stops growing
-quadratically (large steps: DARE at ``p → 1``, far extrapolation) they over-predict; the spread
-given is that of the first-order term only.
+These are predictions of the *quadratic model's* mean. Where the loss is not quadratic over the
+step they can miss either way (on a small decoder the loss rises far faster than the quadratic
+even at ``p = 0.3``; elsewhere large steps saturate); the spread given is that of the first-order
+term only, and the Hutchinson diagonal adds its own noise to ``s``.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def delta_statistics(
     """
     if shared.diagonal is None:
         raise ValueError("delta_statistics needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
-    trees.check_compatible(post, delta, ("post", "delta"))
+    trees.check_compatible(post, delta, ("post", "delta"), wide=True)  # a float32 ΔW on 16-bit weights
     second = estimate(loss_fn, post, delta, list(batches), method="second-order")
     s, r = _weighted_squares(shared.grad, shared.diagonal, delta)
     gain = None if loss_pre is None else float(loss_pre) - second.terms["loss_post"]
@@ -214,7 +215,7 @@ def line_quadratic(loss_fn: Any, post: PyTree, x0: PyTree, x1: PyTree, batches: 
     """
     trees.check_compatible(post, x0, ("post", "x0"), wide=True)
     trees.check_compatible(post, x1, ("post", "x1"), wide=True)
-    both = jax.tree.map(lambda a, b: a + b, x0, x1)
+    both = jax.tree.map(lambda a, b: trees.widen(a) + trees.widen(b), x0, x1)  # no 16-bit rounding
     e0, e1, e01 = (estimate(loss_fn, post, x, list(batches), method="second-order") for x in (x0, x1, both))
     q0, q1, q01 = (e.terms["curvature"] for e in (e0, e1, e01))
     cross = 0.5 * (q01 - q0 - q1)
@@ -249,5 +250,10 @@ def della_moments(shared: SharedCurvature, delta: PyTree, density: float, epsilo
     ``E[ΔL] ≈ ½ Σ diag(H)_i v_i ΔW_i²``, ``sd ≈ √(Σ g_i² v_i ΔW_i²)``."""
     if shared.diagonal is None:
         raise ValueError("della_moments needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
+    if not (0.0 < density - epsilon and density + epsilon <= 1.0 and epsilon >= 0.0):
+        raise ValueError(
+            f"della_moments: keep probabilities (density − ε, density + ε) = ({density - epsilon:g}, "
+            f"{density + epsilon:g}) must lie in (0, 1] with ε ≥ 0"
+        )
     s, r = _della_sums(shared.grad, shared.diagonal, delta, trees.scalar(density), trees.scalar(epsilon))
     return 0.5 * float(s), float(np.sqrt(max(float(r), 0.0)))

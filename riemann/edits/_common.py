@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from riemann._src import trees
+from riemann._src.pacing import pace
 
 PyTree = Any
 
@@ -113,7 +114,7 @@ def map_leaves(
             y = fn(name, gathered(x) if whole else x).astype(x.dtype)
             if whole and y.sharding != x.sharding:
                 y = jax.device_put(y, x.sharding)
-            out.append(y)
+            out.append(pace(y))  # a gathered leaf is a collective under several processes
         else:
             out.append(x)
     return jax.tree_util.tree_unflatten(treedef, out)

@@ -12,11 +12,16 @@ from riemann import closed_form as cf
 from riemann import edits
 
 
-def _quadratic_problem(n: int = 40, seed: int = 0):
-    """L(w) = ½ wᵀAw + cᵀw with a dense symmetric A (cross terms present), float64."""
+def _quadratic_problem(n: int = 40, seed: int = 0, correlated: bool = False):
+    """L(w) = ½ wᵀAw + cᵀw with a dense symmetric A (cross terms present), float64. ``correlated``
+    adds a strong rank-one part 5·uuᵀ and points ΔW partly along u, so that ⟨ΔW, AΔW⟩ is far from
+    Σ A_ii ΔW_i² (the mean of a biased edit needs the first, an unbiased one only the second)."""
     rng = np.random.default_rng(seed)
     m = rng.normal(size=(n, n))
     a = m @ m.T / n + np.diag(rng.uniform(0.5, 2.0, n))
+    u = rng.normal(size=n) / np.sqrt(n)
+    if correlated:
+        a = a + 5.0 * n * np.outer(u, u)
     c = rng.normal(size=n)
     a_j, c_j = jnp.asarray(a), jnp.asarray(c)
 
@@ -25,7 +30,10 @@ def _quadratic_problem(n: int = 40, seed: int = 0):
         return s * (0.5 * w @ a_j @ w + c_j @ w)
 
     post = {"w": jnp.asarray(rng.normal(size=n))}
-    delta = {"w": jnp.asarray(rng.normal(size=n) * rng.uniform(0.1, 2.0, n))}
+    d = rng.normal(size=n) * rng.uniform(0.1, 2.0, n)
+    if correlated:
+        d = d + 3.0 * np.sqrt(n) * u
+    delta = {"w": jnp.asarray(d)}
     return loss, post, delta, a, c
 
 
@@ -45,12 +53,18 @@ def _statistics(loss, post, delta, batches, a):
     return exact, cf.delta_statistics(loss, post, delta, batches, exact)
 
 
-@pytest.mark.parametrize(("p", "k", "rescale"), [(0.5, 0.0, True), (0.9, -1.0, True), (0.3, 0.5, False)])
-def test_dare_mean_equals_the_average_over_many_masks_of_the_exact_quadratic(p, k, rescale):
+@pytest.mark.parametrize(
+    ("p", "k", "rescale", "correlated"),
+    [(0.5, 0.0, True, False), (0.9, -1.0, True, False), (0.3, 0.5, False, False), (0.7, 0.0, True, True),
+     (0.5, 0.0, False, True)],
+)  # fmt: skip
+def test_dare_mean_equals_the_average_over_many_masks_of_the_exact_quadratic(p, k, rescale, correlated):
     with jax.enable_x64(True):
-        loss, post, delta, a, c = _quadratic_problem()
+        loss, post, delta, a, c = _quadratic_problem(correlated=correlated)
         batches = [jnp.float64(1.0), jnp.float64(3.0)]
         _, st = _statistics(loss, post, delta, batches, a)
+        if correlated:  # the curvature along ΔW and the diagonal part differ: swapping them would fail
+            assert st.q > 3 * st.s
         mean, sd = cf.dare_moments(st, p, k, rescale=rescale)
         w, d = np.asarray(post["w"]), np.asarray(delta["w"])
         g = 2.0 * (a @ w + c)  # the batch-mean gradient (scales 1 and 3)
@@ -132,6 +146,8 @@ def test_expo_curve_is_exact_on_a_loss_cubic_along_the_delta():
         np.testing.assert_allclose(cf.expo_curve(st, alphas), measured, rtol=1e-9, atol=1e-12)
         quad = cf.expo_curve(st, alphas, cubic=False)
         assert np.max(np.abs(quad - measured)) > 0.5  # the cubic term matters here
+        # Below W_pre (α < −1) and beyond W_post only the local quadratic is known.
+        np.testing.assert_allclose(cf.expo_curve(st, [-1.5]), cf.expo_curve(st, [-1.5], cubic=False), rtol=1e-12)
         # Beyond W_post the curve is the local quadratic α·b + ½α²·q, continuous at 0.
         beyond = np.array([1e-6, 0.5, 2.0])
         u0, e_d = float(e @ post["w"]), float(e @ delta["w"])
@@ -175,3 +191,16 @@ def test_line_quadratic_is_exact_for_a_quadratic_loss_and_finds_bitdeltas_best_m
             measured.append(riemann.estimate(loss2, post2, change, batches, method="measured").value)
         np.testing.assert_allclose(lq(grid), measured, rtol=1e-8, atol=1e-10)
         assert lq.best(grid) == grid[int(np.argmin(measured))]
+
+
+def test_a_float32_delta_on_bfloat16_weights_is_accepted_and_della_checks_its_probabilities():
+    # The direction a 16-bit pair integrates is kept in float32 where 16 bits cannot hold it.
+    loss = lambda p, x: jnp.sum(x * p["w"].astype(jnp.float32) ** 2)  # noqa: E731
+    post = {"w": jnp.array([1.0, 2.0, -1.0], jnp.bfloat16)}
+    delta = {"w": jnp.array([0.5, -1.0, 0.25], jnp.float32)}
+    batches = [jnp.ones(3, jnp.float32)]
+    sc = riemann.shared_curvature(loss, post, batches, probes=2, key=jax.random.key(0))
+    st = cf.delta_statistics(loss, post, delta, batches, sc)
+    assert st.q == pytest.approx(2.0 * float(jnp.sum(delta["w"] ** 2)), rel=1e-2)  # H = 2I
+    with pytest.raises(ValueError, match="keep probabilities"):
+        cf.della_moments(sc, delta, density=0.1, epsilon=0.2)
