@@ -122,7 +122,7 @@ def sweep_pair(
     pair = scorer.pair
     cal = pair.calibration
     curvature = scorer.shared.curvature
-    loss_pre_cal, pre_s = _timed(lambda: float(suite.batch_losses(pair.loss_fn, pair.pre, cal).mean()))
+    loss_pre_cal = float(np.mean(scorer.loss_pre_calibration))
     stats, stats_s = _timed(
         lambda: closed_form.delta_statistics(
             pair.loss_fn, pair.post, scorer.delta, cal, curvature, loss_pre=loss_pre_cal
@@ -136,7 +136,6 @@ def sweep_pair(
         "hutchinson_diagonal": scorer.curvature_seconds,
         "hvp_along_delta": stats_s,
         "bitdelta_line": line_s,
-        "loss_pre": pre_s,
     }
     shared_s = float(sum(shared_parts.values()))
 
@@ -180,40 +179,30 @@ def sweep_pair(
     log(f"[{pair.name}] {n_predicted} points predicted in {predict_s:.2f} s after {shared_s:.1f} s of shared passes")
 
     # --- measurements ----------------------------------------------------------------------------
-    dare_index = {(p, k): (DARE_P.index(p), DARE_K.index(k)) for p, k in MEASURED_DARE}
-    specs = [f"dare:p={p:g},k={k:g}" for p, k in MEASURED_DARE]
-    specs += [f"dare:p={p:g},rescale=false" for p in MEASURED_DROP]
-    specs += [f"della:density={d:g},epsilon={DELLA_EPSILON:g}" for d in MEASURED_DELLA]
-    measured: dict[str, dict[str, Any]] = {}
+    # Each measured point, its spec and where its prediction sits on its family's predicted curve.
+    planned = [
+        ({"family": "dare", "p": p, "k": k}, f"dare:p={p:g},k={k:g}", (DARE_P.index(p), DARE_K.index(k)))
+        for p, k in MEASURED_DARE
+    ]
+    planned += [
+        ({"family": "drop_only", "p": p}, f"dare:p={p:g},rescale=false", DARE_P.index(p)) for p in MEASURED_DROP
+    ]
+    planned += [
+        ({"family": "della", "density": d}, f"della:density={d:g},epsilon={DELLA_EPSILON:g}", DELLA_DENSITY.index(d))
+        for d in MEASURED_DELLA
+    ]
+    points = []
     measure_s = 0.0
     masks = 0
-    with riemann.progress_bar(progress, desc=f"{pair.name} measured points", unit="point", total=len(specs)) as bar:
-        for spec in specs:
-            measured[spec], t = _timed(lambda s=spec: _measure(scorer, s, seeds))
+    with riemann.progress_bar(progress, desc=f"{pair.name} measured points", unit="point", total=len(planned)) as bar:
+        for fields, spec, at in planned:
+            got, t = _timed(lambda s=spec: _measure(scorer, s, seeds))
             measure_s += t
-            masks += len(measured[spec]["measured_seeds"])
+            masks += len(got["measured_seeds"])
+            curve = predicted[fields["family"]]
+            mean, sd = (float(np.asarray(curve[key])[at]) for key in ("mean", "sd"))
+            points.append(fields | _check(got, mean, sd))
             bar.update(1)
-    points = []
-    for (p, k), spec in zip(MEASURED_DARE, specs):
-        i, j = dare_index[(p, k)]
-        points.append(
-            {"family": "dare", "p": p, "k": k}
-            | _check(measured[spec], predicted["dare"]["mean"][i][j], predicted["dare"]["sd"][i][j])
-        )
-    for p in MEASURED_DROP:
-        i = DARE_P.index(p)
-        spec = f"dare:p={p:g},rescale=false"
-        points.append(
-            {"family": "drop_only", "p": p}
-            | _check(measured[spec], predicted["drop_only"]["mean"][i], predicted["drop_only"]["sd"][i])
-        )
-    for d in MEASURED_DELLA:
-        i = DELLA_DENSITY.index(d)
-        spec = f"della:density={d:g},epsilon={DELLA_EPSILON:g}"
-        points.append(
-            {"family": "della", "density": d}
-            | _check(measured[spec], predicted["della"]["mean"][i], predicted["della"]["sd"][i])
-        )
     expo_measured, expo_s = _timed(lambda: [_measure(scorer, f"expo:alpha={a:g}", 1)["measured"] for a in EXPO_ALPHA])
     measure_s += expo_s
     masks += len(EXPO_ALPHA)
@@ -309,8 +298,8 @@ def markdown(record: dict[str, Any]) -> str:
             f"{r['within_2se']['of']} random points.",
             f"- EXPO: predicted best α = {ex['predicted_best_alpha']:g}, "
             f"measured best α = {ex['measured_best_alpha']:g}"
-            + ("" if ex["some_alpha_helps"] else " (no α on the grid lowers the loss)")
-            + f" ({'within' if ex['best_within_one_step'] else 'not within'} one grid step).",
+            + f" ({'' if ex['some_alpha_helps'] else 'no α on the grid lowers the loss; '}"
+            + f"{'within' if ex['best_within_one_step'] else 'not within'} one grid step).",
             f"- BitDelta: predicted best multiple = {bd['predicted_best_multiple']:g}, measured best = "
             f"{bd['measured_best_multiple']:g} ({'within' if bd['best_within_one_step'] else 'not within'} one grid "
             f"step); at m = 1 (BitDelta itself) predicted {r['predicted']['bitdelta']['mean'][m1]:+.4g}, measured "

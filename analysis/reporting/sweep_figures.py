@@ -9,6 +9,19 @@ import numpy as np
 SHOWN_K = (0.0, -1.0, 0.4)
 
 
+def _measured_line(ax: Any, x: np.ndarray, measured: list[float], best_pred: float, best_meas: float, colors) -> None:
+    """Measured points over a predicted curve, both best points marked, the view fitted to the measurements
+    (a quadratic prediction far off the grid's ends would flatten them)."""
+    ax.plot(x, measured, "o", color=colors[1], ms=4, label="measured")
+    ax.axvline(best_pred, color=colors[0], lw=0.8, ls="--")
+    ax.axvline(best_meas, color=colors[1], lw=0.8, ls="--")
+    lo, hi = float(np.min(measured)), float(np.max(measured))
+    pad = 0.2 * (hi - lo + 1e-9)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_ylabel("ΔL")
+    ax.legend(fontsize=7)
+
+
 def pair_figure(r: dict[str, Any]) -> Any:
     """Four panels: DARE (several k) and drop-only over p; DELLA over the density; EXPO over α;
     BitDelta over its multiple."""
@@ -68,27 +81,17 @@ def pair_figure(r: dict[str, Any]) -> Any:
     a = np.asarray(pred["expo"]["alpha"])
     ax_e.plot(a, pred["expo"]["cubic"], color=colors[0], label="predicted (cubic through L(W_pre))")
     ax_e.plot(a, pred["expo"]["quadratic"], ":", color=colors[0], label="predicted (quadratic)")
-    ax_e.plot(a, r["expo"]["measured"], "o", color=colors[1], ms=4, label="measured")
-    ax_e.axvline(r["expo"]["predicted_best_alpha"], color=colors[0], lw=0.8, ls="--")
-    ax_e.axvline(r["expo"]["measured_best_alpha"], color=colors[1], lw=0.8, ls="--")
     ax_e.axhline(0.0, color="0.6", lw=0.6)
+    ex = r["expo"]
+    _measured_line(ax_e, a, ex["measured"], ex["predicted_best_alpha"], ex["measured_best_alpha"], colors)
     ax_e.set_xlabel("α (W_post + α·ΔW)")
-    ax_e.set_ylabel("ΔL")
     ax_e.set_title("EXPO")
-    lo, hi = np.min(r["expo"]["measured"]), np.max(r["expo"]["measured"])
-    ax_e.set_ylim(lo - 0.2 * (hi - lo + 1e-9), hi + 0.2 * (hi - lo + 1e-9))
-    ax_e.legend(fontsize=7)
 
     m = np.asarray(pred["bitdelta"]["multiple"])
     ax_b.plot(m, pred["bitdelta"]["mean"], color=colors[0], label="predicted (quadratic in m)")
-    ax_b.plot(m, r["bitdelta"]["measured"], "o", color=colors[1], ms=4, label="measured")
-    ax_b.axvline(r["bitdelta"]["predicted_best_multiple"], color=colors[0], lw=0.8, ls="--")
-    ax_b.axvline(r["bitdelta"]["measured_best_multiple"], color=colors[1], lw=0.8, ls="--")
+    bd = r["bitdelta"]
+    _measured_line(ax_b, m, bd["measured"], bd["predicted_best_multiple"], bd["measured_best_multiple"], colors)
     ax_b.set_xlabel("multiple m of mean |ΔW| (m = 1: BitDelta)")
-    ax_b.set_ylabel("ΔL")
     ax_b.set_title("BitDelta")
-    lo, hi = np.min(r["bitdelta"]["measured"]), np.max(r["bitdelta"]["measured"])
-    ax_b.set_ylim(lo - 0.2 * (hi - lo + 1e-9), hi + 0.2 * (hi - lo + 1e-9))
-    ax_b.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -180,6 +180,7 @@ class Scorer:
         n_test = len(pair.batches)
         ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
+        self.loss_pre_calibration = pre_cal  # per-batch L(W_pre) on calibration data, for those that need it
         self.tolerance = tolerance.fixed(pre_cal, gradient.batch_losses, ref_cal, n_test=n_test)
         self.accuracy_tolerance = None
         if pair.accuracy_fn is not None:
