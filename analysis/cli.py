@@ -27,8 +27,9 @@ def _run_settings(args: argparse.Namespace) -> Any:
         if args.pair:
             raise ValueError("give either --pair or --pre/--post/--data, not both")
         user = {
-            "pre": str(Path(args.pre).resolve()),
-            "post": str(Path(args.post).resolve()),
+            # Directories made absolute; Hub ids kept as given, for each process to resolve in its own cache.
+            "pre": str(Path(args.pre).resolve()) if Path(args.pre).is_dir() else args.pre,
+            "post": str(Path(args.post).resolve()) if Path(args.post).is_dir() else args.post,
             "data": str(Path(args.data).resolve()),
             "batch_size": args.batch_size,
             "max_len": args.max_len,
@@ -125,13 +126,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_user_pair(c: dict[str, Any]) -> None:
-    from analysis.hf import checkpoints
+    from analysis.hf import checkpoints, hub
     from analysis.pairs import data
 
     checkpoints.check_pair(c["pre"], c["post"])
     if not str(c["data"]).endswith(".npz"):
         kind, records = data.read_jsonl(c["data"])
-        data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
+        tok = data.load_tokenizer(hub.resolve(c["post"]))
+        data.tokenize(tok, kind, records, max_len=c["max_len"], source=c["data"])
 
 
 def _fingerprint(path: str) -> str:
@@ -162,6 +164,7 @@ def _check_several(args: argparse.Namespace, settings: Any) -> None:
     """Several processes analyse one checkpoint pair into one run directory: the same command on the
     same data and checkpoints everywhere, refused on every process alike otherwise."""
     from analysis import hosts
+    from analysis.hf import hub
     from analysis.pairs import data
 
     if settings.checkpoints is None:
@@ -178,7 +181,8 @@ def _check_several(args: argparse.Namespace, settings: Any) -> None:
                 f"{c['data']}: preference (DPO) data runs in one process; several processes take text or "
                 "prompt/response records"
             )
-        return {k: _fingerprint(c[k]) for k in ("pre", "post", "data")}
+        # A Hub id's snapshot may sit in a different cache on each host: compared by content, not path.
+        return {k: _fingerprint(str(c[k] if k == "data" else hub.resolve(c[k]))) for k in ("pre", "post", "data")}
 
     seen = hosts.all_ok(inputs, "reading the inputs")
     hosts.agree(json.dumps({**settings.record(), "inputs": seen}, sort_keys=True), "arguments, checkpoints or data")
@@ -395,8 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"registered pair(s): {', '.join(registry.PAIRS)}; or 'all' (the workbench pairs); "
         f"default: {' '.join(registry.DEFAULT)}",
     )
-    run.add_argument("--pre", help="pre-trained HF checkpoint directory (with --post and --data)")
-    run.add_argument("--post", help="post-trained HF checkpoint directory")
+    run.add_argument(
+        "--pre", help="pre-trained HF checkpoint: directory or Hub id org/name[@revision] (with --post and --data)"
+    )
+    run.add_argument("--post", help="post-trained HF checkpoint: directory or Hub id org/name[@revision]")
     run.add_argument(
         "--data", help="evaluation JSONL (decoders: text, prompt/response or prompt/chosen/rejected) or .npz (CLIP)"
     )
@@ -446,8 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--edit", required=True, metavar="SPEC", help="the edit, e.g. dare:p=0.9")
     ex.add_argument("--pair", default="lm/arithmetic", help="workbench pair (default lm/arithmetic)")
-    ex.add_argument("--pre", help="pre-trained HF checkpoint directory (instead of --pair)")
-    ex.add_argument("--post", help="post-trained HF checkpoint directory")
+    ex.add_argument(
+        "--pre", help="pre-trained HF checkpoint: directory or Hub id org/name[@revision] (instead of --pair)"
+    )
+    ex.add_argument("--post", help="post-trained HF checkpoint: directory or Hub id org/name[@revision]")
     ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
     ex.add_argument(
         "--mask", type=int, default=0, help="which draw of a random edit, as numbered in riemann run (default 0)"
@@ -494,7 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
     pl.add_argument(
         "model",
-        help="checkpoint directory, config.json, or a preset: llama-3-8b, mistral-7b-v0.3, qwen2-7b, llama-3-70b",
+        help="checkpoint directory or Hub id org/name[@revision] (its config.json alone is fetched), a config.json, "
+        "or a preset: llama-3-8b, mistral-7b-v0.3, qwen2-7b, llama-3-70b",
     )
     pl.add_argument("--batch", type=int, default=1, help="sequences per step (default 1)")
     pl.add_argument("--seq-len", type=int, default=4096, help="tokens per sequence (default 4096)")

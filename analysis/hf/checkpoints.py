@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from analysis.hf import hub
 from analysis.hf.models._common import ConfigError
 from analysis.hf.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
 from analysis.hf.models.llama import FAMILIES as DECODERS
@@ -73,6 +74,8 @@ class Checkpoint:
     params: PyTree
     graphdef: Any
     state: Any
+    # For a checkpoint loaded by Hub id: ``org/name@<commit>``, naming exactly the files read.
+    hub_id: str | None = None
 
     def module(self, params: PyTree | None = None) -> nnx.Module:
         """The NNX module holding ``params`` (default: the loaded ones)."""
@@ -139,9 +142,9 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def tensor_index(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """Every tensor of a checkpoint directory (single file or sharded with an index), from the
-    headers alone."""
-    path = Path(path)
+    """Every tensor of a checkpoint directory or Hub id (single file or sharded with an index), from
+    the headers alone."""
+    path = hub.resolve(path)
     index = path / "model.safetensors.index.json"
     single = path / "model.safetensors"
     if index.is_file():
@@ -219,15 +222,18 @@ def load(
     sharding: Callable[[str, tuple[int, ...]], Any] | None = None,
     remat: bool = False,
 ) -> Checkpoint:
-    """Load an HF checkpoint directory (safetensors only).
+    """Load an HF checkpoint (safetensors only) from a directory or the Hub.
 
     Args:
-      path: directory with ``config.json`` and ``model.safetensors`` or a sharded index.
+      path: directory with ``config.json`` and ``model.safetensors`` or a sharded index, or a Hub id
+        ``org/name[@revision]`` (see :func:`analysis.hf.hub.resolve`; ``.path`` is then the snapshot
+        directory and ``.hub_id`` the id pinned to its commit).
       dtype: parameter dtype (default: as stored in the file, tensor by tensor).
       sharding: optional ``sharding(name, shape) -> jax.sharding.Sharding`` for each tensor.
       remat: rematerialise each layer in the backward pass (less memory, one more forward).
     """
-    path = Path(path)
+    where = hub.locate(path)
+    path = where.path
     raw = _read_config(path)
     family, cfg, module = build(raw, dtype=dtype, source=str(path / "config.json"), remat=remat)
     infos = tensor_index(path)
@@ -248,7 +254,7 @@ def load(
             flat.append(_place(info, placements[name], target))
     params = jax.tree.unflatten(jax.tree.structure(nnx.to_pure_dict(state)), flat)
     # The abstract state is kept (shapes only) to rebuild modules around any params.
-    return Checkpoint(path, family, cfg, raw, params, graphdef, state)
+    return Checkpoint(path, family, cfg, raw, params, graphdef, state, hub_id=where.pinned)
 
 
 def _place(info: TensorInfo, where: jax.sharding.Sharding, dtype: Any) -> jax.Array:
@@ -386,10 +392,11 @@ def _header_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
 
 def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
     """Check, from ``config.json`` and the safetensors headers alone (no weights read), that two
-    checkpoints share family, tensor names and shapes — the delta is only defined between
-    identical architectures. Returns the family; the error names the first mismatching tensor."""
-    fa, sa = _header_shapes(Path(pre))
-    fb, sb = _header_shapes(Path(post))
+    checkpoints (directories or Hub ids) share family, tensor names and shapes — the delta is only
+    defined between identical architectures. Returns the family; the error names the first
+    mismatching tensor."""
+    fa, sa = _header_shapes(hub.resolve(pre))
+    fb, sb = _header_shapes(hub.resolve(post))
     if fa != fb:
         raise ValueError(f"pre ({pre}) is {fa} but post ({post}) is {fb}; a delta needs one architecture")
     for name in sorted(set(sa) | set(sb)):
@@ -401,7 +408,7 @@ def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
 
 
 def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
-    """Load a pre/post pair after :func:`check_pair` (so a mismatch is reported before any
-    weights are read)."""
+    """Load a pre/post pair (directories or Hub ids) after :func:`check_pair` (so a mismatch is
+    reported before any weights are read)."""
     check_pair(pre, post)
     return load(pre, **kwargs), load(post, **kwargs)

@@ -1,4 +1,4 @@
-"""A pair from what a user holds: two Hugging Face checkpoint directories and an evaluation file."""
+"""A pair from what a user holds: two Hugging Face checkpoints (directories or Hub ids) and an evaluation file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from analysis.hf import checkpoints
+from analysis.hf import checkpoints, hub
 from analysis.pairs import accuracy, data
 from analysis.pairs.pair import Pair
 
@@ -29,7 +29,11 @@ def from_checkpoints(
     mesh: jax.sharding.Mesh | None = None,
     axis: str | None = None,
 ) -> Pair:
-    """A pair from two HF checkpoint directories and an evaluation file.
+    """A pair from two HF checkpoints and an evaluation file.
+
+    ``pre`` and ``post`` are directories or Hub ids ``org/name[@revision]``, resolved to the snapshot
+    directories of the local Hub cache (:func:`analysis.hf.hub.resolve`); ``info["checkpoints"]``
+    then also names each id pinned to its commit.
 
     Decoders (Llama/Mistral/Qwen2) take a JSONL file: ``{"text"}`` records give the LM loss on all
     tokens, ``{"prompt", "response"}`` the loss on response tokens (accuracy: teacher-forced token
@@ -49,7 +53,9 @@ def from_checkpoints(
     Everything that can be checked cheaply — architectures from the file headers, the data file,
     its tokens — is checked before any weights are read; errors name the file and what was expected.
     """
-    pre, post, data_file = Path(pre), Path(post), Path(data_file)
+    given = {"pre": pre, "post": post}
+    found = {k: hub.locate(v) for k, v in given.items()}  # directories from here on
+    pre, post, data_file = found["pre"].path, found["post"].path, Path(data_file)
     family = checkpoints.check_pair(pre, post)
     placed = None if mesh is None else checkpoints.fsdp(mesh, axis)
     if max_batches is not None and max_batches < 1:
@@ -102,11 +108,11 @@ def from_checkpoints(
     if mesh is not None:
         batches = data.global_batches(batches, mesh, axis)
     desc = (
-        f"{family} checkpoints {pre} → {post}, evaluated on {data_file} "
+        f"{family} checkpoints {found['pre'].pinned or pre} → {found['post'].pinned or post}, evaluated on {data_file} "
         f"({kind}, {len(batches)} batches of {batch_size})"
     )
     return Pair(
-        name=name or f"{pre.name}→{post.name}",
+        name=name or f"{Path(given['pre']).name}→{Path(given['post']).name}",
         description=desc,
         pre=a.params,
         post=b.params,
@@ -115,7 +121,11 @@ def from_checkpoints(
         accuracy_fn=acc,
         info={
             "accuracy_name": acc_name,
-            "checkpoints": {"pre": str(pre), "post": str(post)},
+            "checkpoints": {
+                "pre": str(pre),
+                "post": str(post),
+                **{f"{k}_hub_id": v.pinned for k, v in found.items() if v.pinned is not None},
+            },
             "data": str(data_file),
             "kind": kind,
             "family": family,

@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from analysis.hf import hub
+
 # riemann.MODES (a test checks they agree): planning from shapes does not import JAX.
 MODES = ("accumulate", "forward", "leaves")
 
@@ -146,9 +148,14 @@ def _config(source: str | os.PathLike | dict[str, Any]) -> tuple[dict[str, Any],
     if str(source) in PRESETS:
         return PRESETS[str(source)], str(source)
     p = Path(source)
+    if not p.exists() and hub.parse(source) is not None:
+        p = hub.resolve(source, weights=False)  # a Hub id: its config.json alone, no weights
     f = p / "config.json" if p.is_dir() else p
     if not f.is_file():
-        raise ValueError(f"{source}: not a preset ({', '.join(PRESETS)}), a checkpoint directory or a config.json")
+        raise ValueError(
+            f"{source}: not a preset ({', '.join(PRESETS)}), a checkpoint directory, a Hub id org/name[@revision] "
+            "or a config.json"
+        )
     try:
         return json.loads(f.read_text()), str(f)
     except json.JSONDecodeError as e:
@@ -172,7 +179,8 @@ def plan(
     device_memory_gib: float | None = None,
 ) -> Plan:
     """Predict device memory for a path integral over the model described by ``source`` (a preset
-    name, a checkpoint directory or ``config.json``, or a config dict) from shapes alone."""
+    name, a checkpoint directory, a Hub id ``org/name[@revision]`` (its ``config.json`` alone is
+    fetched), a ``config.json``, or a config dict) from shapes alone."""
     from analysis.hf import checkpoints
 
     _check_sizes(dtype, batch, seq_len)

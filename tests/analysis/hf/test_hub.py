@@ -1,0 +1,204 @@
+"""Hub ids ``org/name[@revision]`` wherever a checkpoint directory is accepted, resolved from a cache
+the tests lay out as huggingface_hub does (blobs by SHA-256, snapshots of links, refs). Nothing is
+ever downloaded: the network is either forbidden or pointed at a closed port."""
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from analysis.cli import main
+from analysis.hf import checkpoints, hub
+from analysis.hf.safetensors_file import CheckpointError
+from tests.analysis.helpers import results
+
+BASE = "a" * 40
+INSTRUCT = "b" * 40
+OLDER = "c" * 40
+
+
+def publish(cache, repo_id, src, commit, refs=("main",)):
+    """Put directory ``src`` into ``cache`` as snapshot ``commit`` of ``repo_id``, laid out like
+    huggingface_hub: content in ``blobs/<sha256>``, relative links in ``snapshots/<commit>/``, and
+    each name in ``refs`` pointing at the commit."""
+    storage = cache / ("models--" + repo_id.replace("/", "--"))
+    (storage / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot = storage / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for f in sorted(src.iterdir()):
+        data = f.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        (storage / "blobs" / digest).write_bytes(data)
+        (snapshot / f.name).symlink_to(os.path.join("..", "..", "blobs", digest))
+    for ref in refs:
+        (storage / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+        (storage / "refs" / ref).write_text(commit)  # as huggingface_hub writes it: no newline
+    return snapshot
+
+
+def tree(root):
+    """Every path under ``root`` with its kind, link target, size and modification time."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (os.readlink(p) if p.is_symlink() else None, st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hub_cache(user_pair, tmp_path_factory):
+    """A Hub cache holding org/base (pre; main and tag v1.0 → BASE), org/instruct (post at INSTRUCT,
+    which main points at, and pre's files at OLDER, which no ref names), and org/pickled (config and a
+    pickle only)."""
+    cache = tmp_path_factory.mktemp("hub") / "hub"
+    publish(cache, "org/base", user_pair / "pre", BASE, refs=("main", "v1.0"))
+    publish(cache, "org/instruct", user_pair / "post", INSTRUCT)
+    publish(cache, "org/instruct", user_pair / "pre", OLDER, refs=())
+    pickled = tmp_path_factory.mktemp("pickled")
+    (pickled / "config.json").write_text((user_pair / "pre" / "config.json").read_text())
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    publish(cache, "org/pickled", pickled, BASE)
+    return cache
+
+
+@pytest.fixture
+def offline(hub_cache, monkeypatch):
+    """Network forbidden, the test cache named by HF_HUB_CACHE; returns the cache."""
+    for name in ("HF_HOME", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return hub_cache
+
+
+def same_params(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_ids_are_told_from_paths():
+    assert hub.parse("org/name") == hub.HubId("org/name")
+    assert hub.parse("meta-llama/Meta-Llama-3-8B@v1.0") == hub.HubId("meta-llama/Meta-Llama-3-8B", "v1.0")
+    assert hub.parse("org/name@refs/pr/1") == hub.HubId("org/name", "refs/pr/1")
+    for not_an_id in ("./missing/dir", "a/b/c", "name", "/abs/dir", "org/-name", "org/na--me", "org/name@../x", "org/"):
+        assert hub.parse(not_an_id) is None, not_an_id
+    assert hub.parse(Path("org/name")) is None  # a Path is always a path
+
+
+def test_load_by_id_revision_commit_and_tag(user_pair, offline):
+    direct = checkpoints.load(user_pair / "pre")
+    for ref in ("org/base", "org/base@main", f"org/base@{BASE}", "org/base@v1.0"):
+        ck = checkpoints.load(ref)
+        assert ck.path == offline / "models--org--base" / "snapshots" / BASE, ref
+        assert ck.hub_id == f"org/base@{BASE}", ref
+        assert same_params(ck.params, direct.params), ref
+    # A commit no ref points at is still reachable by its hash.
+    older = checkpoints.load(f"org/instruct@{OLDER}")
+    assert older.path.name == OLDER and same_params(older.params, direct.params)
+    assert checkpoints.load(user_pair / "pre").hub_id is None  # a directory stays a directory
+    assert hub.resolve(user_pair / "pre") == user_pair / "pre"
+
+
+def test_shortened_commits_are_refused(offline):
+    with pytest.raises(CheckpointError, match=r"'org/base@aaaaaaa'.*shortened commit hash; give all 40 hex digits"):
+        hub.resolve("org/base@aaaaaaa")
+
+
+def test_hf_hub_cache_wins_over_hf_home(hub_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "hub").symlink_to(hub_cache)  # HF_HOME's cache is <HF_HOME>/hub
+    monkeypatch.setenv("HF_HOME", str(home))
+    assert hub.cache_dir() == home / "hub"
+    assert hub.resolve("org/base") == home / "hub" / "models--org--base" / "snapshots" / BASE
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))  # read at each call, and first
+    assert hub.cache_dir() == tmp_path / "empty"
+    with pytest.raises(CheckpointError, match=f"cache {tmp_path / 'empty'}"):
+        hub.resolve("org/base")
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.delenv("HF_HUB_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert hub.cache_dir() == tmp_path / "xdg" / "huggingface" / "hub"
+
+
+def test_pair_by_ids(user_pair, offline):
+    assert checkpoints.check_pair("org/base", "org/instruct@main") == "llama"
+    pre, post = checkpoints.load_pair("org/base", "org/instruct")
+    assert same_params(pre.params, checkpoints.load(user_pair / "pre").params)
+    assert same_params(post.params, checkpoints.load(user_pair / "post").params)
+    assert (pre.hub_id, post.hub_id) == (f"org/base@{BASE}", f"org/instruct@{INSTRUCT}")
+    assert set(checkpoints.tensor_index("org/base")) == set(pre.names)
+
+
+def test_riemann_run_from_the_cache(user_pair, offline, tmp_path):
+    before = tree(offline)
+    out = tmp_path / "run"
+    args = ["run", "--pre", "org/base", "--post", "org/instruct", "--data", str(user_pair / "resp.jsonl")]
+    fast = ["--batch-size", "2", "--edits", "dare:p=0.5", "--estimators", "riemann", "first-order"]
+    assert main([*args, *fast, "--out", str(out), "--quiet"]) == 0
+    (pair,) = results(out)["pairs"]
+    assert pair["pair"]["name"] == "base→instruct"
+    settings = json.loads((out / "run.json").read_text())["settings"]["checkpoints"]
+    assert (settings["pre"], settings["post"]) == ("org/base", "org/instruct")  # each process resolves the id
+    assert tree(offline) == before  # loading wrote nothing into the cache
+
+
+def test_export_and_plan_take_ids(offline, tmp_path, capsys):
+    out = tmp_path / "edited"
+    ids = ["--pre", "org/base", "--post", "org/instruct"]
+    assert main(["export", *ids, "--edit", "dare:p=0.5", "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file() and not (out / "tokenizer.json").is_symlink()
+    capsys.readouterr()
+    assert main(["plan", "org/base", "--memory", "24"]) == 0
+    assert "device memory 24 GiB" in capsys.readouterr().out
+
+
+def test_missing_id_or_revision_names_id_revision_and_cache(offline):
+    with pytest.raises(CheckpointError) as e:
+        checkpoints.load("org/absent")
+    msg = str(e.value)
+    assert "'org/absent'" in msg and "at revision main" in msg and f"cache {offline}" in msg
+    assert "HF_HUB_OFFLINE is set" in msg and "HF_HUB_CACHE" in msg and "HF_HOME" in msg
+    with pytest.raises(CheckpointError, match=f"org/base at revision v9 \\(cache {offline}\\) is not cached"):
+        checkpoints.check_pair("org/base@v9", "org/instruct")
+    with pytest.raises(CheckpointError, match=f"org/base at revision {'d' * 40}"):
+        checkpoints.load(f"org/base@{'d' * 40}")
+
+
+def test_pickle_only_snapshot_is_refused(offline):
+    with pytest.raises(CheckpointError, match=r"org/pickled .* no safetensors weights, only pickle-based ones"):
+        checkpoints.load("org/pickled")
+
+
+def test_neither_a_directory_nor_an_id_is_named(tmp_path):
+    for bad in ("./missing/dir", "a/b/c", str(tmp_path / "missing")):
+        with pytest.raises(CheckpointError, match=f"{bad!r}: no such directory, and not a Hub id org/name"):
+            checkpoints.load(bad)
+    with pytest.raises(CheckpointError, match="no such directory"):
+        checkpoints.check_pair(tmp_path / "missing", tmp_path)
+
+
+def test_unreachable_hub_is_said_quickly(hub_cache, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    before = tree(hub_cache)
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as e:
+        hub.resolve("org/absent@main")
+    msg = str(e.value)
+    assert "'org/absent@main'" in msg and "at revision main" in msg and f"cache {hub_cache}" in msg
+    assert "the Hub at http://127.0.0.1:9 could not be reached" in msg
+    assert time.monotonic() - start < 30
+    # What the cache holds is used without asking the Hub.
+    assert hub.resolve("org/base").name == BASE
+    assert tree(hub_cache) == before
