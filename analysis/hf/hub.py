@@ -147,14 +147,14 @@ def locate(ref: str | os.PathLike, *, weights: bool = True) -> Located:
             "(the cache names snapshots by the full hash), or a branch or tag name"
         )
     snapshot = _cached(cache, hub_id)
-    reason = None
+    reason, downloaded = None, False
     if snapshot is None or _missing(snapshot, weights):
         if offline():
             reason = "HF_HUB_OFFLINE is set, so the Hub was not asked"
         else:
             got = _download(ref, hub_id, cache, weights)
             if isinstance(got, Path):
-                snapshot = got
+                snapshot, downloaded = got, True
             else:  # why the Hub could not be reached; the cache may still hold part of it
                 snapshot, reason = _cached(cache, hub_id), got
     where = f"{hub_id.repo_id} at revision {revision} (cache {cache})"
@@ -166,6 +166,12 @@ def locate(ref: str | os.PathLike, *, weights: bool = True) -> Located:
         raise CheckpointError(f"{ref!r}: not a local directory, and {where} is not cached: {reason}. {fix}.")
     _refuse_pickles(ref, hub_id, snapshot)
     missing = _missing(snapshot, weights)
+    if missing and downloaded:  # the Hub itself has no such files (pickles are never fetched)
+        raise CheckpointError(
+            f"{ref!r}: {hub_id.repo_id} at revision {revision} on the Hub has no {', '.join(missing)} "
+            f"(downloaded into {snapshot}: configs, tokenizer and safetensors files only, since this toolkit "
+            "never unpickles weights)"
+        )
     if missing:
         raise CheckpointError(
             f"{ref!r}: the cached snapshot {snapshot} of {where} lacks {', '.join(missing)}"
@@ -254,10 +260,25 @@ def _download(ref: str | os.PathLike, hub_id: HubId, cache: Path, weights: bool)
         ) from None
     except (RepositoryNotFoundError, GatedRepoError):
         raise CheckpointError(
-            f"{ref!r}: {endpoint} has no model repo {hub_id.repo_id} that you may read (private or gated repos "
-            "need a token: `hf auth login` or HF_TOKEN)"
+            f"{ref!r}: no such directory, and {endpoint} has no model repo {hub_id.repo_id} that you may read "
+            "(private or gated repos need a token: `hf auth login` or HF_TOKEN)"
         ) from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as e:
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, *_transport_errors()) as e:
         cause = e.__cause__ or e
-        return f"the Hub at {endpoint} could not be reached ({type(cause).__name__}: {str(cause).splitlines()[0]})"
+        first = (str(cause).splitlines() or [""])[0]
+        return f"the Hub at {endpoint} could not be reached, or the download failed ({type(cause).__name__}: {first})"
     return Path(path)
+
+
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's network errors (a dropped connection mid-download): ``httpx2`` under
+    huggingface_hub 2, ``httpx`` under 1; neither is ours to depend on directly."""
+    import importlib
+
+    found = []
+    for module in ("httpx2", "httpx"):
+        try:
+            found.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)

@@ -12,9 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from analysis.cli import main
+from analysis.cli import _fingerprint, main
 from analysis.hf import checkpoints, hub
 from analysis.hf.safetensors_file import CheckpointError
+from analysis.pairs.user import from_checkpoints
 from tests.analysis.helpers import results
 
 BASE = "a" * 40
@@ -135,6 +136,11 @@ def test_pair_by_ids(user_pair, offline):
     assert same_params(post.params, checkpoints.load(user_pair / "post").params)
     assert (pre.hub_id, post.hub_id) == (f"org/base@{BASE}", f"org/instruct@{INSTRUCT}")
     assert set(checkpoints.tensor_index("org/base")) == set(pre.names)
+    pair = from_checkpoints("org/base", "org/instruct", user_pair / "resp.jsonl", batch_size=2, max_batches=1)
+    assert pair.name == "base→instruct" and same_params(pair.post, post.params)
+    assert pair.info["checkpoints"]["pre"] == str(offline / "models--org--base" / "snapshots" / BASE)
+    assert pair.info["checkpoints"]["post_hub_id"] == f"org/instruct@{INSTRUCT}"
+    assert f"org/base@{BASE} → org/instruct@{INSTRUCT}" in pair.description
 
 
 def test_riemann_run_from_the_cache(user_pair, offline, tmp_path):
@@ -148,6 +154,8 @@ def test_riemann_run_from_the_cache(user_pair, offline, tmp_path):
     settings = json.loads((out / "run.json").read_text())["settings"]["checkpoints"]
     assert (settings["pre"], settings["post"]) == ("org/base", "org/instruct")  # each process resolves the id
     assert tree(offline) == before  # loading wrote nothing into the cache
+    # Several processes compare what they read by content: a snapshot of links reads as its directory.
+    assert _fingerprint(str(hub.resolve("org/base"))) == _fingerprint(str(user_pair / "pre"))
 
 
 def test_export_and_plan_take_ids(offline, tmp_path, capsys):
@@ -197,8 +205,10 @@ def test_unreachable_hub_is_said_quickly(hub_cache, monkeypatch):
         hub.resolve("org/absent@main")
     msg = str(e.value)
     assert "'org/absent@main'" in msg and "at revision main" in msg and f"cache {hub_cache}" in msg
-    assert "the Hub at http://127.0.0.1:9 could not be reached" in msg
+    assert "the Hub at http://127.0.0.1:9 could not be reached" in msg and "ConnectError" in msg
     assert time.monotonic() - start < 30
-    # What the cache holds is used without asking the Hub.
+    # What the cache holds is used without asking the Hub; a pickle-only snapshot stays refused.
     assert hub.resolve("org/base").name == BASE
+    with pytest.raises(CheckpointError, match="only pickle-based ones"):
+        hub.resolve("org/pickled")
     assert tree(hub_cache) == before
