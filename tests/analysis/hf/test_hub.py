@@ -5,6 +5,7 @@ ever downloaded: the network is either forbidden or pointed at a closed port."""
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from analysis.hf import checkpoints, hub
 from analysis.hf.safetensors_file import CheckpointError
 from analysis.pairs.user import from_checkpoints
 from tests.analysis.helpers import results
+from tests.analysis.test_several_processes import _finish, _free_port, _hosts_env, _start
 
 BASE = "a" * 40
 INSTRUCT = "b" * 40
@@ -212,3 +214,24 @@ def test_unreachable_hub_is_said_quickly(hub_cache, monkeypatch):
     with pytest.raises(CheckpointError, match="only pickle-based ones"):
         hub.resolve("org/pickled")
     assert tree(hub_cache) == before
+
+
+def test_each_process_resolves_in_its_own_cache_and_contents_are_compared(user_pair, hub_cache, tmp_path):
+    # Process 1's cache holds other files under the same id: both processes refuse, before any weights.
+    other = tmp_path / "other-cache"
+    publish(other, "org/base", user_pair / "pre", BASE)
+    publish(other, "org/instruct", user_pair / "pre", INSTRUCT)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    port = _free_port()
+    args = ["run", "--pre", "org/base", "--post", "org/instruct", "--data", str(user_pair / "resp.jsonl")]
+    cmd = [sys.executable, "-m", "analysis.cli", *args, "--edits", "dare:p=0.5", "--out", str(tmp_path / "o")]
+    done = _finish(
+        [
+            _start(cmd, {**_hosts_env(port, 2, i), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, logs)
+            for i, cache in enumerate((hub_cache, other))
+        ]
+    )
+    assert [rc for rc, _, _ in done] == [2, 2], done
+    assert all("processes [1] were given other arguments, checkpoints or data" in err for _, _, err in done), done
+    assert not (tmp_path / "o").exists()
