@@ -164,7 +164,8 @@ def locate(ref: str | os.PathLike, *, weights: bool = True) -> Located:
     )
     if snapshot is None:
         raise CheckpointError(f"{ref!r}: not a local directory, and {where} is not cached: {reason}. {fix}.")
-    _refuse_pickles(ref, hub_id, snapshot)
+    if weights:  # planning from config.json alone does not care what format the weights are in
+        _refuse_pickles(ref, hub_id, snapshot)
     missing = _missing(snapshot, weights)
     if missing and downloaded:  # the Hub itself has no such files (pickles are never fetched)
         raise CheckpointError(

@@ -185,6 +185,7 @@ def test_missing_id_or_revision_names_id_revision_and_cache(offline):
 def test_pickle_only_snapshot_is_refused(offline):
     with pytest.raises(CheckpointError, match=r"org/pickled .* no safetensors weights, only pickle-based ones"):
         checkpoints.load("org/pickled")
+    assert hub.resolve("org/pickled", weights=False).name == BASE  # its config.json still plans
 
 
 def test_neither_a_directory_nor_an_id_is_named(tmp_path):
