@@ -125,13 +125,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_user_pair(c: dict[str, Any]) -> None:
-    from analysis.hf import checkpoints
+    from analysis.hf import adapters, checkpoints
     from analysis.pairs import data
 
     checkpoints.check_pair(c["pre"], c["post"])
     if not str(c["data"]).endswith(".npz"):
         kind, records = data.read_jsonl(c["data"])
-        data.tokenize(data.load_tokenizer(c["post"]), kind, records, max_len=c["max_len"], source=c["data"])
+        tok = data.load_tokenizer(adapters.tokenizer_source(c["pre"], c["post"]))
+        data.tokenize(tok, kind, records, max_len=c["max_len"], source=c["data"])
 
 
 def _fingerprint(path: str) -> str:
@@ -194,11 +195,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.pre or args.post:
         if not (args.pre and args.post):
             raise ValueError("export from checkpoints needs both --pre and --post")
-        checkpoints.check_pair(args.pre, args.post)
-        pre, template = (
-            checkpoints.load(args.pre, dtype=args.dtype).params,
-            checkpoints.load(args.post, dtype=args.dtype),
-        )
+        base, template = checkpoints.load_pair(args.pre, args.post, dtype=args.dtype)  # --post: a dir or an adapter
+        pre = base.params
     else:
         from analysis.pairs import registry
 
@@ -396,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"default: {' '.join(registry.DEFAULT)}",
     )
     run.add_argument("--pre", help="pre-trained HF checkpoint directory (with --post and --data)")
-    run.add_argument("--post", help="post-trained HF checkpoint directory")
+    run.add_argument(
+        "--post", help="post-trained HF checkpoint directory, or a PEFT LoRA adapter directory trained on --pre"
+    )
     run.add_argument(
         "--data", help="evaluation JSONL (decoders: text, prompt/response or prompt/chosen/rejected) or .npz (CLIP)"
     )
@@ -447,7 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--edit", required=True, metavar="SPEC", help="the edit, e.g. dare:p=0.9")
     ex.add_argument("--pair", default="lm/arithmetic", help="workbench pair (default lm/arithmetic)")
     ex.add_argument("--pre", help="pre-trained HF checkpoint directory (instead of --pair)")
-    ex.add_argument("--post", help="post-trained HF checkpoint directory")
+    ex.add_argument(
+        "--post", help="post-trained HF checkpoint directory, or a PEFT LoRA adapter directory trained on --pre"
+    )
     ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
     ex.add_argument(
         "--mask", type=int, default=0, help="which draw of a random edit, as numbered in riemann run (default 0)"

@@ -387,7 +387,13 @@ def _header_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
 def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
     """Check, from ``config.json`` and the safetensors headers alone (no weights read), that two
     checkpoints share family, tensor names and shapes — the delta is only defined between
-    identical architectures. Returns the family; the error names the first mismatching tensor."""
+    identical architectures. Returns the family; the error names the first mismatching tensor.
+    A PEFT LoRA adapter directory as ``post`` is checked against ``pre`` as its base
+    (:func:`analysis.hf.adapters.check_adapter`)."""
+    from analysis.hf import adapters  # imports this module
+
+    if adapters.is_adapter(post):
+        return adapters.check_adapter(pre, post).family
     fa, sa = _header_shapes(Path(pre))
     fb, sb = _header_shapes(Path(post))
     if fa != fb:
@@ -402,6 +408,18 @@ def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
 
 def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
     """Load a pre/post pair after :func:`check_pair` (so a mismatch is reported before any
-    weights are read)."""
+    weights are read); ``post`` may be a LoRA adapter directory on the base ``pre`` (:func:`load_adapter`)."""
+    from analysis.hf import adapters  # imports this module
+
+    if adapters.is_adapter(post):
+        return adapters.load_adapter(pre, post, **kwargs)
     check_pair(pre, post)
     return load(pre, **kwargs), load(post, **kwargs)
+
+
+def load_adapter(base: str | os.PathLike, adapter: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
+    """``(pre, post)`` from a base checkpoint and a PEFT LoRA adapter directory on it, ``post`` merged as
+    PEFT's ``merge_and_unload``; keywords as :func:`load`. See :mod:`analysis.hf.adapters`."""
+    from analysis.hf import adapters  # imports this module
+
+    return adapters.load_adapter(base, adapter, **kwargs)
