@@ -220,7 +220,10 @@ class Adapter:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
+class AdapterPlan:
+    """What :func:`check_adapter` found in the headers: the base's family, the settings, each LoRA'd
+    tensor's factor entries and the tensors replaced whole (nothing read yet)."""
+
     family: str
     settings: LoraSettings
     factors: dict[str, tuple[TensorInfo, TensorInfo, bool]]  # name → (A, B, is_embedding)
@@ -271,7 +274,7 @@ def _role(key: str, source: Path) -> tuple[str, str, bool]:
     return "full", ".".join(p for p in parts if p not in ("base_layer", "modules_to_save")), False
 
 
-def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> _Plan:
+def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> AdapterPlan:
     """Check an adapter against its base from ``adapter_config.json`` and safetensors headers alone
     (no weights read): options implemented, every adapter tensor present in the base with matching
     shapes and the configured rank, every targeted module present in the file. Errors name the
@@ -332,7 +335,7 @@ def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> _Plan:
         raise AdapterError(f"{weights}: {CONFIG} targets {untrained[:3]} but the file has no LoRA tensors for them")
     if not factors and not replaced:
         raise AdapterError(f"{weights}: no LoRA tensors")
-    return _Plan(family, settings, factors, replaced)
+    return AdapterPlan(family, settings, factors, replaced)
 
 
 def read_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapter:

@@ -7,6 +7,7 @@ rtol 1e-6, atol 1e-7; tensors the adapter leaves alone must be the base's own ar
 """
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -233,20 +234,14 @@ def _q_tensors(layers=(0, 1), r=2, prefix="base_model.model."):
 )
 def test_unimplemented_options_are_refused_before_any_weights(base_dir, tmp_path, config, message):
     adapter = _adapter(tmp_path / "a", config, garbage=True)
-    with pytest.raises(adapters.AdapterError, match=_re(message)):
+    with pytest.raises(adapters.AdapterError, match=re.escape(message)):
         checkpoints.load_adapter(base_dir, adapter)
-
-
-def _re(s):
-    import re
-
-    return re.escape(s)
 
 
 def test_adapter_files_inconsistent_with_the_base_are_refused_naming_the_key(base_dir, tmp_path):
     def refused(tensors, message, config=None):
         d = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
-        with pytest.raises(adapters.AdapterError, match=_re(message)):
+        with pytest.raises(adapters.AdapterError, match=re.escape(message)):
             checkpoints.check_pair(base_dir, _adapter(d, config, tensors))
 
     t = _q_tensors()
@@ -314,3 +309,14 @@ def test_riemann_run_and_export_take_an_adapter_as_post(user_pair, tmp_path):
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(np.asarray(c), a + 1.5 * (b - a), rtol=1e-5, atol=1e-6)
     assert (exported / "tokenizer.json").is_file()
+
+
+def test_merge_is_float32_rounded_once_to_the_parameter_dtype(base_dir, tmp_path):
+    adapter = _adapter(tmp_path / "a", None, _q_tensors())
+    pre, post = checkpoints.load_adapter(base_dir, adapter, dtype="bfloat16")
+    f = adapters.read_adapter(base_dir, adapter).factors["model.layers.0.self_attn.q_proj.weight"]
+    got = _leaf(post, f.name)
+    assert got.dtype == jnp.bfloat16
+    want = (np.asarray(_leaf(pre, f.name), np.float32) + f.dense()).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert _leaf(post, "model.layers.0.self_attn.k_proj.weight") is _leaf(pre, "model.layers.0.self_attn.k_proj.weight")
