@@ -126,13 +126,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _check_user_pair(c: dict[str, Any]) -> None:
-    from analysis.hf import checkpoints, hub
+    from analysis.hf import adapters, checkpoints
     from analysis.pairs import data
 
     checkpoints.check_pair(c["pre"], c["post"])
     if not str(c["data"]).endswith(".npz"):
         kind, records = data.read_jsonl(c["data"])
-        tok = data.load_tokenizer(hub.resolve(c["post"]))
+        tok = data.load_tokenizer(adapters.tokenizer_source(c["pre"], c["post"]))
         data.tokenize(tok, kind, records, max_len=c["max_len"], source=c["data"])
 
 
@@ -198,11 +198,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.pre or args.post:
         if not (args.pre and args.post):
             raise ValueError("export from checkpoints needs both --pre and --post")
-        checkpoints.check_pair(args.pre, args.post)
-        pre, template = (
-            checkpoints.load(args.pre, dtype=args.dtype).params,
-            checkpoints.load(args.post, dtype=args.dtype),
-        )
+        base, template = checkpoints.load_pair(args.pre, args.post, dtype=args.dtype)  # --post: a dir or an adapter
+        pre = base.params
     else:
         from analysis.pairs import registry
 
@@ -402,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--pre", help="pre-trained HF checkpoint: directory or Hub id org/name[@revision] (with --post and --data)"
     )
-    run.add_argument("--post", help="post-trained HF checkpoint: directory or Hub id org/name[@revision]")
+    run.add_argument(
+        "--post",
+        help="post-trained HF checkpoint: directory or Hub id org/name[@revision], or a PEFT LoRA adapter "
+        "(directory or Hub id) trained on --pre",
+    )
     run.add_argument(
         "--data", help="evaluation JSONL (decoders: text, prompt/response or prompt/chosen/rejected) or .npz (CLIP)"
     )
@@ -455,7 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument(
         "--pre", help="pre-trained HF checkpoint: directory or Hub id org/name[@revision] (instead of --pair)"
     )
-    ex.add_argument("--post", help="post-trained HF checkpoint: directory or Hub id org/name[@revision]")
+    ex.add_argument(
+        "--post",
+        help="post-trained HF checkpoint: directory or Hub id org/name[@revision], or a PEFT LoRA adapter "
+        "(directory or Hub id) trained on --pre",
+    )
     ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
     ex.add_argument(
         "--mask", type=int, default=0, help="which draw of a random edit, as numbered in riemann run (default 0)"

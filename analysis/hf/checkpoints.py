@@ -394,7 +394,12 @@ def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
     """Check, from ``config.json`` and the safetensors headers alone (no weights read), that two
     checkpoints (directories or Hub ids) share family, tensor names and shapes — the delta is only
     defined between identical architectures. Returns the family; the error names the first
-    mismatching tensor."""
+    mismatching tensor. A PEFT LoRA adapter as ``post`` is checked against ``pre`` as its base
+    (:func:`analysis.hf.adapters.check_adapter`)."""
+    from analysis.hf import adapters  # imports this module
+
+    if adapters.is_adapter(hub.resolve(post)):
+        return adapters.check_adapter(pre, post).family
     fa, sa = _header_shapes(hub.resolve(pre))
     fb, sb = _header_shapes(hub.resolve(post))
     if fa != fb:
@@ -409,6 +414,19 @@ def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
 
 def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
     """Load a pre/post pair (directories or Hub ids) after :func:`check_pair` (so a mismatch is
-    reported before any weights are read)."""
+    reported before any weights are read); ``post`` may be a LoRA adapter on the base ``pre``
+    (:func:`load_adapter`)."""
+    from analysis.hf import adapters  # imports this module
+
+    if adapters.is_adapter(hub.resolve(post)):
+        return adapters.load_adapter(pre, post, **kwargs)
     check_pair(pre, post)
     return load(pre, **kwargs), load(post, **kwargs)
+
+
+def load_adapter(base: str | os.PathLike, adapter: str | os.PathLike, **kwargs: Any) -> tuple[Checkpoint, Checkpoint]:
+    """``(pre, post)`` from a base checkpoint and a PEFT LoRA adapter directory on it, ``post`` merged as
+    PEFT's ``merge_and_unload``; keywords as :func:`load`. See :mod:`analysis.hf.adapters`."""
+    from analysis.hf import adapters  # imports this module
+
+    return adapters.load_adapter(base, adapter, **kwargs)

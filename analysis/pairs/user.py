@@ -1,4 +1,5 @@
-"""A pair from what a user holds: two Hugging Face checkpoints (directories or Hub ids) and an evaluation file."""
+"""A pair from what a user holds: two Hugging Face checkpoints (directories or Hub ids; or a base and a
+LoRA adapter) and an evaluation file."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from analysis.hf import checkpoints, hub
+from analysis.hf import adapters, checkpoints, hub
 from analysis.pairs import accuracy, data
 from analysis.pairs.pair import Pair
 
@@ -34,6 +35,10 @@ def from_checkpoints(
     ``pre`` and ``post`` are directories or Hub ids ``org/name[@revision]``, resolved to the snapshot
     directories of the local Hub cache (:func:`analysis.hf.hub.resolve`); ``info["checkpoints"]``
     then also names each id pinned to its commit.
+
+    ``post`` may instead be a PEFT LoRA adapter directory (``adapter_config.json``) trained on
+    ``pre``: ``W_post`` is then ``pre`` with the adapter merged (:mod:`analysis.hf.adapters`), and the
+    tokenizer is the adapter's if it ships one, else the base's.
 
     Decoders (Llama/Mistral/Qwen2) take a JSONL file: ``{"text"}`` records give the LM loss on all
     tokens, ``{"prompt", "response"}`` the loss on response tokens (accuracy: teacher-forced token
@@ -73,10 +78,7 @@ def from_checkpoints(
         batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
         if not batches:
             raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
-        a, b = (
-            checkpoints.load(pre, dtype=dtype, remat=remat, sharding=placed),
-            checkpoints.load(post, dtype=dtype, remat=remat, sharding=placed),
-        )
+        a, b = checkpoints.load_pair(pre, post, dtype=dtype, remat=remat, sharding=placed)
         if "riemann_num_labels" not in a.raw_config:
             raise ValueError(
                 f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
@@ -86,13 +88,10 @@ def from_checkpoints(
         acc, acc_name, kind = accuracy.top1_accuracy_fn(a.classify), "top-1 accuracy", "images"
     else:
         kind, records = data.read_jsonl(data_file)
-        tok = data.load_tokenizer(post)
+        tok = data.load_tokenizer(adapters.tokenizer_source(pre, post))
         items = data.tokenize(tok, kind, records, max_len=max_len, source=str(data_file))
         batches = data.make_batches(items, batch_size=batch_size, max_len=max_len)[:max_batches]
-        a, b = (
-            checkpoints.load(pre, dtype=dtype, remat=remat, sharding=placed),
-            checkpoints.load(post, dtype=dtype, remat=remat, sharding=placed),
-        )
+        a, b = checkpoints.load_pair(pre, post, dtype=dtype, remat=remat, sharding=placed)
         if kind == "preference":
             if mesh is not None and jax.process_count() > 1:  # riemann run refuses it before reading weights
                 raise data.DataError(

@@ -236,3 +236,36 @@ def test_each_process_resolves_in_its_own_cache_and_contents_are_compared(user_p
     assert [rc for rc, _, _ in done] == [2, 2], done
     assert all("processes [1] were given other arguments, checkpoints or data" in err for _, _, err in done), done
     assert not (tmp_path / "o").exists()
+
+
+def test_a_lora_adapter_by_hub_id(offline, user_pair, tmp_path):
+    """An adapter repo as ``post``: resolved like any id, merged on the base id, named by its own id."""
+    from analysis.hf import adapters
+    from analysis.hf.safetensors_file import write_file
+
+    pre = checkpoints.load(user_pair / "pre")
+    hidden = dict(zip(pre.names, jax.tree.leaves(pre.params)))["model.embed_tokens.weight"].shape[1]
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(2):
+        key = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.3, (2, hidden)).astype(np.float32)
+        tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.3, (hidden, 2)).astype(np.float32)
+    src = tmp_path / "adapter"
+    src.mkdir()
+    (src / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]})
+    )
+    write_file(src / "adapter_model.safetensors", tensors)
+    lora = "d" * 40
+    publish(offline, "org/lora", src, lora)
+    before = tree(offline)
+    assert checkpoints.check_pair("org/base", "org/lora") == pre.family
+    a, b = checkpoints.load_pair("org/base", "org/lora")
+    _, want = checkpoints.load_adapter(user_pair / "pre", src)
+    assert b.hub_id == f"org/lora@{lora}" and a.hub_id == f"org/base@{BASE}"
+    for x, y in zip(jax.tree.leaves(b.params), jax.tree.leaves(want.params)):
+        assert np.array_equal(np.asarray(x), np.asarray(y))
+    # No tokenizer in the adapter repo: the base snapshot's.
+    assert adapters.tokenizer_source("org/base", "org/lora") == hub.resolve("org/base")
+    assert tree(offline) == before

@@ -1,0 +1,407 @@
+"""LoRA adapters (PEFT) as deltas: a base checkpoint is ``W_pre``, base plus adapter is ``W_post``.
+
+An adapter directory holds ``adapter_config.json`` and ``adapter_model.safetensors``. For every
+module it targets, PEFT 0.21 (``peft/tuners/lora/layer.py``, ``Linear.get_delta_weight`` and
+``Embedding.get_delta_weight``; ``merge_and_unload``) merges
+
+    W_post = W_pre + scale · B A            (nn.Linear: A [r, in], B [out, r])
+    W_post = W_pre + scale · (B A)ᵀ         (nn.Embedding: A [r, vocab], B [dim, r])
+    scale  = lora_alpha / r                 (lora_alpha / √r with ``use_rslora``)
+
+with ``r`` and ``lora_alpha`` per module from ``rank_pattern`` / ``alpha_pattern`` (the first
+pattern ``p`` with ``re.match(rf"(.*\\.)?({p})$", module)``, ``peft.utils.other.get_pattern_key``).
+Tensors saved whole — ``modules_to_save`` copies, biases trained with ``bias="all"`` or
+``"lora_only"``, embedding copies saved beside an embedding LoRA — replace the base's tensor.
+``fan_in_fan_out`` is ignored as PEFT ignores it for ``nn.Linear`` (``dispatch_default`` resets it
+to False; only GPT-2's ``Conv1D`` honours it, and no family here has one) and for embeddings
+(always transposed). Everything else that changes the merged weights (DoRA, LoRA biases, other
+variants and initialisations that rewrite the base, other ``peft_type``) is refused, naming the
+config key, before any weight is read; the adapter's tensor names and shapes are checked against
+the base's safetensors headers, also before any weight is read.
+
+Each merged tensor is computed in float32 and rounded once to the parameter's dtype; untargeted
+tensors of ``W_post`` are the base's own arrays (JAX arrays are immutable, so sharing is safe).
+
+:func:`read_adapter` gives the factored form (:class:`LoraFactor` per tensor: ``ΔW = scale · left
+@ right``) without forming any dense ΔW, and :func:`factored_svd` the exact SVD of ΔW from its
+factors. The suite's edits (``riemann.edits``: DARE, magnitude, BitDelta, ...) act on the dense
+ΔW = W_post − W_pre, as for any pair; DARE on the factors A, B is a different edit, not DARE on ΔW.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from analysis.hf import checkpoints, hub
+from analysis.hf.safetensors_file import CheckpointError, TensorInfo, read_header, read_tensor
+
+CONFIG = "adapter_config.json"
+WEIGHTS = "adapter_model.safetensors"
+PICKLED = ("adapter_model.bin", "adapter_model.pt", "adapter_model.pth")
+PREFIX = "base_model.model."  # PeftModel → LoraModel → the transformers model
+# Config keys read here, and keys that do not change the merged weights (training-time settings, metadata).
+READ = {
+    "peft_type", "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "layers_to_transform",
+    "layers_pattern", "rank_pattern", "alpha_pattern", "modules_to_save", "fan_in_fan_out", "bias",
+    "init_lora_weights",
+}  # fmt: skip
+INERT = {
+    "base_model_name_or_path", "revision", "task_type", "inference_mode", "lora_dropout", "peft_version",
+    "auto_mapping", "megatron_core", "qalora_group_size", "runtime_config",
+}  # fmt: skip
+INITS = (True, False, "gaussian")  # initialisations that leave the base weights as they are
+BIASES = ("none", "all", "lora_only")
+
+
+class AdapterError(CheckpointError):
+    """An adapter directory is missing, inconsistent with its base, or uses options not implemented."""
+
+
+def is_adapter(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a PEFT adapter directory (it holds ``adapter_config.json``)."""
+    return (Path(path) / CONFIG).is_file()
+
+
+def tokenizer_source(pre: str | os.PathLike, post: str | os.PathLike) -> Path:
+    """Where a pair's tokenizer lives: ``post`` itself, unless it is an adapter without its own
+    ``tokenizer.json``, whose tokenizer is the base's."""
+    pre, post = hub.resolve(pre), hub.resolve(post)
+    return pre if is_adapter(post) and not (post / "tokenizer.json").is_file() else post
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSettings:
+    """The parts of a ``LoraConfig`` that decide the merged weights (``peft/tuners/lora/config.py``)."""
+
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    target_modules: tuple[str, ...] | str
+    exclude_modules: tuple[str, ...] | str | None
+    layers_to_transform: tuple[int, ...] | int | None
+    layers_pattern: tuple[str, ...] | None
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    modules_to_save: tuple[str, ...]
+    bias: str
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = CONFIG) -> LoraSettings:
+        """Parsed and checked settings; a key we do not implement is refused by name."""
+        if raw.get("peft_type") != "LORA":
+            raise AdapterError(f"{source}: peft_type={raw.get('peft_type')!r}; accepted: 'LORA'")
+        for key, value in raw.items():
+            if key not in READ and key not in INERT and value not in (None, False, {}, [], ""):
+                raise AdapterError(
+                    f"{source}: {key}={value!r} is not implemented (it changes the merged weights beyond "
+                    f"W + scale·BA); accepted: {key}=null or false"
+                )
+        if raw.get("init_lora_weights", True) not in INITS:
+            raise AdapterError(
+                f"{source}: init_lora_weights={raw['init_lora_weights']!r} rewrites the base weights at "
+                f"initialisation, so the adapter is not relative to the base; accepted: true, false, 'gaussian'"
+            )
+        if raw.get("bias", "none") not in BIASES:
+            raise AdapterError(f"{source}: bias={raw['bias']!r}; accepted: {', '.join(map(repr, BIASES))}")
+        targets = raw.get("target_modules")
+        if targets is None or (isinstance(targets, str) and targets.lower() == "all-linear"):
+            raise AdapterError(
+                f"{source}: target_modules={targets!r}; accepted: a list of module names or a regex "
+                "(as PEFT saves after expanding its defaults)"
+            )
+        r = raw.get("r", 8)
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise AdapterError(f"{source}: r={r!r}; accepted: an integer ≥ 1")
+        layers, pattern = raw.get("layers_to_transform"), raw.get("layers_pattern")
+        return cls(
+            r=r,
+            lora_alpha=float(raw.get("lora_alpha", 8)),
+            use_rslora=bool(raw.get("use_rslora", False)),
+            target_modules=targets if isinstance(targets, str) else tuple(targets),
+            exclude_modules=_names(raw.get("exclude_modules")),
+            layers_to_transform=layers if isinstance(layers, int | None) else tuple(layers),
+            layers_pattern=(pattern,) if isinstance(pattern, str) else (tuple(pattern) if pattern else None),
+            rank_pattern=dict(raw.get("rank_pattern") or {}),
+            alpha_pattern=dict(raw.get("alpha_pattern") or {}),
+            modules_to_save=tuple(raw.get("modules_to_save") or ()),
+            bias=raw.get("bias", "none"),
+        )
+
+    def targets(self, module: str) -> bool:
+        """Whether PEFT puts a LoRA on ``module`` (``peft.tuners.tuners_utils.check_target_module_exists``)."""
+        ex = self.exclude_modules
+        if ex is not None:
+            if isinstance(ex, str) and re.fullmatch(ex, module):
+                return False
+            if not isinstance(ex, str) and (module in ex or any(module.endswith(f".{e}") for e in ex)):
+                return False
+        if any(re.match(rf"(^|.*\.){m}($|\..*)", module) for m in self.modules_to_save):
+            return False
+        if isinstance(self.target_modules, str):
+            found = re.fullmatch(self.target_modules, module) is not None
+        else:
+            found = module in self.target_modules or any(module.endswith(f".{t}") for t in self.target_modules)
+        layers = self.layers_to_transform
+        if found and layers is not None and layers != ():
+            if not self.layers_pattern:
+                match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+            else:
+                match = None
+                for p in self.layers_pattern:
+                    match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", module)
+                    if match is not None:
+                        break
+            if match is None:
+                return False
+            index = int(match.group("idx"))
+            return index == layers if isinstance(layers, int) else index in layers
+        return found
+
+    def rank(self, module: str) -> int:
+        return int(self.rank_pattern.get(_pattern_key(self.rank_pattern, module), self.r))
+
+    def scale(self, module: str) -> float:
+        """``lora_alpha / r``, or ``lora_alpha / √r`` with ``use_rslora`` (``LoraLayer.update_layer``)."""
+        alpha = float(self.alpha_pattern.get(_pattern_key(self.alpha_pattern, module), self.lora_alpha))
+        r = self.rank(module)
+        return alpha / math.sqrt(r) if self.use_rslora else alpha / r
+
+
+def _names(value: Any) -> tuple[str, ...] | str | None:
+    return value if value is None or isinstance(value, str) else tuple(value)
+
+
+def _pattern_key(patterns: dict[str, Any], module: str) -> str:
+    """``peft.utils.other.get_pattern_key``: the first pattern matching the end of ``module``."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module):
+            return key
+    return module
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraFactor:
+    """One tensor's low-rank delta ``ΔW = scale · left @ right`` (left [out, r], right [r, in]):
+    ``left = B, right = A`` for a linear layer, ``left = Aᵀ, right = Bᵀ`` for an embedding."""
+
+    name: str
+    left: np.ndarray
+    right: np.ndarray
+    scale: float
+
+    @property
+    def rank(self) -> int:
+        return self.left.shape[1]
+
+    def dense(self) -> np.ndarray:
+        """The dense ΔW in float32 (for checks; the point of the factored form is not to need it)."""
+        return (self.left.astype(np.float32) @ self.right.astype(np.float32)) * np.float32(self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """An adapter in factored form: per-tensor LoRA factors, and the tensors it replaces whole."""
+
+    path: Path
+    settings: LoraSettings
+    factors: dict[str, LoraFactor]
+    replaced: dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterPlan:
+    """What :func:`check_adapter` found in the headers: the base's family, the settings, each LoRA'd
+    tensor's factor entries and the tensors replaced whole (nothing read yet)."""
+
+    family: str
+    settings: LoraSettings
+    factors: dict[str, tuple[TensorInfo, TensorInfo, bool]]  # name → (A, B, is_embedding)
+    replaced: dict[str, TensorInfo]
+
+
+def _read_config(adapter: Path) -> dict[str, Any]:
+    if not (adapter / CONFIG).is_file():
+        raise AdapterError(f"{adapter}: no {CONFIG} (expected a PEFT adapter directory)")
+    try:
+        raw = json.loads((adapter / CONFIG).read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{adapter / CONFIG}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{adapter / CONFIG}: expected a JSON object")
+    return raw
+
+
+def _weights_file(adapter: Path) -> Path:
+    if (adapter / WEIGHTS).is_file():
+        return adapter / WEIGHTS
+    pickled = [f for f in PICKLED if (adapter / f).is_file()]
+    if pickled:
+        raise AdapterError(
+            f"{adapter}: only pickle-based adapter weights ({', '.join(pickled)}); they can run arbitrary code when "
+            f"loaded, so this toolkit reads safetensors only. Convert once where you trust the file, e.g. "
+            f"PeftModel.from_pretrained(base, dir).save_pretrained(new_dir), which writes {WEIGHTS}."
+        )
+    raise AdapterError(f"{adapter}: no {WEIGHTS}")
+
+
+_ROLES = ((".lora_A.weight", "A", False), (".lora_B.weight", "B", False))
+_ROLES += ((".lora_embedding_A", "A", True), (".lora_embedding_B", "B", True))
+
+
+def _role(key: str, source: Path) -> tuple[str, str, bool]:
+    """(role, base tensor name, is_embedding) of a key in the adapter file; role "A", "B" or "full"."""
+    k = key.removeprefix(PREFIX)
+    for suffix, role, emb in _ROLES:
+        if k.endswith(suffix):
+            return role, k.removesuffix(suffix) + ".weight", emb
+    parts = k.split(".")
+    if any(p.startswith("lora_") or p == "trainable_tokens_delta" for p in parts):
+        raise AdapterError(
+            f"{source}: tensor {key!r} belongs to a LoRA variant not implemented here; accepted: "
+            "lora_A/lora_B (linear), lora_embedding_A/lora_embedding_B (embedding) and whole tensors"
+        )
+    return "full", ".".join(p for p in parts if p not in ("base_layer", "modules_to_save")), False
+
+
+def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> AdapterPlan:
+    """Check an adapter against its base from ``adapter_config.json`` and safetensors headers alone
+    (no weights read): options implemented, every adapter tensor present in the base with matching
+    shapes and the configured rank, every targeted module present in the file. Errors name the
+    offending config key or adapter tensor."""
+    base, adapter = hub.resolve(base), hub.resolve(adapter)
+    settings = LoraSettings.from_dict(_read_config(adapter), source=str(adapter / CONFIG))
+    weights = _weights_file(adapter)
+    family, shapes = checkpoints._header_shapes(base)
+    infos, _ = read_header(weights)
+    halves: dict[str, dict[str, TensorInfo]] = {}
+    kinds: dict[str, bool] = {}
+    replaced: dict[str, TensorInfo] = {}
+    for key, info in infos.items():
+        role, name, emb = _role(key, weights)
+        if name not in shapes:
+            raise AdapterError(
+                f"{weights}: tensor {key!r} is for {name}, which the base {base} does not have "
+                f"(its tensors are e.g. {sorted(shapes)[:3]})"
+            )
+        if not np.issubdtype(info.dtype, np.floating) and info.dtype.name != "bfloat16":
+            raise AdapterError(f"{weights}: tensor {key!r} has dtype {info.dtype}; expected floating point")
+        if role == "full":
+            if info.shape != shapes[name]:
+                raise AdapterError(f"{weights}: tensor {key!r} has shape {info.shape}, base {name} {shapes[name]}")
+            replaced[name] = info
+        else:
+            halves.setdefault(name, {})[role] = info
+            if kinds.setdefault(name, emb) != emb:
+                raise AdapterError(f"{weights}: tensor {key!r}: {name} has both linear and embedding LoRA factors")
+    factors = {}
+    for name, pair in halves.items():
+        module = name.removesuffix(".weight")
+        missing = {"A", "B"} - set(pair)
+        if missing:
+            raise AdapterError(f"{weights}: {module} has lora_{''.join(pair)} but no lora_{''.join(missing)}")
+        a, b, emb = pair["A"], pair["B"], kinds[name]
+        shape = shapes[name]
+        if len(shape) != 2:
+            raise AdapterError(f"{weights}: LoRA on {name} {shape}: only 2-D weights (linear, embedding) are supported")
+        if not settings.targets(module):
+            raise AdapterError(f"{weights}: LoRA tensors for {module}, which {CONFIG} does not target")
+        r = settings.rank(module)
+        # Linear: A [r, in], B [out, r] with W [out, in]; embedding: A [r, vocab], B [dim, r] with W [vocab, dim].
+        want_a, want_b = ((r, shape[0]), (shape[1], r)) if emb else ((r, shape[1]), (shape[0], r))
+        for info, want in ((a, want_a), (b, want_b)):
+            if info.shape != want:
+                raise AdapterError(
+                    f"{weights}: tensor {info.name!r} has shape {info.shape}; base {name} {shape} with rank {r} "
+                    f"(from {CONFIG}: r / rank_pattern) needs {want}"
+                )
+        factors[name] = (a, b, emb)
+    untrained = sorted(
+        n.removesuffix(".weight")
+        for n in shapes
+        if n.endswith(".weight") and n not in factors and settings.targets(n.removesuffix(".weight"))
+    )
+    if untrained:
+        raise AdapterError(f"{weights}: {CONFIG} targets {untrained[:3]} but the file has no LoRA tensors for them")
+    if not factors and not replaced:
+        raise AdapterError(f"{weights}: no LoRA tensors")
+    return AdapterPlan(family, settings, factors, replaced)
+
+
+def read_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapter:
+    """The adapter in factored form, after :func:`check_adapter` (the base's weights are not read)."""
+    plan = check_adapter(base, adapter)
+    factors = {}
+    for name, (a, b, emb) in plan.factors.items():
+        av, bv = read_tensor(a), read_tensor(b)
+        left, right = (av.T, bv.T) if emb else (bv, av)
+        factors[name] = LoraFactor(name, left, right, plan.settings.scale(name.removesuffix(".weight")))
+    replaced = {name: read_tensor(info) for name, info in plan.replaced.items()}
+    return Adapter(hub.resolve(adapter), plan.settings, factors, replaced)
+
+
+@jax.jit
+def _merge(w: jax.Array, left: jax.Array, right: jax.Array, scale: jax.Array) -> jax.Array:
+    # The order of PEFT's get_delta_weight, (B @ A) * scale, then W += ΔW; in float32, rounded once.
+    delta = (left.astype(jnp.float32) @ right.astype(jnp.float32)) * scale
+    return (w.astype(jnp.float32) + delta).astype(w.dtype)
+
+
+def load_adapter(
+    base: str | os.PathLike,
+    adapter: str | os.PathLike,
+    *,
+    dtype: Any = None,
+    sharding: Callable[[str, tuple[int, ...]], Any] | None = None,
+    remat: bool = False,
+) -> tuple[checkpoints.Checkpoint, checkpoints.Checkpoint]:
+    """``(pre, post)``: the base checkpoint and base + adapter merged as PEFT's ``merge_and_unload``.
+
+    Everything is checked from headers first (:func:`check_adapter`). ``post`` shares the base's
+    arrays for every tensor the adapter leaves alone; its ``path`` is where its tokenizer lives
+    (:func:`tokenizer_source`), its config the base's. Keywords as :func:`analysis.hf.checkpoints.load`.
+    """
+    lora = read_adapter(base, adapter)
+    pre = checkpoints.load(base, dtype=dtype, sharding=sharding, remat=remat)
+    leaves = dict(zip(pre.names, jax.tree.leaves(pre.params)))
+    for name, full in lora.replaced.items():
+        where = sharding(name, full.shape) if sharding else None
+        leaves[name] = jax.device_put(full.astype(leaves[name].dtype), where)
+    for name, f in lora.factors.items():
+        leaves[name] = _merge(leaves[name], jnp.asarray(f.left), jnp.asarray(f.right), jnp.float32(f.scale))
+    params = jax.tree.unflatten(jax.tree.structure(pre.params), list(leaves.values()))
+    post = dataclasses.replace(
+        pre, path=tokenizer_source(base, adapter), params=params, hub_id=hub.locate(adapter).pinned
+    )
+    return pre, post
+
+
+def factored_svd(factor: LoraFactor, rank: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(U, S, Vᵀ)`` of ``ΔW = scale · left @ right`` truncated to ``rank`` (default: the adapter's
+    r), without forming ΔW: ``left = Q₁R₁``, ``rightᵀ = Q₂R₂`` (thin QR), the r × r core
+    ``scale · R₁R₂ᵀ = U_c S V_cᵀ``, so ``U = Q₁U_c`` and ``Vᵀ = V_cᵀQ₂ᵀ``. Cost O((out + in)·r²);
+    exact, so truncating ΔW to rank ≥ r loses nothing.
+
+    >>> f = LoraFactor("w", np.ones((4, 1), np.float32), np.full((1, 3), 2.0, np.float32), 0.5)
+    >>> u, s, vt = factored_svd(f)
+    >>> bool(np.allclose((u * s[None]) @ vt, f.dense())), bool(np.isclose(s[0], np.linalg.norm(f.dense())))
+    (True, True)
+    """
+    most = min(factor.left.shape[0], factor.right.shape[1], factor.rank)
+    k = most if rank is None else rank
+    if not 1 <= k <= most:
+        raise ValueError(f"{factor.name}: rank={k}; accepted: 1 to {most} (the adapter's rank, at most min(out, in))")
+    q1, r1 = jnp.linalg.qr(jnp.asarray(factor.left, jnp.float32))
+    q2, r2 = jnp.linalg.qr(jnp.asarray(factor.right, jnp.float32).T)
+    uc, s, vct = jnp.linalg.svd((r1 @ r2.T) * jnp.float32(factor.scale), full_matrices=False)
+    return (q1 @ uc)[:, :k], s[:k], (vct @ q2.T)[:k]

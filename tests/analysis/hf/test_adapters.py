@@ -1,0 +1,322 @@
+"""LoRA adapters as deltas against the reference implementation: PEFT 0.21 on transformers (CPU).
+
+Every base model and adapter here is tiny, random, and written by the test itself: PEFT's
+``get_peft_model`` + ``save_pretrained`` for the parity cases, hand-written safetensors files for
+the refusals. Merged tensors are compared with PEFT's ``merge_and_unload()`` in float32 at
+rtol 1e-6, atol 1e-7; tensors the adapter leaves alone must be the base's own arrays.
+"""
+
+import json
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch  # the parity reference: the test extra installs torch (CPU), transformers and peft
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from analysis.cli import main
+from analysis.hf import adapters, checkpoints
+from analysis.hf.safetensors_file import write_file
+from tests.analysis.helpers import results
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+
+DECODER = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+IDS = np.random.default_rng(0).integers(0, DECODER["vocab_size"], size=(2, 12)).astype(np.int32)
+RTOL, ATOL = 1e-6, 1e-7
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+CASES = {
+    # several targets, per-module ranks and alphas (rank_pattern / alpha_pattern by suffix and by path)
+    "llama-patterns": (
+        "llama",
+        {},
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=ALL,
+            rank_pattern={"q_proj": 2, "layers.1.mlp.down_proj": 6},
+            alpha_pattern={"v_proj": 3.0},
+        ),
+        {},
+    ),
+    # rank-stabilised scale, a whole lm_head saved, only layer 1 adapted
+    "llama-rslora-modules-to-save": (
+        "llama",
+        {},
+        dict(r=8, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "up_proj"], layers_to_transform=[1]),
+        {"modules_to_save": ["lm_head"]},
+    ),
+    # a regex target, and trained biases (bias="all") saved whole
+    "llama-regex-bias": (
+        "llama",
+        {"attention_bias": True},
+        dict(r=4, lora_alpha=16, target_modules=r".*\.(q_proj|k_proj|down_proj)", bias="all"),
+        {},
+    ),
+    # fan_in_fan_out=True, which PEFT ignores for nn.Linear; written into the saved config by hand
+    "llama-fan-in-fan-out": ("llama", {}, dict(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"]), {"fan": True}),
+    # tied embeddings with a LoRA on the embedding itself
+    "qwen2-tied-embedding": (
+        "qwen2",
+        {"tie_word_embeddings": True},
+        dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj", "v_proj"]),
+        {},
+    ),
+}
+
+
+def _hf_decoder(kind, **overrides):
+    torch.manual_seed(0)
+    if kind == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**DECODER, **overrides}))
+    return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**DECODER, **overrides}))
+
+
+def _perturb_(params, seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def _peft_case(case, tmp_path):
+    """A saved base, a saved PEFT adapter on it (trained = randomised), and PEFT's model of both."""
+    kind, overrides, lora, extra = CASES[case]
+    hf = _hf_decoder(kind, **overrides)
+    _perturb_(hf.parameters(), 1, 0.05)  # fresh models have zero biases and unit norms
+    hf.eval()
+    hf.save_pretrained(tmp_path / "base")
+    model = get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", modules_to_save=extra.get("modules_to_save"), **lora))
+    # lora_B starts at zero: "train" every adapter tensor, saved whole copies and biases included.
+    trained = [p for n, p in model.named_parameters() if p.requires_grad]
+    _perturb_(trained, 2, 0.1)
+    model.save_pretrained(tmp_path / "adapter")
+    if extra.get("fan"):
+        cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+        (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**cfg, "fan_in_fan_out": True}))
+        base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+        model = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    model.eval()
+    return tmp_path / "base", tmp_path / "adapter", model
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_merged_weights_and_logits_match_peft(case, tmp_path):
+    base, adapter, model = _peft_case(case, tmp_path)
+    ids = torch.tensor(IDS, dtype=torch.long)
+    with torch.no_grad():
+        peft_logits = model(ids).logits.numpy()
+        hf = model.merge_and_unload()
+        merged_logits = hf(ids).logits.numpy()
+        merged = {k: v.numpy() for k, v in hf.state_dict().items()}
+    pre, post = checkpoints.load_adapter(base, adapter)
+    lora = adapters.read_adapter(base, adapter)
+    touched = set(lora.factors) | set(lora.replaced)
+    assert lora.factors and all(n in post.names for n in touched)
+    for name, a, b in zip(post.names, jax.tree.leaves(pre.params), jax.tree.leaves(post.params)):
+        if name in touched:
+            np.testing.assert_allclose(np.asarray(b), merged[name], rtol=RTOL, atol=ATOL, err_msg=name)
+        else:  # the base's own array, bit for bit, in both PEFT's merge and ours
+            assert b is a, name
+            assert np.array_equal(np.asarray(a), merged[name]), name
+    changed = [n for n in lora.factors if not np.array_equal(np.asarray(_leaf(post, n)), np.asarray(_leaf(pre, n)))]
+    assert changed == list(lora.factors)
+    ours = np.asarray(jax.jit(post.forward)(post.params, jnp.asarray(IDS)))
+    np.testing.assert_allclose(ours, merged_logits, rtol=1e-4, atol=1e-4)
+    if case == "qwen2-tied-embedding":
+        # PEFT's unmerged forward adapts the input embedding only, the tied output head keeps the base
+        # weight; merge_and_unload changes the one shared matrix, the only thing a tied checkpoint holds.
+        assert np.abs(peft_logits - merged_logits).max() > 1e-2
+    else:
+        np.testing.assert_allclose(ours, peft_logits, rtol=1e-4, atol=1e-4)
+    # The factored form is the same delta.
+    for name, f in lora.factors.items():
+        delta = np.asarray(_leaf(post, name)) - np.asarray(_leaf(pre, name))
+        np.testing.assert_allclose(f.dense(), delta, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def _leaf(ck, name):
+    return dict(zip(ck.names, jax.tree.leaves(ck.params)))[name]
+
+
+def test_case_settings_are_what_they_claim(tmp_path):
+    """The cases exercise what they are named for: per-module ranks and scales, rslora, layers."""
+    base, adapter, _ = _peft_case("llama-patterns", tmp_path / "a")
+    s = adapters.read_adapter(base, adapter)
+    q0, d1 = s.factors["model.layers.0.self_attn.q_proj.weight"], s.factors["model.layers.1.mlp.down_proj.weight"]
+    v0, d0 = s.factors["model.layers.0.self_attn.v_proj.weight"], s.factors["model.layers.0.mlp.down_proj.weight"]
+    assert (q0.rank, q0.scale) == (2, 4.0) and (d1.rank, d1.scale) == (6, 8 / 6) and (d0.rank, d0.scale) == (4, 2.0)
+    assert (v0.rank, v0.scale) == (4, 0.75)
+    base, adapter, _ = _peft_case("llama-rslora-modules-to-save", tmp_path / "b")
+    s = adapters.read_adapter(base, adapter)
+    assert sorted(s.factors) == ["model.layers.1.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight"]
+    assert all(f.scale == pytest.approx(4 / np.sqrt(8)) for f in s.factors.values())
+    assert list(s.replaced) == ["lm_head.weight"]
+
+
+def test_factored_svd_matches_numpy_on_the_dense_product():
+    rng = np.random.default_rng(3)
+    for out, inp, r in ((48, 32, 6), (5, 40, 8), (40, 7, 3)):
+        f = adapters.LoraFactor(
+            "w", rng.normal(size=(out, r)).astype(np.float32), rng.normal(size=(r, inp)).astype(np.float32), 0.7
+        )
+        dense = 0.7 * (f.left.astype(np.float64) @ f.right.astype(np.float64))
+        u_ref, s_ref, vt_ref = np.linalg.svd(dense, full_matrices=False)
+        most = min(out, inp, r)
+        u, s, vt = (np.asarray(x, np.float64) for x in adapters.factored_svd(f))
+        np.testing.assert_allclose(s, s_ref[:most], rtol=1e-5)
+        np.testing.assert_allclose((u * s) @ vt, dense, atol=1e-5 * s_ref[0])
+        np.testing.assert_allclose(u.T @ u, np.eye(most), atol=1e-5)
+        np.testing.assert_allclose(vt @ vt.T, np.eye(most), atol=1e-5)
+        k = most - 1  # truncation: the best rank-k approximation (Eckart–Young), as numpy's
+        u, s, vt = (np.asarray(x, np.float64) for x in adapters.factored_svd(f, rank=k))
+        best = (u_ref[:, :k] * s_ref[:k]) @ vt_ref[:k]
+        np.testing.assert_allclose((u * s) @ vt, best, atol=1e-5 * s_ref[0])
+    with pytest.raises(ValueError, match="rank=9"):
+        adapters.factored_svd(f, rank=9)
+
+
+# Refusals, on a base written by our own code and adapter files written by hand.
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    from tests.analysis.helpers import llama
+
+    root = tmp_path_factory.mktemp("base")
+    return checkpoints.save(root / "base", checkpoints.from_config(llama(64), seed=0))
+
+
+def _adapter(path, config=None, tensors=None, garbage=False):
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "bias": "none", **(config or {})}
+    (path / "adapter_config.json").write_text(json.dumps(cfg))
+    if garbage:  # a config refusal must come before this file is opened
+        (path / "adapter_model.safetensors").write_bytes(b"not read")
+    elif tensors is not None:
+        write_file(path / "adapter_model.safetensors", tensors)
+    return path
+
+
+def _q_tensors(layers=(0, 1), r=2, prefix="base_model.model."):
+    rng = np.random.default_rng(0)
+    out = {}
+    for i in layers:
+        m = f"{prefix}model.layers.{i}.self_attn.q_proj"
+        out[f"{m}.lora_A.weight"] = rng.normal(size=(r, 16)).astype(np.float32)
+        out[f"{m}.lora_B.weight"] = rng.normal(size=(16, r)).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"use_dora": True}, "use_dora=True is not implemented"),
+        ({"peft_type": "LOKR"}, "peft_type='LOKR'; accepted: 'LORA'"),
+        ({"lora_bias": True}, "lora_bias=True is not implemented"),
+        ({"target_parameters": ["mlp.experts.down_proj"]}, "target_parameters=['mlp.experts.down_proj']"),
+        ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa' rewrites the base weights"),
+        ({"trainable_token_indices": [1, 2]}, "trainable_token_indices=[1, 2] is not implemented"),
+        ({"bias": "some"}, "bias='some'; accepted: 'none', 'all', 'lora_only'"),
+        ({"target_modules": "all-linear"}, "target_modules='all-linear'"),
+    ],
+)
+def test_unimplemented_options_are_refused_before_any_weights(base_dir, tmp_path, config, message):
+    adapter = _adapter(tmp_path / "a", config, garbage=True)
+    with pytest.raises(adapters.AdapterError, match=re.escape(message)):
+        checkpoints.load_adapter(base_dir, adapter)
+
+
+def test_adapter_files_inconsistent_with_the_base_are_refused_naming_the_key(base_dir, tmp_path):
+    def refused(tensors, message, config=None):
+        d = tmp_path / f"a{len(list(tmp_path.iterdir()))}"
+        with pytest.raises(adapters.AdapterError, match=re.escape(message)):
+            checkpoints.check_pair(base_dir, _adapter(d, config, tensors))
+
+    t = _q_tensors()
+    assert checkpoints.check_pair(base_dir, _adapter(tmp_path / "ok", None, t)) == "llama"
+    ghost = {**t, **{k.replace("layers.1", "layers.7"): v for k, v in t.items() if "layers.1" in k}}
+    refused(ghost, "'base_model.model.model.layers.7.self_attn.q_proj.lora_A.weight' is for model.layers.7.")
+    wide = {**t, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": np.zeros((2, 17), np.float32)}
+    refused(wide, "'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' has shape (2, 17)")
+    refused(_q_tensors(r=3), "with rank 2 (from adapter_config.json: r / rank_pattern) needs (2, 16)")
+    half = {k: v for k, v in t.items() if not k.endswith("layers.1.self_attn.q_proj.lora_B.weight")}
+    refused(half, "model.layers.1.self_attn.q_proj has lora_A but no lora_B")
+    refused(_q_tensors(layers=(0,)), "targets ['model.layers.1.self_attn.q_proj'] but the file has no LoRA")
+    refused(
+        t,
+        "LoRA tensors for model.layers.0.self_attn.q_proj, which adapter_config.json does not target",
+        {
+            "target_modules": ["q_proj"],
+            "layers_to_transform": [1],
+        },
+    )
+    dora = {**t, "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector": np.ones(16, np.float32)}
+    refused(dora, "'base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector' belongs to a LoRA variant")
+    head = {**t, "base_model.model.lm_head.weight": np.zeros((64, 15), np.float32)}
+    refused(head, "'base_model.model.lm_head.weight' has shape (64, 15), base lm_head.weight (64, 16)")
+
+
+def test_missing_or_pickled_weights_are_refused_and_never_unpickled(base_dir, tmp_path):
+    with pytest.raises(adapters.AdapterError, match="no adapter_model.safetensors"):
+        checkpoints.load_adapter(base_dir, _adapter(tmp_path / "none"))
+    pickled = _adapter(tmp_path / "bin")
+    (pickled / "adapter_model.bin").write_bytes(b"\x80\x04 not to be unpickled")
+    with pytest.raises(adapters.AdapterError, match=r"only pickle-based adapter weights \(adapter_model.bin\)"):
+        checkpoints.load_adapter(base_dir, pickled)
+    with pytest.raises(adapters.AdapterError, match="no adapter_config.json"):
+        adapters.read_adapter(base_dir, tmp_path)
+
+
+def test_riemann_run_and_export_take_an_adapter_as_post(user_pair, tmp_path):
+    """The CLI end to end: ``--post`` an adapter directory (no tokenizer of its own: the base's)."""
+    pre = checkpoints.load(user_pair / "pre")
+    hidden = _leaf(pre, "model.embed_tokens.weight").shape[1]
+    rng = np.random.default_rng(1)
+    tensors = {}
+    for i in range(2):
+        for m, (out, inp) in (("self_attn.q_proj", (hidden, hidden)), ("mlp.down_proj", (hidden, 2 * hidden))):
+            key = f"base_model.model.model.layers.{i}.{m}"
+            tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.3, (4, inp)).astype(np.float32)
+            tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.3, (out, 4)).astype(np.float32)
+    cfg = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "down_proj"]}
+    adapter = _adapter(tmp_path / "adapter", cfg, tensors)
+    out = tmp_path / "run"
+    args = ["run", "--pre", str(user_pair / "pre"), "--post", str(adapter), "--data", str(user_pair / "resp.jsonl")]
+    fast = ["--batch-size", "2", "--edits", "dare:p=0.5", "expo:alpha=0.5", "--out", str(out), "--quiet"]
+    assert main([*args, *fast]) == 0
+    (pair,) = results(out)["pairs"]
+    assert pair["pair"]["num_batches"] == 8 and len(pair["edits"]) == 2
+    for r in pair["edits"]:
+        assert np.isfinite(r["measured"]) and all(np.isfinite(v) for v in r["estimates"].values())
+    exported = tmp_path / "exported"
+    ex = ["export", "--pre", str(user_pair / "pre"), "--post", str(adapter), "--edit", "expo:alpha=0.5"]
+    assert main([*ex, "--out", str(exported), "--quiet"]) == 0
+    _, post = checkpoints.load_adapter(user_pair / "pre", adapter)
+    got = checkpoints.load(exported)
+    for a, b, c in zip(jax.tree.leaves(pre.params), jax.tree.leaves(post.params), jax.tree.leaves(got.params)):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(np.asarray(c), a + 1.5 * (b - a), rtol=1e-5, atol=1e-6)
+    assert (exported / "tokenizer.json").is_file()
+
+
+def test_merge_is_float32_rounded_once_to_the_parameter_dtype(base_dir, tmp_path):
+    adapter = _adapter(tmp_path / "a", None, _q_tensors())
+    pre, post = checkpoints.load_adapter(base_dir, adapter, dtype="bfloat16")
+    f = adapters.read_adapter(base_dir, adapter).factors["model.layers.0.self_attn.q_proj.weight"]
+    got = _leaf(post, f.name)
+    assert got.dtype == jnp.bfloat16
+    want = (np.asarray(_leaf(pre, f.name), np.float32) + f.dense()).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert _leaf(post, "model.layers.0.self_attn.k_proj.weight") is _leaf(pre, "model.layers.0.self_attn.k_proj.weight")
