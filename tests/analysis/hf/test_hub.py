@@ -352,3 +352,13 @@ def test_partly_cached_snapshot_gets_the_rest_downloaded(user_pair, online, fake
     assert ck.path == snapshot and same_params(ck.params, checkpoints.load(user_pair / "pre").params)
     assert not [p for p in fake_hub.requests("hub", "GET") if p.endswith("config.json")]  # had it already
     assert fake_hub.requests("cdn", "GET") and os.readlink(snapshot / "config.json") == config_link
+
+
+def test_the_environment_now_wins_over_huggingface_hubs_own_reading_at_import(online, fake_hub, monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its import (say by transformers, while it was set);
+    # unset since, it still counts here as unset.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.resolve("org/name").name == fake_hub.main
+    assert constants.HF_HUB_OFFLINE is True  # and is left as it was
