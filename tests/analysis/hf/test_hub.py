@@ -18,9 +18,8 @@ from analysis.cli import _fingerprint, main
 from analysis.hf import checkpoints, hub
 from analysis.hf.safetensors_file import CheckpointError
 from analysis.pairs.user import from_checkpoints
-from tests.analysis.helpers import results
+from tests.analysis.helpers import finish_processes, free_port, hosts_env, results, start_process
 from tests.analysis.hf.fake_hub import FakeHub
-from tests.analysis.test_several_processes import _finish, _free_port, _hosts_env, _start
 
 BASE = "a" * 40
 INSTRUCT = "b" * 40
@@ -226,12 +225,12 @@ def test_each_process_resolves_in_its_own_cache_and_contents_are_compared(user_p
     publish(other, "org/instruct", user_pair / "pre", INSTRUCT)
     logs = tmp_path / "logs"
     logs.mkdir()
-    port = _free_port()
+    port = free_port()
     args = ["run", "--pre", "org/base", "--post", "org/instruct", "--data", str(user_pair / "resp.jsonl")]
     cmd = [sys.executable, "-m", "analysis.cli", *args, "--edits", "dare:p=0.5", "--out", str(tmp_path / "o")]
-    done = _finish(
+    done = finish_processes(
         [
-            _start(cmd, {**_hosts_env(port, 2, i), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, logs)
+            start_process(cmd, {**hosts_env(port, 2, i), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, logs)
             for i, cache in enumerate((hub_cache, other))
         ]
     )
