@@ -231,7 +231,7 @@ def _download(ref: str | os.PathLike, hub_id: HubId, cache: Path, weights: bool)
     """The snapshot directory after downloading what the cache lacks; or a sentence saying why the Hub
     could not be reached (the caller then reports what the cache holds). Errors the Hub gives about
     the repo or revision themselves are raised, naming ``ref``."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -245,6 +245,9 @@ def _download(ref: str | os.PathLike, hub_id: HubId, cache: Path, weights: bool)
     allow = ["config.json", *TOKENIZER_FILES, *WEIGHT_PATTERNS] if weights else ["config.json"]
     endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_ETAG_TIMEOUT)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its import (perhaps by transformers, while it was
+    # set), and has no argument for it; the caller read it now and found the network allowed.
+    was_offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
     try:
         path = snapshot_download(
             hub_id.repo_id,
@@ -268,6 +271,8 @@ def _download(ref: str | os.PathLike, hub_id: HubId, cache: Path, weights: bool)
         cause = e.__cause__ or e
         first = (str(cause).splitlines() or [""])[0]
         return f"the Hub at {endpoint} could not be reached, or the download failed ({type(cause).__name__}: {first})"
+    finally:
+        constants.HF_HUB_OFFLINE = was_offline
     return Path(path)
 
 

@@ -4,61 +4,12 @@ under several processes writes one run directory with a single process's results
 is said clearly. Every process is ended by the test itself, with a timeout."""
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 
 import pytest
 
 from analysis.cli import main
-from tests.analysis.helpers import ROOT, results
-
-TIMEOUT_S = 300
-QUIET_JAX = {"TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(cmd: list[str], env: dict[str, str], logs) -> subprocess.Popen:
-    """A process of its own group, its output to files (a full pipe could stall it mid-collective)."""
-    i = len(list(logs.glob("*.out")))
-    with open(logs / f"{i}.out", "w") as out, open(logs / f"{i}.err", "w") as err:  # the child keeps its copies
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env={**os.environ, **QUIET_JAX, "PYTHONPATH": str(ROOT), **env},
-            stdout=out,
-            stderr=err,
-            text=True,
-            start_new_session=True,
-        )
-    proc.logs = (logs / f"{i}.out", logs / f"{i}.err")
-    return proc
-
-
-def _finish(procs: list[subprocess.Popen]) -> list[tuple[int | None, str, str]]:
-    """Wait for every process against one deadline; past it, end them all (whole process groups)
-    and report them with return code ``None``, so that the assertion shows their logs."""
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        for p in procs:
-            p.wait(timeout=max(1.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-                p.returncode = None
-    return [(p.returncode, p.logs[0].read_text(), p.logs[1].read_text()) for p in procs]
+from tests.analysis.helpers import finish_processes, free_port, hosts_env, results, start_process
 
 
 def _worker(pid: int, n: int, port: int, work, out) -> list[str]:
@@ -89,11 +40,12 @@ def _close(got: dict, ref: dict, key: str) -> bool:
 def test_two_processes_give_the_single_process_numbers_and_one_writes(user_pair, tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
-    (reference,) = _finish([_start(_worker(0, 0, 0, user_pair, tmp_path / "one"), {}, logs)])
+    (reference,) = finish_processes([start_process(_worker(0, 0, 0, user_pair, tmp_path / "one"), {}, logs)])
     assert reference[0] == 0, reference[2][-3000:]
     ref = _figures(reference[1])
-    port = _free_port()
-    done = _finish([_start(_worker(i, 2, port, user_pair, tmp_path / "two"), {}, logs) for i in range(2)])
+    port = free_port()
+    workers = [_worker(i, 2, port, user_pair, tmp_path / "two") for i in range(2)]
+    done = finish_processes([start_process(w, {}, logs) for w in workers])
     assert [rc for rc, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
     compared = [k for k in ref if k not in ("devices", "sharded_leaves")]
     assert sum(k.startswith("module ") for k in compared) == 21  # every leaf's term, one by one
@@ -132,16 +84,6 @@ def _run_args(user_pair, out) -> list[str]:
     ]
 
 
-def _hosts_env(port: int, n: int, i: int) -> dict[str, str]:
-    return {
-        "RIEMANN_COORDINATOR": f"127.0.0.1:{port}",
-        "RIEMANN_NUM_PROCESSES": str(n),
-        "RIEMANN_PROCESS_ID": str(i),
-        "JAX_NUM_CPU_DEVICES": "2",
-        "RIEMANN_INIT_TIMEOUT": "120",
-    }
-
-
 def _numbers(tree, path=""):
     """Every number in a results tree with its path, timings and versions left out."""
     if isinstance(tree, dict):
@@ -159,9 +101,9 @@ def test_riemann_run_under_two_processes_writes_the_single_process_results(user_
     single, logs = tmp_path / "single", tmp_path / "logs"
     logs.mkdir()
     assert main(_run_args(user_pair, single)) == 0
-    port, out = _free_port(), tmp_path / "two"
+    port, out = free_port(), tmp_path / "two"
     cli = [sys.executable, "-m", "analysis.cli", *_run_args(user_pair, out)]
-    done = _finish([_start(cli, _hosts_env(port, 2, i), logs) for i in range(2)])
+    done = finish_processes([start_process(cli, hosts_env(port, 2, i), logs) for i in range(2)])
     assert [rc for rc, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
     ours = [[line for line in stdout.splitlines() if line.startswith("[riemann]")] for _, stdout, _ in done]
     assert any("report:" in line for line in ours[0]) and ours[1] == []  # process 0 reports for both
@@ -194,16 +136,16 @@ def test_what_goes_wrong_with_several_processes_is_said(user_pair, tmp_path):
     # A process whose coordinator never answers stops with the address it tried, not a hang or a crash.
     logs = tmp_path / "logs"
     logs.mkdir()
-    env = {**_hosts_env(_free_port(), 2, 1), "RIEMANN_INIT_TIMEOUT": "2"}
-    ((rc, _, err),) = _finish(
-        [_start([sys.executable, "-m", "analysis.cli", *_run_args(user_pair, tmp_path / "x")], env, logs)]
+    env = {**hosts_env(free_port(), 2, 1), "RIEMANN_INIT_TIMEOUT": "2"}
+    ((rc, _, err),) = finish_processes(
+        [start_process([sys.executable, "-m", "analysis.cli", *_run_args(user_pair, tmp_path / "x")], env, logs)]
     )
     assert rc == 2 and "could not reach the coordinator at 127.0.0.1:" in err
     # Processes given different arguments are all refused, before any weights are read.
-    port = _free_port()
+    port = free_port()
     cmds = [[sys.executable, "-m", "analysis.cli", *_run_args(user_pair, tmp_path / "y")] for _ in range(2)]
     cmds[1][cmds[1].index("dare:p=0.5")] = "dare:p=0.6"
-    done = _finish([_start(cmd, _hosts_env(port, 2, i), logs) for i, cmd in enumerate(cmds)])
+    done = finish_processes([start_process(cmd, hosts_env(port, 2, i), logs) for i, cmd in enumerate(cmds)])
     assert [rc for rc, _, _ in done] == [2, 2]
     assert all(
         "processes [1] were given other arguments, checkpoints or data than process 0" in err for _, _, err in done
@@ -216,7 +158,7 @@ def test_what_goes_wrong_with_several_processes_is_said(user_pair, tmp_path):
         hosts.settings_from_env({"RIEMANN_COORDINATOR": "h:1", "RIEMANN_NUM_PROCESSES": "2"})
     assert hosts.settings_from_env({"JAX_COORDINATOR_ADDRESS": "h:1"}) is None  # JAX's names ask all together
     with pytest.raises(ValueError, match="RIEMANN_INIT_TIMEOUT='soon'"):
-        hosts.settings_from_env({**_hosts_env(1, 2, 0), "RIEMANN_INIT_TIMEOUT": "soon"})
+        hosts.settings_from_env({**hosts_env(1, 2, 0), "RIEMANN_INIT_TIMEOUT": "soon"})
     # What each process reads is fingerprinted: the same bytes agree, other bytes do not.
     from analysis.cli import _fingerprint
 

@@ -1,6 +1,7 @@
 """Hub ids ``org/name[@revision]`` wherever a checkpoint directory is accepted, resolved from a cache
-the tests lay out as huggingface_hub does (blobs by SHA-256, snapshots of links, refs). Nothing is
-ever downloaded: the network is either forbidden or pointed at a closed port."""
+the tests lay out as huggingface_hub does (blobs by SHA-256, snapshots of links, refs). The network
+is forbidden, pointed at a closed port, or at a fake Hub on 127.0.0.1 (``fake_hub.py``) that serves
+what huggingface_hub's own download asks for, so the download path runs for real."""
 
 import hashlib
 import json
@@ -17,8 +18,8 @@ from analysis.cli import _fingerprint, main
 from analysis.hf import checkpoints, hub
 from analysis.hf.safetensors_file import CheckpointError
 from analysis.pairs.user import from_checkpoints
-from tests.analysis.helpers import results
-from tests.analysis.test_several_processes import _finish, _free_port, _hosts_env, _start
+from tests.analysis.helpers import finish_processes, free_port, hosts_env, results, start_process
+from tests.analysis.hf.fake_hub import FakeHub
 
 BASE = "a" * 40
 INSTRUCT = "b" * 40
@@ -224,12 +225,12 @@ def test_each_process_resolves_in_its_own_cache_and_contents_are_compared(user_p
     publish(other, "org/instruct", user_pair / "pre", INSTRUCT)
     logs = tmp_path / "logs"
     logs.mkdir()
-    port = _free_port()
+    port = free_port()
     args = ["run", "--pre", "org/base", "--post", "org/instruct", "--data", str(user_pair / "resp.jsonl")]
     cmd = [sys.executable, "-m", "analysis.cli", *args, "--edits", "dare:p=0.5", "--out", str(tmp_path / "o")]
-    done = _finish(
+    done = finish_processes(
         [
-            _start(cmd, {**_hosts_env(port, 2, i), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, logs)
+            start_process(cmd, {**hosts_env(port, 2, i), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, logs)
             for i, cache in enumerate((hub_cache, other))
         ]
     )
@@ -269,3 +270,127 @@ def test_a_lora_adapter_by_hub_id(offline, user_pair, tmp_path):
     # No tokenizer in the adapter repo: the base snapshot's.
     assert adapters.tokenizer_source("org/base", "org/lora") == hub.resolve("org/base")
     assert tree(offline) == before
+
+
+# Downloads, from a fake Hub: org/name's main holds pre's files next to a pickle, a subfolder, a
+# README and .gitattributes; an older commit (refs/pr/1) holds post's files.
+
+
+@pytest.fixture(scope="module")
+def fake_hub(user_pair):
+    def files(src):
+        return {f.name: f.read_bytes() for f in sorted(src.iterdir())}
+
+    extra = {
+        "pytorch_model.bin": b"\x80\x04not really a pickle",
+        "original/x.pth": b"\x80\x04nor this",
+        "README.md": b"# org/name\n",
+        ".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+    }
+    with FakeHub() as fake:
+        fake.older = fake.add("org/name", files(user_pair / "post"), refs=("refs/pr/1",))
+        fake.main = fake.add("org/name", {**files(user_pair / "pre"), **extra})
+        config = (user_pair / "pre" / "config.json").read_bytes()
+        fake.pickled = fake.add("org/pickled", {"config.json": config, "pytorch_model.bin": extra["pytorch_model.bin"]})
+        yield fake
+
+
+@pytest.fixture
+def online(fake_hub, tmp_path, monkeypatch):
+    """The network allowed, HF_ENDPOINT the fake Hub (its log emptied), an empty cache; returns the cache."""
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "5")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    fake_hub.log.clear()
+    return tmp_path / "hub"
+
+
+def test_download_fetches_only_safetensors_configs_and_tokenizer_into_the_hub_layout(user_pair, online, fake_hub):
+    ck = checkpoints.load("org/name")
+    assert same_params(ck.params, checkpoints.load(user_pair / "pre").params)
+    storage = online / "models--org--name"
+    assert ck.path == storage / "snapshots" / fake_hub.main and ck.hub_id == f"org/name@{fake_hub.main}"
+    # Only what the loader reads was fetched: the pickle, the subfolder, README and .gitattributes never were.
+    wanted = sorted(f.name for f in (user_pair / "pre").iterdir())
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(wanted)
+    asked = fake_hub.requests()
+    assert not [p for p in asked if "pytorch_model.bin" in p or "original" in p or "README" in p or ".git" in p]
+    got = sorted(p.rsplit("/", 1)[-1] for p in fake_hub.requests("hub", "GET") if "/resolve/" in p)
+    assert got == [w for w in wanted if not w.endswith(".safetensors")]  # weights come from the CDN
+    assert len(fake_hub.requests("cdn", "GET")) == 1
+    # The Hub's cache layout: refs/main names the commit, the snapshot links into blobs (by sha256
+    # for LFS files, by git blob id for the others).
+    assert (storage / "refs" / "main").read_text() == fake_hub.main
+    assert sorted(p.name for p in ck.path.iterdir()) == wanted
+    for name in wanted:
+        link = ck.path / name
+        assert link.is_symlink() and os.readlink(link).startswith("../../blobs/"), name
+        assert link.read_bytes() == (user_pair / "pre" / name).read_bytes(), name
+    weights = (user_pair / "pre" / "model.safetensors").read_bytes()
+    assert os.readlink(ck.path / "model.safetensors") == "../../blobs/" + hashlib.sha256(weights).hexdigest()
+    # Cached now: a second load asks the Hub nothing at all, not even which commit main is.
+    fake_hub.log.clear()
+    again = checkpoints.load("org/name")
+    assert fake_hub.requests() == [] and again.path == ck.path and same_params(again.params, ck.params)
+    assert hub.resolve("org/name", weights=False) == ck.path and fake_hub.requests() == []
+
+
+def test_download_by_ref_or_commit_and_missing_revisions_or_repos(user_pair, online, fake_hub):
+    post = checkpoints.load(user_pair / "post").params
+    pr = checkpoints.load("org/name@refs/pr/1")  # a revision with slashes: quoted in URLs, a path under refs/
+    storage = online / "models--org--name"
+    assert pr.path == storage / "snapshots" / fake_hub.older and same_params(pr.params, post)
+    assert (storage / "refs" / "refs" / "pr" / "1").read_text() == fake_hub.older
+    fake_hub.log.clear()
+    assert checkpoints.load(f"org/name@{fake_hub.older}").path == pr.path and fake_hub.requests() == []
+    # A commit not cached is downloaded without asking which commit a ref is, and writes no ref.
+    by_commit = checkpoints.load(f"org/name@{fake_hub.main}")
+    assert by_commit.hub_id == f"org/name@{fake_hub.main}" and by_commit.path.name == fake_hub.main
+    assert not [p for p in fake_hub.requests() if "/revision/" in p]
+    assert not (storage / "refs" / "main").exists()
+    # The Hub's 404 RevisionNotFound, for a branch or a commit, and its RepoNotFound (401 for anonymous).
+    for rev in ("v9", "d" * 40):
+        with pytest.raises(CheckpointError) as e:
+            checkpoints.load(f"org/name@{rev}")
+        assert str(e.value) == f"'org/name@{rev}': org/name has no revision '{rev}' on {fake_hub.url}"
+        assert not (storage / "refs" / rev).exists() and not (storage / "snapshots" / rev).exists()
+    with pytest.raises(CheckpointError, match=f"'org/absent': no such directory, and {fake_hub.url} has no model repo"):
+        checkpoints.load("org/absent")
+
+
+def test_pickle_only_repo_on_the_hub_is_refused_naming_the_id(online, fake_hub):
+    with pytest.raises(CheckpointError) as e:
+        checkpoints.load("org/pickled")
+    msg = str(e.value)
+    assert msg.startswith("'org/pickled': org/pickled at revision main on the Hub has no model.safetensors")
+    assert "never unpickles" in msg
+    assert not [p for p in fake_hub.requests() if "pytorch_model.bin" in p]
+    snapshot = online / "models--org--pickled" / "snapshots" / fake_hub.pickled
+    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json"]
+    fake_hub.log.clear()
+    assert hub.resolve("org/pickled", weights=False) == snapshot and fake_hub.requests() == []  # it still plans
+
+
+def test_partly_cached_snapshot_gets_the_rest_downloaded(user_pair, online, fake_hub, tmp_path):
+    only_config = tmp_path / "config-only"
+    only_config.mkdir()
+    (only_config / "config.json").write_text((user_pair / "pre" / "config.json").read_text())
+    snapshot = publish(online, "org/name", only_config, fake_hub.main)
+    config_link = os.readlink(snapshot / "config.json")
+    ck = checkpoints.load("org/name")
+    assert ck.path == snapshot and same_params(ck.params, checkpoints.load(user_pair / "pre").params)
+    assert not [p for p in fake_hub.requests("hub", "GET") if p.endswith("config.json")]  # had it already
+    assert fake_hub.requests("cdn", "GET") and os.readlink(snapshot / "config.json") == config_link
+
+
+def test_the_environment_now_wins_over_huggingface_hubs_own_reading_at_import(online, fake_hub, monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its import (say by transformers, while it was set);
+    # unset since, it still counts here as unset.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.resolve("org/name").name == fake_hub.main
+    assert constants.HF_HUB_OFFLINE is True  # and is left as it was
