@@ -32,8 +32,9 @@ HF = {
     "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
 }
 CASES = {
-    # Alternating local/global layers, both soft-caps small enough to bite, tied embeddings.
-    "gemma2": ("gemma2", dict(num_hidden_layers=4, attn_logit_softcapping=0.5, final_logit_softcapping=0.5)),
+    # Alternating local/global layers, tied embeddings, and soft-caps near the largest attention
+    # score (~2.3) and logit (~2.4) of these weights: they bite without saturating every value.
+    "gemma2": ("gemma2", dict(num_hidden_layers=4, attn_logit_softcapping=1.0, final_logit_softcapping=2.0)),
     "gemma2-untied-uncapped": (
         "gemma2",
         dict(num_hidden_layers=2, attn_logit_softcapping=None, final_logit_softcapping=None, tie_word_embeddings=False),
@@ -46,7 +47,7 @@ CASES = {
             rope_theta=1000.0,
             rope_local_base_freq=10.0,
             rope_scaling={"rope_type": "linear", "factor": 8.0},
-            final_logit_softcapping=0.5,
+            final_logit_softcapping=2.0,
         ),
     ),
 }
