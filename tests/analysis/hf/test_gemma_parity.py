@@ -144,6 +144,29 @@ def test_save_round_trip_reloads_in_transformers(case, tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+LINEAR_8 = {"rope_type": "linear", "factor": 8.0}  # Gemma-3 4B, 12B, 27B
+
+
+@pytest.mark.parametrize(
+    "kind,v4",
+    [
+        ("gemma3_text", {"rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": LINEAR_8}),
+        ("gemma3_text", {"rope_theta": 1e6, "rope_local_base_freq": 1e4, "rope_scaling": None}),
+        ("gemma2", {"rope_theta": 1e4}),
+    ],
+    ids=["gemma3-4b", "gemma3-1b", "gemma2"],
+)
+def test_hub_v4_rope_settings_read_as_transformers_v5_reads_them(kind, v4):
+    """Hub configs (v4) give rope_theta, rope_scaling and Gemma-3's rope_local_base_freq; v5 turns
+    them into rope_parameters per layer type, as the parity checkpoints above are saved."""
+    raw = {**TINY, "model_type": kind, "num_hidden_layers": 6, **v4}
+    _, cfg, _ = checkpoints.build(raw)
+    hf = HF[kind][0](**{k: v for k, v in raw.items() if k != "model_type"}).rope_parameters
+    for layer_type, theta, factor in cfg.rope:
+        p = hf[layer_type] if kind == "gemma3_text" else hf
+        assert (theta, factor) == (p["rope_theta"], p.get("factor", 1.0) if p["rope_type"] == "linear" else 1.0)
+
+
 @pytest.mark.parametrize(
     "change,match",
     [
@@ -154,6 +177,7 @@ def test_save_round_trip_reloads_in_transformers(case, tmp_path):
         ({"layer_types": ["chunked_attention"] * 2}, "layer_types must list one of"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type one of default, linear"),
         ({"sliding_window": None}, "sliding_window=null"),
+        ({"model_type": "gemma"}, "unknown architecture model_type='gemma'; supported: .*gemma2, gemma3_text"),
     ],
 )
 def test_unsupported_options_are_refused_by_name(change, match):
