@@ -1,6 +1,7 @@
 """Hugging Face checkpoints in and out: ``load(path)`` and ``save(out_dir, model, params)``.
 
-``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 decoders, CLIP vision),
+``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 / Gemma-2 / Gemma-3 text
+decoders, CLIP vision),
 checks every tensor name, shape and dtype from the safetensors headers before reading any data
 (all problems reported at once), then streams tensors one at a time to the device (optionally
 with a sharding per tensor). ``params`` is a nested dict whose dotted paths are the HF tensor
@@ -31,6 +32,8 @@ from flax import nnx
 from analysis.hf import hub
 from analysis.hf.models._common import ConfigError
 from analysis.hf.models.clip import CLIPVisionConfig, CLIPVisionModelWithProjection
+from analysis.hf.models.gemma import FAMILIES as GEMMAS
+from analysis.hf.models.gemma import GemmaConfig, GemmaForCausalLM
 from analysis.hf.models.llama import FAMILIES as DECODERS
 from analysis.hf.models.llama import LlamaConfig, LlamaForCausalLM
 from analysis.hf.safetensors_file import CheckpointError, TensorInfo, read_header, read_slice, read_tensor, write_file
@@ -99,12 +102,20 @@ class Checkpoint:
 
 def family_of(raw: dict[str, Any], source: str = "config.json") -> str:
     mt = raw.get("model_type")
-    if mt in DECODERS:
+    if mt in DECODERS or mt in GEMMAS:
         return str(mt)
     if mt in ("clip", "clip_vision_model"):
         return "clip"
+    if mt == "gemma3":
+        # Gemma3ForConditionalGeneration: a vision tower and projector besides the text model, whose
+        # tensors live under another prefix (language_model.); only the text-only model is built.
+        raise ConfigError(
+            f"{source}: model_type='gemma3' (Gemma3ForConditionalGeneration, text and vision) is not supported; "
+            "use a text-only checkpoint with model_type='gemma3_text' (Gemma3ForCausalLM)"
+        )
     raise ConfigError(
-        f"{source}: unknown architecture model_type={mt!r}; supported: {', '.join(DECODERS)}, clip, clip_vision_model"
+        f"{source}: unknown architecture model_type={mt!r}; supported: {', '.join(DECODERS + GEMMAS)}, "
+        "clip, clip_vision_model"
     )
 
 
@@ -122,6 +133,8 @@ def build(
     if family == "clip":
         cfg: Any = CLIPVisionConfig.from_dict(raw, source=source)
         cls: Any = CLIPVisionModelWithProjection
+    elif family in GEMMAS:
+        cfg, cls = GemmaConfig.from_dict(raw, source=source), GemmaForCausalLM
     else:
         cfg, cls = LlamaConfig.from_dict(raw, source=source), LlamaForCausalLM
 

@@ -12,8 +12,9 @@ Modes (per device, parameters unsharded):
   pass, which is not stored for a backward pass. Gives the value (per batch), not ``G``.
 
 Activations (decoders): with per-layer rematerialisation, the backward pass keeps each layer's
-input (``L·B·T·H``) and one layer's internals; logits and their gradient are float32
-(``2·B·T·V·4`` bytes). Attention scores are counted as materialised (``B·heads·T²``, float32),
+input (``L·B·T·H``) and one layer's internals (q/k/v/o at the attention width ``heads·head_dim``;
+two norms, four with Gemma's post-norms; gate/up/activation); logits and their gradient are
+float32 (``2·B·T·V·4`` bytes). Attention scores are counted as materialised (``B·heads·T²``, float32),
 an upper bound when the backend uses a fused kernel. Estimates are within tens of percent; the
 point is which mode fits on which card. The figures are for accelerators; on the CPU, remat is
 a scan over stacked layers (see ``analysis.hf.models._common.run_layers``), which adds a stacked copy
@@ -77,6 +78,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "use_sliding_window": False,
         "sliding_window": 131072,
         "max_window_layers": 28,
+        "rms_norm_eps": 1e-6,
+    },
+    "gemma-2-9b": {
+        "model_type": "gemma2",
+        "vocab_size": 256000,
+        "hidden_size": 3584,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 42,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 256,
+        "query_pre_attn_scalar": 256,
+        "sliding_window": 4096,
+        "attn_logit_softcapping": 50.0,
+        "final_logit_softcapping": 30.0,
         "rms_norm_eps": 1e-6,
     },
     "llama-3-70b": {
@@ -198,6 +214,7 @@ def plan(
             raw.get("projection_dim", 512),
         )
         seq_len = tokens_per_seq
+        width, norms = h, 2
     else:
         h, inter, layers, heads, vocab = (
             cfg.hidden_size,
@@ -206,9 +223,12 @@ def plan(
             cfg.num_attention_heads,
             cfg.vocab_size,
         )
+        # Gemma's attention is wider than its hidden size (heads·head_dim), and it norms each
+        # sub-block's output as well as its input.
+        width, norms = heads * cfg.head_dim, 4 if family in checkpoints.GEMMAS else 2
     bt = batch * seq_len
     scores = batch * heads * seq_len * seq_len * 4
-    layer_internals = bt * (6 * h + 3 * inter) * pb + scores  # q/k/v/o, norms, gate/up/act
+    layer_internals = bt * (norms * h + 4 * width + 3 * inter) * pb + scores  # norms, q/k/v/o, gate/up/act
     logits = 2 * bt * vocab * 4
     saved_inputs = layers * bt * h * pb
     backward_acts = (saved_inputs + 2 * layer_internals) if remat else layers * layer_internals

@@ -42,6 +42,18 @@ def test_plan_reads_a_checkpoint_config_without_weights(tmp_path, capsys):
     assert "device memory 24 GiB" in capsys.readouterr().out
 
 
+def test_gemma_is_planned_with_its_wider_attention_and_extra_norms():
+    p = plan.plan("gemma-2-9b", batch=1, seq_len=4096, dtype="bfloat16", device_memory_gib=141)
+    assert p.family == "gemma2" and p.num_params == 9_241_705_984 and p.recommended() == "accumulate"
+    # The same shapes read as a Llama (hidden-wide attention, two norms) need fewer activations.
+    llama = {**plan.PRESETS["gemma-2-9b"], "model_type": "llama", "head_dim": 3584 // 16}
+    as_llama = plan.plan(llama, batch=1, seq_len=4096, remat=False)
+    assert (
+        as_llama.parts["accumulate"]["activations"]
+        < plan.plan("gemma-2-9b", remat=False).parts["accumulate"]["activations"]
+    )
+
+
 def test_bad_input_is_named(tmp_path, capsys):
     with pytest.raises(ValueError, match="not a preset"):
         plan.plan(tmp_path / "missing")
