@@ -1,6 +1,7 @@
 """Hugging Face checkpoints in and out: ``load(path)`` and ``save(out_dir, model, params)``.
 
-``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 decoders, CLIP vision),
+``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 / Qwen3 / Phi-3 decoders,
+CLIP vision),
 checks every tensor name, shape and dtype from the safetensors headers before reading any data
 (all problems reported at once), then streams tensors one at a time to the device (optionally
 with a sharding per tensor). ``params`` is a nested dict whose dotted paths are the HF tensor
