@@ -1,11 +1,10 @@
 """Hugging Face checkpoints in and out: ``load(path)`` and ``save(out_dir, model, params)``.
 
-``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 / Gemma-2 / Gemma-3 text
-decoders, CLIP vision),
-checks every tensor name, shape and dtype from the safetensors headers before reading any data
-(all problems reported at once), then streams tensors one at a time to the device (optionally
-with a sharding per tensor). ``params`` is a nested dict whose dotted paths are the HF tensor
-names, so ``riemann`` and its edits speak those names.
+``load`` reads ``config.json`` to pick the family (Llama / Mistral / Qwen2 / Qwen3 / Phi-3 / Gemma-2 /
+Gemma-3 text decoders, CLIP vision), checks every tensor name, shape and dtype from the safetensors
+headers before reading any data (all problems reported at once), then streams tensors one at a time
+to the device (optionally with a sharding per tensor). ``params`` is a nested dict whose dotted paths
+are the HF tensor names, so ``riemann`` and its edits speak those names.
 
 ``save`` writes an HF-layout directory (sharded safetensors + index + config + tokenizer files)
 into a temporary directory next to ``out_dir`` and renames it into place, so a reader never sees

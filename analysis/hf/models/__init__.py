@@ -1,5 +1,5 @@
 """Model families in Flax NNX with Hugging Face parameter names and layouts: Llama-style decoders
-(Llama-3, Mistral, Qwen2), Gemma-2 and Gemma-3 text decoders, and the CLIP vision tower."""
+(Llama-3, Mistral, Qwen2, Qwen3, Phi-3), Gemma-2 and Gemma-3 text decoders, and the CLIP vision tower."""
 
 from analysis.hf.models.clip import CLIPVisionConfig as CLIPVisionConfig
 from analysis.hf.models.clip import CLIPVisionModelWithProjection as CLIPVisionModelWithProjection
