@@ -16,6 +16,8 @@ MODULES = {
     "tree_utils": "riemann.tree_utils",
     "closed_form": "riemann.closed_form",
     "checkpoints": "analysis.hf.checkpoints",
+    "adapters": "analysis.hf.adapters",
+    "hub": "analysis.hf.hub",
     "data": "analysis.pairs.data",
     "workbench": "analysis.pairs.workbench",
     "pairs": "analysis.pairs",
