@@ -5,7 +5,8 @@ gradient along straight segments, estimators of an edit's loss change (the paper
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
 and the competitive / decreased / improved classification.
 Edit operators live in :mod:`riemann.edits`; closed forms of whole edit families (DARE over ``p × k``,
-DELLA, EXPO over ``α``) in :mod:`riemann.closed_form`; pytree helpers (inner products, widening to the
+DELLA, EXPO over ``α``) in :mod:`riemann.closed_form`; task-arithmetic weights chosen from one
+quadratic in ``λ`` per task in :mod:`riemann.merge_weights`; pytree helpers (inner products, widening to the
 accumulation dtype, leaf names) in :mod:`riemann.tree_utils`. The theory, in this project's words:
 ``docs/theory.md``.
 
@@ -14,6 +15,7 @@ Models", arXiv 2410.13841 (2024).
 """
 
 from riemann import closed_form as closed_form
+from riemann import merge_weights as merge_weights
 from riemann import tree_utils as tree_utils
 from riemann._src.classify import CLASSES as CLASSES
 from riemann._src.classify import choose_tolerance as choose_tolerance
