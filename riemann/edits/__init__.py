@@ -10,6 +10,11 @@ Improved (§6): :func:`expo`.
 Random edits take an explicit ``key``; each leaf's randomness is ``fold_in(key, crc32(leaf
 name))`` (:func:`leaf_key`). :data:`REGISTRY`, :func:`parse` and :func:`make` give every edit by name and compact
 spec (``dare:p=0.9,k=0.5``) for command lines and reports; :func:`register` adds your own.
+
+Merges of several fine-tunes of one base (mergekit's methods: ``linear``, ``task_arithmetic``,
+``ties``, ``dare_ties``, ``della``, ``breadcrumbs``, ...) are in :mod:`riemann.edits.merge`
+(``merge.merge(method, deltas, ...)`` → :class:`Merged`). They return one part per donor rather
+than one edited delta, so they are not in :data:`REGISTRY`.
 """
 
 from riemann.edits._bitdelta import bitdelta as bitdelta
@@ -34,6 +39,8 @@ from riemann.edits._registry import EditInfo as EditInfo
 from riemann.edits._registry import make as make
 from riemann.edits._registry import parse as parse
 from riemann.edits._registry import register as register
+from riemann.edits.merge import METHODS as MERGE_METHODS  # noqa: F401  (re-export)
+from riemann.edits.merge import Merged as Merged
 
 _TANG = "Tang et al., 2024, A Unified View of Delta Parameter Editing, arXiv:2410.13841"
 register(
