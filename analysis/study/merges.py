@@ -299,6 +299,11 @@ def _identity(ref: str) -> str:
     return str(p.resolve()) if p.exists() else ref.rstrip("/")
 
 
+def same_model(a: str, b: str) -> bool:
+    """Whether two references name one model (one resolved directory, or one Hub id as written)."""
+    return _identity(a) == _identity(b)
+
+
 def _kind(spec: MethodSpec, name: str) -> type:
     default = spec.shared.get(name, spec.per_model.get(name))
     return bool if isinstance(default, bool) else float
@@ -542,13 +547,4 @@ def check(config: MergeConfig) -> Plan:
                     "weight among the models or under the top-level parameters"
                 )
             base_weight[n] = v
-        if not shared.get("normalize", True):
-            for n in names:
-                total = sum(v["weight"][n] for v in per_model) + base_weight[n]
-                if abs(total - 1.0) > 1e-6:
-                    raise ConfigError(
-                        f"{where}: linear with normalize: false and weights summing to {total:g} on tensor {n}: the "
-                        "merge Σ w·W is then not W_base plus a sum of deltas; give weights summing to 1, or "
-                        "normalize: true"
-                    )
     return Plan(config, base, donors, family, names, layers, tuple(per_model), shared, base_weight)
