@@ -193,6 +193,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from analysis.hf import checkpoints
     from analysis.jobs import export
 
+    if args.merge is not None:
+        if args.edit or args.pre or args.post:
+            raise ValueError("--merge exports a merge configuration; give it without --edit, --pre or --post")
+        return _export_merge(args)
+    if args.edit is None:
+        raise ValueError("export needs --edit SPEC (an edit of a pair) or --merge CONFIG.yml (a mergekit merge)")
     edit = export.check_edit(args.edit)  # a bad spec or an occupied --out fails before any weights are read
     files.check_new_dir(args.out)
     if args.pre or args.post:
@@ -211,6 +217,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"--mask {args.mask}: expected a mask index ≥ 0")
     path = export.export(args.out, pre, template, edit.spec, seed=args.seed, mask=args.mask)
     print(f"[riemann] wrote {path}: W_pre + F(ΔW) with F = {edit.spec} (seed {args.seed}), Hugging Face layout")
+    return 0
+
+
+def _export_merge(args: argparse.Namespace) -> int:
+    from analysis import files
+    from analysis.jobs import export
+    from analysis.study import merges
+
+    plan = merges.check(merges.read(args.merge))  # everything checked before any weights are read
+    files.check_new_dir(args.out)
+    path = export.export_merge(args.out, plan, dtype=args.dtype)
+    print(
+        f"[riemann] wrote {path}: {plan.config.method} of {len(plan.donors)} models, W_base + Σ parts in "
+        f"{args.dtype or plan.config.dtype or 'the stored dtype'}, Hugging Face layout"
+    )
     return 0
 
 
@@ -270,6 +291,73 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"EXPO best α predicted {ex['predicted_best_alpha']:g}, measured {ex['measured_best_alpha']:g}"
         )
     print(f"[riemann] wrote {out / 'sweep.md'}")
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from analysis import files
+
+    if args.config is None:
+        return _merge_suite(args)
+    from analysis.jobs import merge
+    from analysis.study import merges
+
+    if not args.data:
+        raise ValueError("riemann merge CONFIG needs --data: one evaluation file per model, or one for all")
+    # The configuration, the checkpoints' headers, the data files and --out: all before any weights.
+    plan = merges.check(merges.read(args.config))
+    merge.check_data(plan, args.data)
+    if args.calibration_batches < 1:
+        raise ValueError(f"--calibration-batches {args.calibration_batches}: expected at least 1")
+    out = files.fresh_output_dir(args.out, root="runs")
+    say = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
+    say(f"[riemann] merge {args.config}: {plan.config.method} of {len(plan.donors)} models; writing {out}")
+    tasks = merge.tasks_from_checkpoints(
+        plan,
+        args.data,
+        batch_size=args.batch_size,
+        max_len=args.max_len,
+        max_batches=args.max_batches,
+        dtype=args.dtype,
+        seed=args.seed,
+        calibration=args.calibration_batches,
+    )
+    record = merge.run(plan, tasks, out, log=say)
+    for t in record["merges"][0]["tasks"]:
+        print(
+            f"[riemann] {t['task']}: predicted ΔL {t['estimates']['riemann']:+.4g} (Riemann), "
+            f"{t['estimates']['second-order']:+.4g} (second order), measured {t['measured']:+.4g} "
+            f"({t['class']['measured']})"
+        )
+    print(f"[riemann] report: {out / 'merge.md'}")
+    return 0
+
+
+def _merge_suite(args: argparse.Namespace) -> int:
+    from analysis import files
+    from analysis.jobs import merge
+    from analysis.pairs import registry, workbench
+
+    if args.data:
+        raise ValueError("--data goes with a merge configuration: riemann merge CONFIG.yml --data FILE…")
+    families = list(dict.fromkeys(args.family or merge.FAMILIES))
+    out = files.fresh_output_dir(args.out, root="runs")
+    root, _ = workbench.locate(args.size, progress=not args.quiet)
+
+    def load(name: str) -> Any:
+        return registry.load_pair(name, size=args.size, seed=args.seed, progress=not args.quiet)
+
+    log = (lambda s: None) if args.quiet else print
+    record = merge.suite_run(
+        out, load, root, families=families, configs=args.configs, seed=args.seed, progress=not args.quiet, log=log
+    )
+    for n, s in record["summary"].items():
+        lo, hi = s["spearman_ci95"]
+        print(
+            f"[riemann] {n}: Spearman {s['spearman']:.3f} [{lo:.3f}, {hi:.3f}], class agreement "
+            f"{s['class_agreement']:.2f} over {record['rows']} (merge, task) rows"
+        )
+    print(f"[riemann] {len(record['merges'])} merges in {record['elapsed_s']:.1f} s; report: {out / 'merge.md'}")
     return 0
 
 
@@ -451,7 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[workbench, _options(out="required")],
         help="write an edited model W_pre + F(ΔW) in Hugging Face layout",
     )
-    ex.add_argument("--edit", required=True, metavar="SPEC", help="the edit, e.g. dare:p=0.9")
+    ex.add_argument("--edit", metavar="SPEC", help="the edit, e.g. dare:p=0.9")
+    ex.add_argument(
+        "--merge",
+        metavar="CONFIG",
+        help="instead of an edit: a mergekit YAML; writes W_base + the merged deltas in the config's dtype",
+    )
     ex.add_argument("--pair", default="lm/arithmetic", help="workbench pair (default lm/arithmetic)")
     ex.add_argument(
         "--pre", help="pre-trained HF checkpoint: directory or Hub id org/name[@revision] (instead of --pair)"
@@ -504,6 +597,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--probes", type=int, default=DEFAULT_PROBES, help=f"Hutchinson probes per batch (default {DEFAULT_PROBES})"
     )
     sw.set_defaults(func=_cmd_sweep)
+    mg = sub.add_parser(
+        "merge",
+        parents=[workbench, _options(out="output directory (new or empty; default: runs/<timestamp>)")],
+        help="predict and measure what a mergekit merge does to each fine-tune's task",
+        description="With a mergekit YAML (models, base_model, merge_method, parameters, dtype, random_seed): for "
+        "each fine-tune i, the merge is the edit W_merge − W_i; its loss change on task i (--data) is predicted "
+        "(the paper's Riemann sum, first and second order), split per donor and per module, and measured on the "
+        "test batches, without writing the merged model. Without a config: the built-in suite, every merge method "
+        "on the workbench's fine-tunes. Writes merge.json, merge.md and merge.png.",
+    )
+    mg.add_argument("config", nargs="?", help="mergekit YAML (default: the built-in suite)")
+    mg.add_argument(
+        "--data", nargs="+", metavar="FILE", help="evaluation file per model, in the config's order (or one for all)"
+    )
+    mg.add_argument("--batch-size", type=int, default=8, help="evaluation batch size for --data (default 8)")
+    mg.add_argument("--max-len", type=int, default=512, help="token limit per sequence for --data (default 512)")
+    mg.add_argument("--max-batches", type=int, help="use at most this many evaluation batches of each --data")
+    mg.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: the config's dtype, else as stored)")
+    mg.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=DEFAULT_CALIBRATION,
+        help=f"batches per task kept for calibration (default {DEFAULT_CALIBRATION})",
+    )
+    mg.add_argument("--family", nargs="+", choices=["vision", "language"], help="built-in suite: these families")
+    mg.add_argument("--configs", nargs="+", metavar="NAME", help="built-in suite: only these configurations")
+    mg.set_defaults(func=_cmd_merge)
     pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
     pl.add_argument(
         "model",

@@ -8,7 +8,7 @@ from typing import Any
 
 from analysis import files
 from analysis.hf import checkpoints
-from analysis.study import artefact, suite
+from analysis.study import artefact, merges, suite
 from riemann import edits
 
 
@@ -42,3 +42,24 @@ def export(
     to ``out``, which must not exist or be empty; a random edit's ``mask``-th draw."""
     out = files.check_new_dir(out)
     return checkpoints.save(out, template, edited_params(pre, template.params, spec, seed=seed, mask=mask))
+
+
+def export_merge(out: str | os.PathLike, plan: Any, *, dtype: Any = None) -> Path:
+    """Write the merge of ``plan`` (:class:`analysis.study.merges.Plan`), ``W_base + Σ_j part_j``, cast
+    to ``dtype`` (default: the config's ``dtype``, else the base's), to ``out`` (new or empty), with
+    the tokenizer of the config's ``tokenizer_source`` (default: the base's)."""
+    import jax
+
+    from analysis.jobs import merge
+
+    out = files.check_new_dir(out)
+    base = checkpoints.load(plan.base)
+    posts = [checkpoints.load(p).params for p in plan.donors]
+    deltas = [artefact.delta_of(base.params, p) for p in posts]
+    result = merge.merged_from_deltas(plan, base.params, deltas)
+    dtype = dtype or plan.config.dtype
+    params = jax.tree.map(lambda b, t: (b.astype("float32") + t).astype(dtype or b.dtype), base.params, result.total)
+    tok = plan.config.tokenizer_source
+    named = [p for d, p in zip(plan.config.donors, plan.donors) if tok is not None and merges.same_model(d.model, tok)]
+    source = named[0] if named else plan.base
+    return checkpoints.save(out, base, params, dtype=dtype, copy_from=source)

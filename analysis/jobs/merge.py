@@ -1,0 +1,427 @@
+"""``riemann merge``: what a mergekit merge does to each fine-tune's task, predicted before it is run
+and measured without writing the merged model.
+
+Fine-tune ``i`` of the base has ``τ_i = W_i − W_base``; the merge gives ``W_merge = W_base + Σ_j
+part_j`` (:func:`riemann.edits.merge.merge`). Seen from fine-tune ``i`` the merge is an edit,
+``ΔW~_i = W_merge − W_i = Σ_j part_j − τ_i``, and its loss change on task ``i`` is the path
+integral every edit gets: the paper's Riemann sum (left rule, C = 5), first and second order, and
+the measured change, on the *test* batches of task ``i``'s data; the calibration batches fix the
+tolerance and the shared gradient, once per fine-tune, reused by every merge of it
+(:class:`analysis.study.suite.Scorer`, as ``riemann run`` does for edits).
+
+Per donor: with ``ḡ_i`` the quadrature's weighted gradient sum, donor ``j ≠ i`` contributes
+``⟨ḡ_i, part_j⟩`` and the task's own model ``⟨ḡ_i, part_i − τ_i⟩``; with ``rounding`` (the merged
+model stored in its dtype, and mergekit's order of operations, against ``Σ part − τ_i``) they sum
+to the Riemann estimate by linearity.
+
+Writes ``merge.json``, ``merge.md`` and ``merge.png`` (the task-interference matrix).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+import riemann
+from analysis import files
+from analysis.pairs import Pair, split
+from analysis.study import artefact, merges, suite
+from riemann.tree_utils import tree_vdot
+
+ESTIMATORS = ("riemann", "first-order", "second-order")
+ESTIMATOR_NOTES = {
+    "riemann": "the paper's Eq. 1 term: left rule, C = 5, on the test batches (gradients inside the segment)",
+    "first-order": "⟨∇L(W_post_i), ΔW~_i⟩ with the gradient from the calibration batches (shared by every merge)",
+    "second-order": "first order + ½⟨ΔW~_i, H ΔW~_i⟩ at W_post_i, one Hessian-vector product per test batch",
+}
+
+
+@dataclasses.dataclass
+class Task:
+    """One fine-tune with its data, split and scored once: the calibration passes (gradient,
+    tolerance) and the test losses at ``W_post`` shared by every merge of it."""
+
+    name: str
+    model: str
+    scorer: suite.Scorer
+
+    @property
+    def pair(self) -> Pair:
+        return self.scorer.pair
+
+
+def check_data(plan: merges.Plan, data: Sequence[str]) -> list[str]:
+    """One data file per fine-tune of ``plan`` (in the config's order), or one for all."""
+    n = len(plan.donors)
+    if len(data) not in (1, n):
+        names = ", ".join(d.model for d in plan.config.donors)
+        raise ValueError(
+            f"--data: {len(data)} files for {n} models ({names}); give one data file per model, in the config's "
+            "order, or one for all"
+        )
+    missing = [d for d in data if not Path(d).is_file()]
+    if missing:
+        raise ValueError(f"--data: no such file(s): {', '.join(missing)}")
+    return list(data) * n if len(data) == 1 else list(data)
+
+
+def tasks_from_checkpoints(
+    plan: merges.Plan,
+    data: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_len: int = 512,
+    max_batches: int | None = None,
+    dtype: Any = None,
+    seed: int = 0,
+    calibration: int = split.DEFAULT_CALIBRATION,
+) -> list[Task]:
+    """Every fine-tune of ``plan`` as a task on its data file (``--data``), loaded in ``dtype``
+    (default: the config's ``dtype``, else as stored)."""
+    from analysis import pairs
+
+    files_ = check_data(plan, data)
+    dtype = dtype or plan.config.dtype
+    out = []
+    for d, path, f in zip(plan.config.donors, plan.donors, files_):
+        pair = pairs.from_checkpoints(
+            plan.base,
+            path,
+            f,
+            batch_size=batch_size,
+            max_len=max_len,
+            max_batches=max_batches,
+            dtype=dtype,
+            name=Path(d.model).name,
+        )
+        out.append(task_of(pair, d.model, seed=seed, calibration=calibration))
+    return out
+
+
+def task_of(pair: Pair, model: str, *, seed: int = 0, calibration: int = split.DEFAULT_CALIBRATION) -> Task:
+    """``pair`` (base → fine-tune) split and calibrated once for every merge that includes it."""
+    return Task(pair.name, model, suite.Scorer(pair, seed=seed, estimators=["first-order"], calibration=calibration))
+
+
+def merged(plan: merges.Plan, tasks: Sequence[Task]) -> Any:
+    """The merge of ``plan`` over the tasks' deltas (:func:`merged_from_deltas`)."""
+    return merged_from_deltas(plan, tasks[0].pair.pre, [t.scorer.delta for t in tasks])
+
+
+def merged_from_deltas(plan: merges.Plan, base: Any, deltas: Sequence[Any]) -> Any:
+    """:func:`riemann.edits.merge.merge` of ``deltas`` (one per fine-tune, in the config's order) as
+    ``plan`` resolves its parameters, keyed by ``jax.random.key(random_seed)``; ``linear`` gets the
+    base as one more input, of zero delta, as mergekit merges it."""
+    from riemann.edits import merge as merging
+
+    deltas = list(deltas)
+    if plan.base_weight is not None:
+        deltas.append(jax.tree.map(np.zeros_like, deltas[0]))
+    key = jax.random.key(plan.config.random_seed) if plan.config.random else None
+    return merging.merge(plan.config.method, deltas, **plan.kwargs(), base=base, key=key)
+
+
+_vdot = jax.jit(tree_vdot)
+
+
+def _minus(a: Any, b: Any) -> Any:
+    return jax.tree.map(lambda x, y: x.astype(np.float32) - y.astype(np.float32), a, b)
+
+
+def score_task(task: Task, i: int, result: Any, donors: Sequence[str]) -> dict[str, Any]:
+    """Merge ``result`` seen from task ``i``: every estimator, the measured change on its test
+    batches, the classes, the accuracy, per-module and per-donor terms."""
+    sc, pair = task.scorer, task.pair
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    art = artefact.stored(pair.pre, pair.post, sc.delta, result.total)
+    artefact.warn_unmoved(art, f"[{task.name}] merge")
+    change = art.change
+    est: dict[str, float] = {}
+    t = time.perf_counter()
+    path = riemann.integrate_path(pair.loss_fn, pair.post, change, pair.batches, rule="left", n=5)
+    est["riemann"], times["riemann"] = path.value, time.perf_counter() - t
+    t = time.perf_counter()
+    est["first-order"] = sc.shared.gradient.first_order(change).value
+    times["first-order"] = time.perf_counter() - t
+    t = time.perf_counter()
+    second = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="second-order")
+    est["second-order"], times["second-order"] = second.value, time.perf_counter() - t
+    t = time.perf_counter()
+    meas = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=sc.loss_post)
+    times["measured"] = time.perf_counter() - t
+    t = time.perf_counter()
+    acc = pair.accuracy_fn(art.params, pair.batches) if pair.accuracy_fn else None
+    times["accuracy"] = time.perf_counter() - t
+    # Per donor: ⟨ḡ, part_j⟩, the own model ⟨ḡ, part_i − τ_i⟩, and what rounding adds.
+    g = path.grad
+    terms = {}
+    for j, (name, part) in enumerate(zip(donors, result.parts)):
+        terms[name] = float(_vdot(g, _minus(part, sc.delta) if j == i else part))
+    rounding = float(path.value - sum(terms.values()))
+    tol = sc.tolerance["value"]
+    acc_delta = None if acc is None or sc.accuracy_post is None else acc - sc.accuracy_post
+    acc_tol = sc.accuracy_tolerance["value"] if sc.accuracy_tolerance else None
+    times["total"] = time.perf_counter() - t0
+    return {
+        "task": task.name,
+        "model": task.model,
+        "estimates": est,
+        "measured": meas.value,
+        "measured_stderr": meas.stderr,
+        "loss_post": float(np.mean(sc.loss_post)),
+        "tolerance": tol,
+        "class": {
+            **{n: riemann.classify(v, tol) for n, v in est.items()},
+            "measured": riemann.classify(meas.value, tol),
+        },
+        "accuracy_name": pair.info.get("accuracy_name"),
+        "accuracy_post": sc.accuracy_post,
+        "accuracy": acc,
+        "accuracy_delta": acc_delta,
+        "class_accuracy": None if acc_delta is None or acc_tol is None else riemann.classify(-acc_delta, acc_tol),
+        "donors": terms,
+        "own": donors[i],
+        "rounding": rounding,
+        "modules": path.modules,
+        "second_order_terms": second.terms,
+        "change_norm": float(np.sqrt(float(_vdot(change, change)))),
+        "unmoved_fraction": art.unmoved_fraction,
+        "seconds": times,
+    }
+
+
+def score_merge(plan: merges.Plan, tasks: Sequence[Task], *, name: str | None = None) -> dict[str, Any]:
+    """Build the merge of ``plan`` and score it on every task (``tasks`` in the config's order)."""
+    t0 = time.perf_counter()
+    result = merged(plan, tasks)
+    build_s = time.perf_counter() - t0
+    donors = [t.name for t in tasks] + (["base (input)"] if plan.base_weight is not None else [])
+    rows = [score_task(task, i, result, donors) for i, task in enumerate(tasks)]
+    return {
+        "name": name or Path(plan.config.source).stem,
+        "config": plan.record(),
+        "merge_settings": _settings_record(result.settings),
+        "tasks": rows,
+        "seconds": {"merge": build_s, "total": time.perf_counter() - t0},
+    }
+
+
+def _settings_record(settings: dict[str, Any]) -> dict[str, Any]:
+    """The engine's record of the resolved settings, each entry kept if JSON can hold it."""
+    out: dict[str, Any] = {}
+    for k, v in settings.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except (TypeError, ValueError):
+            out[k] = repr(v)[:200]
+    return out
+
+
+def summary(rows: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
+    """Per estimator, over every (merge, task) row: Spearman, class agreement (and the rest of
+    :func:`analysis.study.suite.metrics`) with bootstrap 95 % intervals."""
+    meas = [r["measured"] for r in rows]
+    mc = [r["class"]["measured"] for r in rows]
+    return {
+        n: suite.metrics([r["estimates"][n] for r in rows], meas, [r["class"][n] for r in rows], mc, seed=seed)
+        for n in ESTIMATORS
+    }
+
+
+def _f(x: float | None) -> str:
+    return "—" if x is None else f"{x:+.4g}"
+
+
+def markdown_merge(m: dict[str, Any]) -> list[str]:
+    c = m["config"]
+    lines = [
+        f"## {m['name']}",
+        "",
+        f"`{c['merge_method']}` of {', '.join(f'`{x}`' for x in c['models'])} on base `{c['base_model']}` "
+        f"(random_seed {c['random_seed']}, dtype {c['dtype'] or 'as stored'}); merge built in "
+        f"{m['seconds']['merge']:.2f} s, scored in {m['seconds']['total']:.1f} s.",
+        "",
+        "| task | riemann | first-order | second-order | measured | class (riemann / measured) | accuracy "
+        "(post → merged) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in m["tasks"]:
+        e = t["estimates"]
+        acc = "—" if t["accuracy"] is None else f"{t['accuracy_post']:.4g} → {t['accuracy']:.4g}"
+        lines.append(
+            f"| {t['task']} | {_f(e['riemann'])} | {_f(e['first-order'])} | {_f(e['second-order'])} | "
+            f"{_f(t['measured'])} | {t['class']['riemann']} / {t['class']['measured']} | {acc} |"
+        )
+    donors = list(m["tasks"][0]["donors"])
+    lines += [
+        "",
+        "Per donor (⟨ḡ_i, part_j⟩; the task's own model: ⟨ḡ_i, part_i − τ_i⟩; rounding: the stored merge against "
+        "Σ part − τ_i). Each row sums to its Riemann estimate.",
+        "",
+        "| task | " + " | ".join(donors) + " | rounding | sum |",
+        "|---|" + "---|" * (len(donors) + 2),
+    ]
+    for t in m["tasks"]:
+        cells = [f"**{_f(t['donors'][d])}**" if d == t["own"] else _f(t["donors"][d]) for d in donors]
+        total = sum(t["donors"].values()) + t["rounding"]
+        lines.append(f"| {t['task']} | " + " | ".join(cells) + f" | {_f(t['rounding'])} | {_f(total)} |")
+    lines.append("")
+    return lines
+
+
+def markdown(record: dict[str, Any]) -> str:
+    lines = [
+        "# Merges: predicted and measured loss change on each fine-tune's task",
+        "",
+        "For fine-tune i the merge is the edit ΔW~_i = W_merge − W_post_i. Estimates and measurements on the test "
+        "batches of task i's data; classes with the tolerance fixed on its calibration batches. Estimators: "
+        + "; ".join(f"**{n}**: {d}" for n, d in ESTIMATOR_NOTES.items())
+        + ".",
+        "",
+    ]
+    if "summary" in record:
+        lines += [
+            f"Agreement over {record['rows']} (merge, task) rows; wall time {record['elapsed_s']:.1f} s.",
+            "",
+            "| estimator | Spearman | 95 % CI | class agreement | 95 % CI |",
+            "|---|---|---|---|---|",
+        ]
+        for n, s in record["summary"].items():
+            lo, hi = s["spearman_ci95"]
+            clo, chi = s["class_agreement_ci95"]
+            lines.append(
+                f"| {n} | {s['spearman']:.3f} | [{lo:.3f}, {hi:.3f}] | {s['class_agreement']:.3f} | "
+                f"[{clo:.3f}, {chi:.3f}] |"
+            )
+        lines.append("")
+    for m in record["merges"]:
+        lines += markdown_merge(m)
+    return "\n".join(lines)
+
+
+def write(record: dict[str, Any], out: Path) -> list[Path]:
+    """``merge.json``, then ``merge.md``, then ``merge.png``, each written atomically."""
+    from analysis.reporting import merge_figures
+
+    paths = [files.write_json(out / "merge.json", record), files.write_text(out / "merge.md", markdown(record))]
+    if "summary" in record:
+        firsts = {}
+        for i, m in enumerate(record["merges"]):
+            firsts.setdefault(m.get("family"), i)
+        fig = merge_figures.suite_figure(record["merges"], ESTIMATORS, list(firsts.values()))
+    else:
+        fig = merge_figures.merge_figure(record["merges"][0])
+    paths.append(files.save_figure(fig, out / "merge.png"))
+    return paths
+
+
+def run(
+    plan: merges.Plan,
+    tasks: Sequence[Task],
+    out: Path,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Score one configuration and write its report into ``out`` (new or empty)."""
+    t0 = time.perf_counter()
+    log(f"[merge] {plan.config.method} of {len(tasks)} models")
+    m = score_merge(plan, tasks)
+    record = {"merges": [m], "elapsed_s": time.perf_counter() - t0}
+    for p in write(record, out):
+        log(f"[merge] wrote {p}")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in suite: every method on the workbench's fine-tunes.
+
+FAMILIES = {"vision": ("vit/rotated", "vit/inverted", "vit/parity"), "language": ("lm/arithmetic", "lm/strings")}
+
+
+def suite_configs(root: Path, family: str) -> dict[str, dict[str, Any]]:
+    """The built-in configurations of one family, as mergekit YAML mappings (read by
+    :func:`analysis.study.merges.read` like any file): every method once, and a few at other
+    densities or weights."""
+    names = FAMILIES[family]
+    base = str(root / names[0].split("/")[0] / "pre")
+    models = [str(root / n) for n in names]
+    w = round(1.0 / len(names), 4)
+
+    def cfg(method: str, per: dict[str, Any], top: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "merge_method": method,
+            "base_model": base,
+            "models": [{"model": m, "parameters": dict(per)} for m in models],
+            **({"parameters": top} if top else {}),
+            "random_seed": 0,
+        }
+
+    return {
+        "linear": cfg("linear", {"weight": 1.0}, {"weight": 0.0}),
+        "task_arithmetic-w0.5": cfg("task_arithmetic", {"weight": 0.5}),
+        "task_arithmetic-w1": cfg("task_arithmetic", {"weight": 1.0}),
+        "ties-d0.3": cfg("ties", {"weight": 1.0, "density": 0.3}),
+        "ties-d0.7": cfg("ties", {"weight": 1.0, "density": 0.7}),
+        "dare_ties-d0.5": cfg("dare_ties", {"weight": w, "density": 0.5}),
+        "dare_linear-d0.3": cfg("dare_linear", {"weight": 0.5, "density": 0.3}),
+        "della-d0.5": cfg("della", {"weight": 1.0, "density": 0.5, "epsilon": 0.1}),
+        "della_linear-d0.5": cfg("della_linear", {"weight": 0.5, "density": 0.5, "epsilon": 0.1}),
+        "breadcrumbs-d0.8": cfg("breadcrumbs", {"weight": 0.5, "density": 0.8, "gamma": 0.01}),
+        "breadcrumbs_ties-grad": cfg("breadcrumbs_ties", {"weight": [0.3, 0.7], "density": 0.8, "gamma": 0.01}),
+    }
+
+
+def suite_run(
+    out: Path,
+    load_pair: Callable[[str], Pair],
+    root: Path,
+    *,
+    families: Sequence[str] = tuple(FAMILIES),
+    configs: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Every built-in configuration on the workbench fine-tunes at ``root`` (the directory the
+    pairs were loaded from), agreement of each estimator over all (merge, task) rows; writes the
+    report into ``out``."""
+    t0 = time.perf_counter()
+    merged_records = []
+    for fam in families:
+        cfgs = suite_configs(root, fam)
+        chosen = list(cfgs) if configs is None else [c for c in configs if c in cfgs]
+        tasks = []
+        for name in FAMILIES[fam]:
+            pair = load_pair(name)
+            if tasks:  # one loss of the shared base's forward for the family: compiled once, not per task
+                pair = dataclasses.replace(pair, loss_fn=tasks[0].pair.loss_fn)
+            tasks.append(task_of(pair, str(root / name), seed=seed))
+        with riemann.progress_bar(progress, desc=f"{fam} merges", unit="merge", total=len(chosen)) as bar:
+            for c in chosen:
+                plan = merges.check(merges.read(cfgs[c], source=f"built-in:{fam}/{c}"))
+                rec = score_merge(plan, tasks, name=f"{fam}/{c}")
+                rec["family"] = fam
+                merged_records.append(rec)
+                bar.update(1)
+        log(f"[merge] {fam}: {len(chosen)} merges of {len(tasks)} fine-tunes scored")
+    rows = [t for m in merged_records for t in m["tasks"]]
+    record = {
+        "suite": "built-in",
+        "families": {f: list(FAMILIES[f]) for f in families},
+        "merges": merged_records,
+        "rows": len(rows),
+        "summary": summary(rows, seed=seed),
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    for p in write(record, out):
+        log(f"[merge] wrote {p}")
+    return record

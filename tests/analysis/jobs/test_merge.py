@@ -1,0 +1,159 @@
+"""``riemann merge`` and ``riemann export --merge`` on tiny checkpoints: the report's files and
+numbers, per-donor terms that sum to the Riemann estimate, the identity merge, the exported
+weights, the built-in suite in a reduced form, and refusals before any weights are read."""
+
+import json
+import re
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from analysis import files, pairs
+from analysis.cli import main
+from analysis.hf import checkpoints
+from analysis.jobs import merge
+from analysis.study import merges
+from tests.analysis.merge_helpers import garble, make_models
+
+FAST = ["--batch-size", "2", "--calibration-batches", "2", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return make_models(tmp_path_factory.mktemp("merge-job"))
+
+
+def _yaml(root, path, method="ties", n=3, **top):
+    cfg = {
+        "merge_method": method,
+        "base_model": str(root / "base"),
+        "models": [{"model": str(root / f"ft{i}"), "parameters": {"weight": 0.6, "density": 0.5}} for i in range(n)],
+        **top,
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def merged_run(models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("merge-out") / "r"
+    cfg = _yaml(models, out.parent / "ties.yml", parameters={"lambda": 1.2})
+    data = [str(models / f"data{i}.jsonl") for i in range(3)]
+    assert main(["merge", str(cfg), "--data", *data, *FAST, "--out", str(out)]) == 0
+    return out
+
+
+def test_merge_report_files_and_per_donor_terms(merged_run):
+    rec = json.loads((merged_run / "merge.json").read_text())
+    (m,) = rec["merges"]
+    assert m["config"]["merge_method"] == "ties" and m["config"]["resolved"]["shared"]["lambda"] == 1.2
+    assert [t["task"] for t in m["tasks"]] == ["ft0", "ft1", "ft2"]
+    for t in m["tasks"]:
+        values = [*t["estimates"].values(), t["measured"]]
+        assert all(np.isfinite(values))
+        assert set(t["class"]) == {"riemann", "first-order", "second-order", "measured"}
+        # Linearity: ⟨ḡ, Σ_j part_j − τ_i⟩ = Σ_j ⟨ḡ, part_j⟩ (own: part_i − τ_i), to float32 rounding.
+        assert sum(t["donors"].values()) == pytest.approx(t["estimates"]["riemann"], rel=1e-4, abs=1e-7)
+        assert abs(t["rounding"]) <= 1e-4 * abs(t["estimates"]["riemann"]) + 1e-7
+        assert sum(t["modules"].values()) == pytest.approx(t["estimates"]["riemann"], rel=1e-4, abs=1e-7)
+        assert t["own"] == t["task"] and 0.0 <= t["accuracy"] <= 1.0
+    md = (merged_run / "merge.md").read_text()
+    for t in m["tasks"]:  # the Markdown's numbers are the JSON's
+        row = next(
+            line for line in md.splitlines() if line.startswith(f"| {t['task']} | {t['estimates']['riemann']:+.4g}")
+        )
+        assert f"| {t['measured']:+.4g} |" in row
+        donor_row = [line for line in md.splitlines() if line.startswith(f"| {t['task']} | ") and "**" in line]
+        assert f"**{t['donors'][t['task']]:+.4g}**" in donor_row[0]
+    assert (merged_run / "merge.png").stat().st_size > 10_000
+
+
+def test_a_single_model_at_weight_one_is_no_change(models):
+    cfg = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(models / "base"),
+        "models": [{"model": str(models / "ft0"), "parameters": {"weight": 1.0}}],
+    }
+    plan = merges.check(merges.read(cfg))
+    pair = pairs.from_checkpoints(models / "base", models / "ft0", models / "data0.jsonl", batch_size=2)
+    (row,) = merge.score_merge(plan, [merge.task_of(pair, "ft0", calibration=2)])["tasks"]
+    assert row["change_norm"] == 0.0 and row["measured"] == 0.0
+    assert row["estimates"] == {"riemann": 0.0, "first-order": 0.0, "second-order": 0.0}
+    assert set(row["class"].values()) == {"competitive"}
+
+
+def test_export_writes_base_plus_the_merged_deltas(models, tmp_path):
+    cfg = _yaml(models, tmp_path / "m.yml", method="dare_ties", n=2, random_seed=7, dtype="bfloat16")
+    assert main(["export", "--merge", str(cfg), "--out", str(tmp_path / "x"), "--quiet"]) == 0
+    got = checkpoints.load(tmp_path / "x")
+    base = checkpoints.load(models / "base")
+    deltas = [jax.tree.map(lambda a, b: b - a, base.params, checkpoints.load(models / f"ft{i}").params) for i in (0, 1)]
+    plan = merges.check(merges.read(cfg))
+    want = jax.tree.map(
+        lambda b, t: (b + t).astype("bfloat16"), base.params, merge.merged_from_deltas(plan, base.params, deltas).total
+    )
+    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want)):
+        assert a.dtype == b.dtype == jax.numpy.bfloat16
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    assert main(["export", "--merge", str(cfg), "--out", str(tmp_path / "x"), "--quiet"]) == 2  # never overwritten
+
+
+def test_refusals_come_before_any_weights_are_read(models, tmp_path, capsys):
+    bad = tmp_path / "garbled"
+    for d in ("base", "ft0", "ft1", "ft2"):
+        shutil.copytree(models / d, bad / d)
+        garble(bad / d)
+    data = [str(models / f"data{i}.jsonl") for i in range(3)]
+    cfg = _yaml(bad, tmp_path / "g.yml")
+    assert main(["merge", str(cfg), "--data", *data[:2], "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "--data: 2 files for 3 models" in capsys.readouterr().err
+    assert main(["merge", str(cfg), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "needs --data" in capsys.readouterr().err
+    cfg2 = _yaml(bad, tmp_path / "h.yml", method="slerp")
+    assert main(["merge", str(cfg2), "--data", data[0], "--out", str(tmp_path / "o")]) == 2
+    assert "merge_method 'slerp' is not supported; accepted: linear" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep")
+    assert main(["merge", str(cfg), "--data", data[0], "--out", str(tmp_path / "full"), "--quiet"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main(["export", "--merge", str(cfg2), "--out", str(tmp_path / "e")]) == 2
+    assert "slerp" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "e").exists()
+
+
+def test_the_builtin_suite_in_a_reduced_form(models, tmp_path, monkeypatch):
+    """Two of the built-in configurations on a family of two tiny fine-tunes: the suite's own
+    configs, reader, scoring, agreement statistics and report."""
+    root = tmp_path / "wb"
+    for src, dst in (("base", "pre"), ("ft0", "ft0"), ("ft1", "ft1")):
+        shutil.copytree(models / src, root / "tiny" / dst)
+    monkeypatch.setitem(merge.FAMILIES, "tiny", ("tiny/ft0", "tiny/ft1"))
+    names = {"tiny/ft0": "data0.jsonl", "tiny/ft1": "data1.jsonl"}
+
+    def load(name):
+        return pairs.from_checkpoints(root / "tiny" / "pre", root / name, models / names[name], batch_size=2, name=name)
+
+    rec = merge.suite_run(
+        files.fresh_output_dir(tmp_path / "out"),
+        load,
+        root,
+        families=["tiny"],
+        configs=["ties-d0.3", "task_arithmetic-w0.5"],
+        progress=False,
+        log=lambda s: None,
+    )
+    assert rec["rows"] == 4 and [m["name"] for m in rec["merges"]] == ["tiny/ties-d0.3", "tiny/task_arithmetic-w0.5"]
+    for m in rec["merges"]:
+        for t in m["tasks"]:
+            assert np.isfinite([*t["estimates"].values(), t["measured"]]).all()
+    md = (tmp_path / "out" / "merge.md").read_text()
+    for n, s in rec["summary"].items():
+        lo, hi = s["spearman_ci95"]
+        assert re.search(rf"\| {n} \| {s['spearman']:.3f} \| \[{lo:.3f}, {hi:.3f}\] \| {s['class_agreement']:.3f}", md)
+    assert json.loads((tmp_path / "out" / "merge.json").read_text())["summary"] == json.loads(
+        json.dumps(rec["summary"])
+    )
+    assert (tmp_path / "out" / "merge.png").stat().st_size > 10_000
