@@ -349,7 +349,15 @@ def _merge_suite(args: argparse.Namespace) -> int:
 
     log = (lambda s: None) if args.quiet else print
     record = merge.suite_run(
-        out, load, root, families=families, configs=args.configs, seed=args.seed, progress=not args.quiet, log=log
+        out,
+        load,
+        root,
+        families=families,
+        configs=args.configs,
+        seed=args.seed,
+        weights=not args.no_weights,
+        progress=not args.quiet,
+        log=log,
     )
     for n, s in record["summary"].items():
         lo, hi = s["spearman_ci95"]
@@ -623,6 +631,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mg.add_argument("--family", nargs="+", choices=["vision", "language"], help="built-in suite: these families")
     mg.add_argument("--configs", nargs="+", metavar="NAME", help="built-in suite: only these configurations")
+    mg.add_argument(
+        "--no-weights",
+        action="store_true",
+        help="built-in suite: skip recommending task-arithmetic weights (and measuring them against a grid)",
+    )
     mg.set_defaults(func=_cmd_merge)
     pl = sub.add_parser("plan", help="predict device memory for a checkpoint from its shapes alone (no weights read)")
     pl.add_argument(

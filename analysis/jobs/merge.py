@@ -32,7 +32,7 @@ import numpy as np
 import riemann
 from analysis import files
 from analysis.pairs import Pair, split
-from analysis.study import artefact, merges, suite
+from analysis.study import artefact, merge_weights, merges, suite
 from riemann.tree_utils import tree_vdot
 
 ESTIMATORS = ("riemann", "first-order", "second-order")
@@ -303,9 +303,46 @@ def markdown(record: dict[str, Any]) -> str:
                 f"[{clo:.3f}, {chi:.3f}] |"
             )
         lines.append("")
+    if "measured_classes" in record:
+        counts = ", ".join(f"{c} {k}" for c, k in record["measured_classes"].items())
+        lines += [f"Measured classes over the rows: {counts}.", ""]
+    for fam, w in record.get("weights", {}).items():
+        lines += markdown_weights(fam, w)
     for m in record["merges"]:
         lines += markdown_merge(m)
     return "\n".join(lines)
+
+
+def markdown_weights(family: str, w: dict[str, Any]) -> list[str]:
+    """The task-arithmetic weights recommended for one family, against the measured grid."""
+    g = w["grid"]["shared"]
+    lines = [
+        f"## Choosing task-arithmetic weights: {family}",
+        "",
+        f"Recommended from one quadratic per task at its fine-tune (calibration batches: one gradient and "
+        f"{len(w['pairs'])} Hessian-vector products each), minimising the predicted worst-task ΔL over "
+        f"λ ∈ [{w['bounds'][0]:g}, {w['bounds'][1]:g}]; measured on the test batches next to "
+        f"{g['points']} shared weights (best: λ = {g['best_lam'][0]:g}, worst-task ΔL "
+        f"{g['best_measured_objective']:.4g}). Wall time {w['wall_s']['total']:.1f} s.",
+        "",
+        "| recommendation | λ | predicted worst-task ΔL | measured worst-task ΔL | above the best grid point |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, r in w["recommended"].items():
+        lam = ", ".join(f"{x:.3f}" for x in r["recommendation"]["lam"])
+        lines.append(
+            f"| {kind} | {lam} | {r['predicted_objective']:.4g} | {r['measured_objective']:.4g} | "
+            f"{r['gap_percent']:+.1f} % |"
+        )
+    best = g["best_measured_objective"]
+    for name, r in w["reference"].items():
+        lam = ", ".join(f"{x:.3f}" for x in r["lam"])
+        lines.append(
+            f"| {name} | {lam} | {r['predicted_objective']:.4g} | {r['measured_objective']:.4g} | "
+            f"{100 * (r['measured_objective'] - best) / abs(best):+.1f} % |"
+        )
+    lines.append("")
+    return lines
 
 
 def write(record: dict[str, Any], out: Path) -> list[Path]:
@@ -388,14 +425,21 @@ def suite_run(
     families: Sequence[str] = tuple(FAMILIES),
     configs: Sequence[str] | None = None,
     seed: int = 0,
+    weights: bool = True,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Every built-in configuration on the workbench fine-tunes at ``root`` (the directory the
     pairs were loaded from), agreement of each estimator over all (merge, task) rows; writes the
-    report into ``out``."""
+    report into ``out``.
+
+    With ``weights``, each family's task-arithmetic weights are also recommended from its
+    calibration statistics (:func:`analysis.study.merge_weights.choose_weights`: one shared ``λ``
+    and one ``λ`` per fine-tune, minimising the predicted worst-task ``ΔL``) and measured on the
+    test batches against a measured grid of shared weights 0, 0.1, …, 1.5."""
     t0 = time.perf_counter()
     merged_records = []
+    chosen_weights: dict[str, Any] = {}
     for fam in families:
         cfgs = suite_configs(root, fam)
         chosen = list(cfgs) if configs is None else [c for c in configs if c in cfgs]
@@ -413,6 +457,15 @@ def suite_run(
                 merged_records.append(rec)
                 bar.update(1)
         log(f"[merge] {fam}: {len(chosen)} merges of {len(tasks)} fine-tunes scored")
+        if weights:
+            w = merge_weights.choose_weights([t.pair for t in tasks], seed=seed, vector_grid=None, progress=progress)
+            chosen_weights[fam] = w
+            rec = w["recommended"]["shared"]
+            log(
+                f"[merge] {fam}: recommended shared λ {rec['recommendation']['lam'][0]:.3f}, worst-task ΔL "
+                f"measured {rec['measured_objective']:.4g} against the best grid point's "
+                f"{rec['best_grid_objective']:.4g} ({rec['gap_percent']:+.1f} %)"
+            )
     rows = [t for m in merged_records for t in m["tasks"]]
     record = {
         "suite": "built-in",
@@ -420,6 +473,8 @@ def suite_run(
         "merges": merged_records,
         "rows": len(rows),
         "summary": summary(rows, seed=seed),
+        "measured_classes": {c: sum(r["class"]["measured"] == c for r in rows) for c in riemann.CLASSES},
+        **({"weights": chosen_weights} if weights else {}),
         "elapsed_s": time.perf_counter() - t0,
     }
     for p in write(record, out):

@@ -157,3 +157,13 @@ def test_the_builtin_suite_in_a_reduced_form(models, tmp_path, monkeypatch):
         json.dumps(rec["summary"])
     )
     assert (tmp_path / "out" / "merge.png").stat().st_size > 10_000
+    assert sum(rec["measured_classes"].values()) == rec["rows"]
+    # The family's task-arithmetic weights, recommended and measured against the shared grid.
+    w = rec["weights"]["tiny"]
+    assert w["pairs"] == ["tiny/ft0", "tiny/ft1"] and w["grid"]["shared"]["points"] == 16
+    for kind in ("shared", "vector"):
+        r = w["recommended"][kind]
+        assert all(0.0 <= x <= 1.5 for x in r["recommendation"]["lam"])
+        assert np.isfinite([r["measured_objective"], r["predicted_objective"], r["gap_percent"]]).all()
+        assert f"| {kind} | " in md and f"{r['gap_percent']:+.1f} %" in md
+    assert "## Choosing task-arithmetic weights: tiny" in md
