@@ -14,12 +14,16 @@ Tensors saved whole — ``modules_to_save`` copies, biases trained with ``bias="
 ``"lora_only"``, embedding copies saved beside an embedding LoRA — replace the base's tensor.
 ``fan_in_fan_out`` is ignored as PEFT ignores it for ``nn.Linear`` (``dispatch_default`` resets it
 to False; only GPT-2's ``Conv1D`` honours it, and no family here has one) and for embeddings
-(always transposed). Everything else that changes the merged weights (DoRA, LoRA biases, other
+(always transposed). On a base with tied embeddings (no ``lm_head.weight``), a LoRA on ``lm_head``
+merges into the shared ``model.embed_tokens.weight`` as PEFT's in-place merge does (after the
+embedding's own LoRA, if any); what PEFT unties (a ``modules_to_save`` copy of either module without
+``ensure_weight_tying``) or merges twice (LoRAs with ``ensure_weight_tying``) is refused, see
+:func:`_check_tied`. Everything else that changes the merged weights (DoRA, LoRA biases, other
 variants and initialisations that rewrite the base, other ``peft_type``) is refused, naming the
 config key, before any weight is read; the adapter's tensor names and shapes are checked against
 the base's safetensors headers, also before any weight is read.
 
-Each merged tensor is computed in float32 and rounded once to the parameter's dtype; untargeted
+Each merged tensor is computed in float32 and rounded once per LoRA to the parameter's dtype; untargeted
 tensors of ``W_post`` are the base's own arrays (JAX arrays are immutable, so sharing is safe).
 
 :func:`read_adapter` gives the factored form (:class:`LoraFactor` per tensor: ``ΔW = scale · left
@@ -54,7 +58,7 @@ PREFIX = "base_model.model."  # PeftModel → LoraModel → the transformers mod
 READ = {
     "peft_type", "r", "lora_alpha", "use_rslora", "target_modules", "exclude_modules", "layers_to_transform",
     "layers_pattern", "rank_pattern", "alpha_pattern", "modules_to_save", "fan_in_fan_out", "bias",
-    "init_lora_weights",
+    "init_lora_weights", "ensure_weight_tying",
 }  # fmt: skip
 INERT = {
     "base_model_name_or_path", "revision", "task_type", "inference_mode", "lora_dropout", "peft_version",
@@ -62,6 +66,8 @@ INERT = {
 }  # fmt: skip
 INITS = (True, False, "gaussian")  # initialisations that leave the base weights as they are
 BIASES = ("none", "all", "lora_only")
+# With tie_word_embeddings the base has no lm_head.weight: its output head is the input embedding matrix.
+HEAD, EMBED = "lm_head.weight", "model.embed_tokens.weight"
 
 
 class AdapterError(CheckpointError):
@@ -95,6 +101,7 @@ class LoraSettings:
     alpha_pattern: dict[str, float]
     modules_to_save: tuple[str, ...]
     bias: str
+    ensure_weight_tying: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = CONFIG) -> LoraSettings:
@@ -136,6 +143,7 @@ class LoraSettings:
             alpha_pattern=dict(raw.get("alpha_pattern") or {}),
             modules_to_save=tuple(raw.get("modules_to_save") or ()),
             bias=raw.get("bias", "none"),
+            ensure_weight_tying=bool(raw.get("ensure_weight_tying", False)),
         )
 
     def targets(self, module: str) -> bool:
@@ -193,12 +201,22 @@ def _pattern_key(patterns: dict[str, Any], module: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class LoraFactor:
     """One tensor's low-rank delta ``ΔW = scale · left @ right`` (left [out, r], right [r, in]):
-    ``left = B, right = A`` for a linear layer, ``left = Aᵀ, right = Bᵀ`` for an embedding."""
+    ``left = B, right = A`` for a linear layer, ``left = Aᵀ, right = Bᵀ`` for an embedding.
+
+    ``name`` is the tensor the adapter trained; ``into`` the base tensor the delta merges into when
+    that differs (a LoRA on ``lm_head`` of a base with tied embeddings: ``model.embed_tokens.weight``).
+    """
 
     name: str
     left: np.ndarray
     right: np.ndarray
     scale: float
+    into: str | None = None
+
+    @property
+    def tensor(self) -> str:
+        """The base tensor this delta is added to."""
+        return self.into or self.name
 
     @property
     def rank(self) -> int:
@@ -227,7 +245,9 @@ class AdapterPlan:
     family: str
     settings: LoraSettings
     factors: dict[str, tuple[TensorInfo, TensorInfo, bool]]  # name → (A, B, is_embedding)
-    replaced: dict[str, TensorInfo]
+    replaced: dict[str, TensorInfo]  # base tensor → the adapter's whole copy
+    into: dict[str, str] = dataclasses.field(default_factory=dict)  # factor name → base tensor, where they differ
+    copies: tuple[tuple[str, TensorInfo], ...] = ()  # further whole copies of a replaced tensor (must be equal)
 
 
 def _read_config(adapter: Path) -> dict[str, Any]:
@@ -284,24 +304,37 @@ def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapte
     weights = _weights_file(adapter)
     family, shapes = checkpoints._header_shapes(base)
     infos, _ = read_header(weights)
+    # A tied base (no lm_head.weight, as written with tie_word_embeddings) has one matrix for both
+    # embed_tokens and lm_head; PEFT's merge adds a LoRA on either module to that shared matrix.
+    tied = HEAD not in shapes and EMBED in shapes
     halves: dict[str, dict[str, TensorInfo]] = {}
     kinds: dict[str, bool] = {}
+    into: dict[str, str] = {}
     replaced: dict[str, TensorInfo] = {}
+    copies: list[tuple[str, TensorInfo]] = []
     for key, info in infos.items():
         role, name, emb = _role(key, weights)
-        if name not in shapes:
+        target = EMBED if tied and name == HEAD else name
+        if target not in shapes:
             raise AdapterError(
                 f"{weights}: tensor {key!r} is for {name}, which the base {base} does not have "
                 f"(its tensors are e.g. {sorted(shapes)[:3]})"
             )
         if not np.issubdtype(info.dtype, np.floating) and info.dtype.name != "bfloat16":
             raise AdapterError(f"{weights}: tensor {key!r} has dtype {info.dtype}; expected floating point")
+        if tied and target == EMBED:
+            _check_tied(key, role, name, settings, weights, base)
         if role == "full":
-            if info.shape != shapes[name]:
-                raise AdapterError(f"{weights}: tensor {key!r} has shape {info.shape}, base {name} {shapes[name]}")
-            replaced[name] = info
+            if info.shape != shapes[target]:
+                raise AdapterError(f"{weights}: tensor {key!r} has shape {info.shape}, base {name} {shapes[target]}")
+            if target in replaced:
+                copies.append((target, info))
+            else:
+                replaced[target] = info
         else:
             halves.setdefault(name, {})[role] = info
+            if target != name:
+                into[name] = target
             if kinds.setdefault(name, emb) != emb:
                 raise AdapterError(f"{weights}: tensor {key!r}: {name} has both linear and embedding LoRA factors")
     factors = {}
@@ -311,9 +344,12 @@ def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapte
         if missing:
             raise AdapterError(f"{weights}: {module} has lora_{''.join(pair)} but no lora_{''.join(missing)}")
         a, b, emb = pair["A"], pair["B"], kinds[name]
-        shape = shapes[name]
+        shape = shapes[into.get(name, name)]
         if len(shape) != 2:
-            raise AdapterError(f"{weights}: LoRA on {name} {shape}: only 2-D weights (linear, embedding) are supported")
+            raise AdapterError(
+                f"{weights}: LoRA on {name} {shape}: only 2-D weights (linear, embedding) are supported; "
+                "convolutions are not implemented"
+            )
         if not settings.targets(module):
             raise AdapterError(f"{weights}: LoRA tensors for {module}, which {CONFIG} does not target")
         r = settings.rank(module)
@@ -328,14 +364,43 @@ def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapte
         factors[name] = (a, b, emb)
     untrained = sorted(
         n.removesuffix(".weight")
-        for n in shapes
+        for n in [*shapes, *([HEAD] if tied else [])]
         if n.endswith(".weight") and n not in factors and settings.targets(n.removesuffix(".weight"))
     )
     if untrained:
         raise AdapterError(f"{weights}: {CONFIG} targets {untrained[:3]} but the file has no LoRA tensors for them")
     if not factors and not replaced:
         raise AdapterError(f"{weights}: no LoRA tensors")
-    return AdapterPlan(family, settings, factors, replaced)
+    return AdapterPlan(family, settings, factors, replaced, into, tuple(copies))
+
+
+def _check_tied(key: str, role: str, name: str, settings: LoraSettings, weights: Path, base: Path) -> None:
+    """Refuse what PEFT's ``merge_and_unload`` does to a tied embed_tokens/lm_head pair that one
+    shared matrix cannot hold (``peft/tuners/tuners_utils.py``, ``_unload_and_optionally_merge``).
+
+    A ``modules_to_save`` copy of either module replaces that module only: PEFT unties the pair
+    (the other keeps the base matrix) and sets ``tie_word_embeddings=False``; with
+    ``ensure_weight_tying`` it saves one copy for both and they stay tied. A LoRA on either is added
+    to the shared matrix in place (both, in module order, when both carry one); but with
+    ``ensure_weight_tying`` lm_head's LoRA is embed_tokens' transposed, and the merge adds that one
+    delta twice while the unmerged model uses it once. The ``base_layer`` copies PEFT saves beside
+    an embedding or lm_head LoRA are the base's matrix and are loaded as such."""
+    whole = role == "full" and "base_layer" not in key.removeprefix(PREFIX).split(".")
+    if whole and not settings.ensure_weight_tying:
+        raise AdapterError(
+            f"{weights}: tensor {key!r} replaces {name} whole (modules_to_save), but the base {base} has "
+            f"tie_word_embeddings (lm_head is {EMBED}): PEFT's merge_and_unload unties them, new {name} and the "
+            "base's matrix for the other, which a tied checkpoint cannot hold. Accepted: modules_to_save with "
+            "ensure_weight_tying=true (both stay the saved matrix), a LoRA on embed_tokens or lm_head, or an "
+            "untied base (tie_word_embeddings=false, lm_head.weight saved)"
+        )
+    if role != "full" and settings.ensure_weight_tying:
+        raise AdapterError(
+            f"{weights}: tensor {key!r}: a LoRA on {name} with ensure_weight_tying=true on a base with "
+            "tie_word_embeddings: PEFT's merge_and_unload adds the tied delta twice (once for embed_tokens, once "
+            "for lm_head) while its unmerged model adds it once, so there is no one merge to match. Accepted: "
+            "ensure_weight_tying=false (the default; each LoRA merged into the shared matrix once)"
+        )
 
 
 def read_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapter:
@@ -345,8 +410,12 @@ def read_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapter
     for name, (a, b, emb) in plan.factors.items():
         av, bv = read_tensor(a), read_tensor(b)
         left, right = (av.T, bv.T) if emb else (bv, av)
-        factors[name] = LoraFactor(name, left, right, plan.settings.scale(name.removesuffix(".weight")))
+        scale = plan.settings.scale(name.removesuffix(".weight"))
+        factors[name] = LoraFactor(name, left, right, scale, plan.into.get(name))
     replaced = {name: read_tensor(info) for name, info in plan.replaced.items()}
+    for name, info in plan.copies:  # lm_head and embed_tokens saved whole, tied: one matrix
+        if not np.array_equal(read_tensor(info), replaced[name]):
+            raise AdapterError(f"{info.name!r} and {plan.replaced[name].name!r} both replace {name} but differ")
     return Adapter(hub.resolve(adapter), plan.settings, factors, replaced)
 
 
@@ -377,8 +446,10 @@ def load_adapter(
     for name, full in lora.replaced.items():
         where = sharding(name, full.shape) if sharding else None
         leaves[name] = jax.device_put(full.astype(leaves[name].dtype), where)
-    for name, f in lora.factors.items():
-        leaves[name] = _merge(leaves[name], jnp.asarray(f.left), jnp.asarray(f.right), jnp.float32(f.scale))
+    # PEFT's order (named_modules): on a shared matrix, the embedding's own LoRA before lm_head's.
+    order = {n: i for i, n in enumerate(pre.names)}
+    for f in sorted(lora.factors.values(), key=lambda f: (order[f.tensor], f.into is not None)):
+        leaves[f.tensor] = _merge(leaves[f.tensor], jnp.asarray(f.left), jnp.asarray(f.right), jnp.float32(f.scale))
     params = jax.tree.unflatten(jax.tree.structure(pre.params), list(leaves.values()))
     post = dataclasses.replace(
         pre, path=tokenizer_source(base, adapter), params=params, hub_id=hub.locate(adapter).pinned

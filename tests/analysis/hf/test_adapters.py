@@ -73,6 +73,87 @@ CASES = {
         dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj", "v_proj"]),
         {},
     ),
+    # tied embeddings with a LoRA on lm_head (the Unsloth recipe): merged into the shared matrix
+    "qwen2-tied-lm-head": (
+        "qwen2",
+        {"tie_word_embeddings": True},
+        dict(r=4, lora_alpha=8, target_modules=["lm_head", "q_proj"]),
+        {},
+    ),
+    # tied embeddings with LoRAs on both: both deltas on the one matrix, embed_tokens' first (PEFT's order)
+    "llama-tied-embedding-and-lm-head": (
+        "llama",
+        {"tie_word_embeddings": True},
+        dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "lm_head", "o_proj"], rank_pattern={"lm_head": 2}),
+        {},
+    ),
+    # tied embeddings, the embedding saved whole with ensure_weight_tying: PEFT keeps lm_head tied to it
+    "qwen2-tied-modules-to-save-ensure-tying": (
+        "qwen2",
+        {"tie_word_embeddings": True},
+        dict(r=4, lora_alpha=8, target_modules=["q_proj"], ensure_weight_tying=True),
+        {"modules_to_save": ["embed_tokens"]},
+    ),
+    # exclude_modules as a list (by suffix and by full name), trained biases of LoRA'd modules only
+    "llama-exclude-list-lora-only-bias": (
+        "llama",
+        {"attention_bias": True},
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            exclude_modules=["v_proj", "model.layers.1.self_attn.k_proj"],
+            bias="lora_only",
+        ),
+        {},
+    ),
+    # exclude_modules as a regex, layers_to_transform counted in layers_pattern
+    "llama-exclude-regex-layers-pattern": (
+        "llama",
+        {},
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "up_proj", "down_proj"],
+            exclude_modules=r".*\.down_proj",
+            layers_to_transform=[1],
+            layers_pattern="layers",
+        ),
+        {},
+    ),
+    # Phi-3's fused projections as targets
+    "phi3-fused": ("phi3", {}, dict(r=4, lora_alpha=8, target_modules=["qkv_proj", "gate_up_proj", "o_proj"]), {}),
+}
+
+
+# What the cases are named for: the modules each adapter has LoRA factors for (layer.module, or the
+# tensor), the base tensors replaced whole, and the base tensor each factor merges into where it differs.
+_L = "model.layers.{}.{}.weight"
+
+
+def _in(layers, *modules):
+    return {_L.format(i, m) for i in layers for m in modules}
+
+
+_LORA_ONLY = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.o_proj")
+CLAIMS = {
+    "qwen2-tied-lm-head": (
+        {"lm_head.weight", *_in((0, 1), "self_attn.q_proj")},
+        {adapters.EMBED},  # PEFT saves the base matrix beside a LoRA on lm_head: the base's own
+        {"lm_head.weight": adapters.EMBED},
+    ),
+    "llama-tied-embedding-and-lm-head": (
+        {adapters.EMBED, "lm_head.weight", *_in((0, 1), "self_attn.o_proj")},
+        {adapters.EMBED},
+        {"lm_head.weight": adapters.EMBED},
+    ),
+    "qwen2-tied-modules-to-save-ensure-tying": (_in((0, 1), "self_attn.q_proj"), {adapters.EMBED}, {}),
+    "llama-exclude-list-lora-only-bias": (
+        _in((0,), *_LORA_ONLY) | _in((1,), "self_attn.q_proj", "self_attn.o_proj"),
+        {n.replace(".weight", ".bias") for n in _in((0,), *_LORA_ONLY) | _in((1,), *_LORA_ONLY[::2])},
+        {},
+    ),
+    "llama-exclude-regex-layers-pattern": (_in((1,), "self_attn.q_proj", "mlp.up_proj"), set(), {}),
 }
 
 
@@ -80,6 +161,8 @@ def _hf_decoder(kind, **overrides):
     torch.manual_seed(0)
     if kind == "llama":
         return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**DECODER, **overrides}))
+    if kind == "phi3":  # Phi3Config's default pad_token_id lies outside a tiny vocabulary
+        return transformers.Phi3ForCausalLM(transformers.Phi3Config(**{**DECODER, "pad_token_id": None, **overrides}))
     return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**DECODER, **overrides}))
 
 
@@ -122,7 +205,13 @@ def test_merged_weights_and_logits_match_peft(case, tmp_path):
         merged = {k: v.numpy() for k, v in hf.state_dict().items()}
     pre, post = checkpoints.load_adapter(base, adapter)
     lora = adapters.read_adapter(base, adapter)
-    touched = set(lora.factors) | set(lora.replaced)
+    if case in CLAIMS:
+        factors, replaced, into = CLAIMS[case]
+        assert (set(lora.factors), set(lora.replaced)) == (factors, replaced)
+        assert {n: f.into for n, f in lora.factors.items() if f.into} == into
+    if case == "phi3-fused":
+        assert {n.split(".")[-2] for n in lora.factors} == {"qkv_proj", "gate_up_proj", "o_proj"}
+    touched = {f.tensor for f in lora.factors.values()} | set(lora.replaced)
     assert lora.factors and all(n in post.names for n in touched)
     for name, a, b in zip(post.names, jax.tree.leaves(pre.params), jax.tree.leaves(post.params)):
         if name in touched:
@@ -130,20 +219,23 @@ def test_merged_weights_and_logits_match_peft(case, tmp_path):
         else:  # the base's own array, bit for bit, in both PEFT's merge and ours
             assert b is a, name
             assert np.array_equal(np.asarray(a), merged[name]), name
-    changed = [n for n in lora.factors if not np.array_equal(np.asarray(_leaf(post, n)), np.asarray(_leaf(pre, n)))]
-    assert changed == list(lora.factors)
+    for f in lora.factors.values():
+        assert not np.array_equal(np.asarray(_leaf(post, f.tensor)), np.asarray(_leaf(pre, f.tensor))), f.name
     ours = np.asarray(jax.jit(post.forward)(post.params, jnp.asarray(IDS)))
     np.testing.assert_allclose(ours, merged_logits, rtol=1e-4, atol=1e-4)
-    if case == "qwen2-tied-embedding":
-        # PEFT's unmerged forward adapts the input embedding only, the tied output head keeps the base
-        # weight; merge_and_unload changes the one shared matrix, the only thing a tied checkpoint holds.
+    shared = [f.name for f in lora.factors.values() if f.tensor == adapters.EMBED and adapters.HEAD not in pre.names]
+    if shared:
+        # PEFT's unmerged forward adapts the input embedding and the output head separately (a LoRA on
+        # one leaves the other the base matrix); merge_and_unload changes the one shared matrix, the
+        # only thing a tied checkpoint holds.
         assert np.abs(peft_logits - merged_logits).max() > 1e-2
     else:
         np.testing.assert_allclose(ours, peft_logits, rtol=1e-4, atol=1e-4)
-    # The factored form is the same delta.
-    for name, f in lora.factors.items():
-        delta = np.asarray(_leaf(post, name)) - np.asarray(_leaf(pre, name))
-        np.testing.assert_allclose(f.dense(), delta, rtol=1e-4, atol=1e-6, err_msg=name)
+    # The factored form is the same delta (the sum of the deltas on a shared matrix).
+    for tensor in {f.tensor for f in lora.factors.values()}:
+        delta = np.asarray(_leaf(post, tensor)) - np.asarray(_leaf(pre, tensor))
+        dense = sum(f.dense() for f in lora.factors.values() if f.tensor == tensor)
+        np.testing.assert_allclose(dense, delta, rtol=1e-4, atol=1e-6, err_msg=tensor)
 
 
 def _leaf(ck, name):
@@ -320,3 +412,47 @@ def test_merge_is_float32_rounded_once_to_the_parameter_dtype(base_dir, tmp_path
     want = (np.asarray(_leaf(pre, f.name), np.float32) + f.dense()).astype(jnp.bfloat16)
     np.testing.assert_array_equal(np.asarray(got), want)
     assert _leaf(post, "model.layers.0.self_attn.k_proj.weight") is _leaf(pre, "model.layers.0.self_attn.k_proj.weight")
+
+
+@pytest.mark.parametrize(
+    "lora, message",
+    [
+        # PEFT's merge_and_unload swaps in the saved embedding and keeps the base matrix as lm_head: untied
+        (
+            dict(target_modules=["q_proj"], modules_to_save=["embed_tokens"]),
+            "replaces model.embed_tokens.weight whole (modules_to_save), but the base",
+        ),
+        # ... and the other way round: the saved lm_head, the base matrix as embedding
+        (
+            dict(target_modules=["q_proj"], modules_to_save=["lm_head"]),
+            "replaces lm_head.weight whole (modules_to_save)",
+        ),
+        # PEFT's merge adds the tied delta twice, its unmerged model once
+        (
+            dict(target_modules=["q_proj", "embed_tokens"], ensure_weight_tying=True),
+            "with ensure_weight_tying=true on a base with tie_word_embeddings",
+        ),
+    ],
+    ids=["modules-to-save-embed-tokens", "modules-to-save-lm-head", "lora-ensure-weight-tying"],
+)
+def test_tied_embeddings_that_peft_unties_or_merges_twice_are_refused(tmp_path, lora, message):
+    hf = _hf_decoder("qwen2", tie_word_embeddings=True)
+    hf.save_pretrained(tmp_path / "base")
+    get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", r=2, **lora)).save_pretrained(tmp_path / "adapter")
+    with pytest.raises(adapters.AdapterError, match=re.escape(message)) as e:
+        checkpoints.check_pair(tmp_path / "base", tmp_path / "adapter")
+    assert "tie_word_embeddings" in str(e.value)
+
+
+def test_a_lora_on_a_convolution_is_refused(tmp_path):
+    raw = {"model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1}
+    raw |= {"num_attention_heads": 4, "image_size": 16, "patch_size": 8, "projection_dim": 8}
+    ck = checkpoints.from_config(raw, seed=0)
+    base = checkpoints.save(tmp_path / "clip", ck)
+    (conv,) = [n for n in ck.names if n.endswith("patch_embedding.weight")]
+    m = "base_model.model." + conv.removesuffix(".weight")
+    tensors = {f"{m}.lora_A.weight": np.zeros((2, 3, 8, 8), np.float32)}  # PEFT's Conv2d LoRA: A [r, c, k, k]
+    tensors[f"{m}.lora_B.weight"] = np.zeros((32, 2, 1, 1), np.float32)  # B [out, r, 1, 1]
+    adapter = _adapter(tmp_path / "a", {"target_modules": ["patch_embedding"]}, tensors)
+    with pytest.raises(adapters.AdapterError, match="only 2-D weights .* convolutions are not implemented"):
+        checkpoints.check_pair(base, adapter)

@@ -99,7 +99,8 @@ def test_logits_match_transformers_and_each_feature_matters(case):
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
     assert ("lm_head.weight" in ck.names) == (overrides.get("tie_word_embeddings") is False)
     # Each feature changes the logits at this length and scale, so the parity above covers it.
-    switches = {"window": {"layer_types": ["full_attention"] * overrides["num_hidden_layers"]}}
+    # The window alone: one covering the whole sequence, layer types and RoPE bases kept.
+    switches = {"window": {"sliding_window": IDS.shape[1]}}
     if overrides.get("attn_logit_softcapping"):
         switches["attention soft-cap"] = {"attn_logit_softcapping": None}
     if overrides.get("final_logit_softcapping"):
