@@ -393,11 +393,16 @@ def suite_configs(root: Path, family: str) -> dict[str, dict[str, Any]]:
     models = [str(root / n) for n in names]
     w = round(1.0 / len(names), 4)
 
-    def cfg(method: str, per: dict[str, Any], top: dict[str, Any] | None = None) -> dict[str, Any]:
+    def cfg(
+        method: str, per: dict[str, Any], top: dict[str, Any] | None = None, lead: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        # ``lead``: the first model's own parameters, so one fine-tune dominates the merge and its task
+        # can come out competitive while the others' decrease (a suite of only "decreased" rows would
+        # make class agreement uninformative).
         return {
             "merge_method": method,
             "base_model": base,
-            "models": [{"model": m, "parameters": dict(per)} for m in models],
+            "models": [{"model": m, "parameters": dict(lead if lead and not i else per)} for i, m in enumerate(models)],
             **({"parameters": top} if top else {}),
             "random_seed": 0,
         }
@@ -414,6 +419,8 @@ def suite_configs(root: Path, family: str) -> dict[str, dict[str, Any]]:
         "della_linear-d0.5": cfg("della_linear", {"weight": 0.5, "density": 0.5, "epsilon": 0.1}),
         "breadcrumbs-d0.8": cfg("breadcrumbs", {"weight": 0.5, "density": 0.8, "gamma": 0.01}),
         "breadcrumbs_ties-grad": cfg("breadcrumbs_ties", {"weight": [0.3, 0.7], "density": 0.8, "gamma": 0.01}),
+        "task_arithmetic-lead": cfg("task_arithmetic", {"weight": 0.05}, lead={"weight": 1.0}),
+        "ties-lead-d0.7": cfg("ties", {"weight": 0.1, "density": 0.7}, lead={"weight": 1.0, "density": 0.7}),
     }
 
 
