@@ -74,6 +74,43 @@ def test_merge_report_files_and_per_donor_terms(merged_run):
     assert (merged_run / "merge.png").stat().st_size > 10_000
 
 
+@pytest.mark.filterwarnings(
+    "ignore::analysis.study.artefact.UnmovedWarning"
+)  # tiny float32 moves: rounding is what is tested
+def test_same_basenames_and_rounding_per_method(models, tmp_path):
+    """Two donors named ``…/a/final`` and ``…/b/final`` keep one term each; for several methods the
+    independently computed rounding plus the donors' terms is the Riemann estimate, within
+    rel 1e-4 + abs 1e-7 (float32 sums of ~10⁴ products in different orders)."""
+    for src, dst in (("base", "base"), ("ft0", "a/final"), ("ft1", "b/final")):
+        shutil.copytree(models / src, tmp_path / dst)
+    refs = [str(tmp_path / "a/final"), str(tmp_path / "b/final")]
+    assert merge.labels(refs) == ["a/final", "b/final"]
+    per = {
+        "ties": {"weight": 0.6, "density": 0.5},
+        "dare_ties": {"weight": 0.6, "density": 0.5},
+        "linear": {"weight": 0.6},
+        "breadcrumbs": {"weight": 0.6, "density": 0.8, "gamma": 0.05},
+    }
+    tasks = None
+    for method, params in per.items():
+        cfg = {
+            "merge_method": method,
+            "base_model": str(tmp_path / "base"),
+            "models": [{"model": r, "parameters": params} for r in refs],
+            **({"parameters": {"weight": 0.3}} if method == "linear" else {}),
+        }
+        plan = merges.check(merges.read(cfg))
+        if tasks is None:
+            data = [str(models / "data0.jsonl"), str(models / "data1.jsonl")]
+            tasks = merge.tasks_from_checkpoints(plan, data, batch_size=2, calibration=2)
+            assert [t.name for t in tasks] == ["a/final", "b/final"]
+        rec = merge.score_merge(plan, tasks)
+        for t in rec["tasks"]:
+            assert set(t["donors"]) >= {"a/final", "b/final"} and t["own"] == t["task"]
+            total = sum(t["donors"].values()) + t["rounding"]
+            assert total == pytest.approx(t["estimates"]["riemann"], rel=1e-4, abs=1e-7), (method, t["task"])
+
+
 def test_a_single_model_at_weight_one_is_no_change(models):
     cfg = {
         "merge_method": "task_arithmetic",
@@ -167,6 +204,29 @@ def test_refusals_come_before_any_weights_are_read(models, tmp_path, capsys):
     assert "exists and is not empty" in capsys.readouterr().err
     assert main(["export", "--merge", str(cfg2), "--out", str(tmp_path / "e")]) == 2
     assert "slerp" in capsys.readouterr().err
+    # Data that does not tokenize, a --dtype against the config's, a parameter mergekit fails on.
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "1+1="}\n')
+    assert main(["merge", str(cfg), "--data", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "bad.jsonl" in capsys.readouterr().err
+    cfg3 = _yaml(bad, tmp_path / "d.yml", dtype="bfloat16")
+    assert main(["merge", str(cfg3), "--data", data[0], "--dtype", "float32", "--out", str(tmp_path / "o")]) == 2
+    assert "--dtype float32 differs from the config's dtype bfloat16" in capsys.readouterr().err
+    assert main(["export", "--merge", str(cfg3), "--dtype", "float16", "--out", str(tmp_path / "e")]) == 2
+    assert "--dtype float16 differs" in capsys.readouterr().err
+    cfg4 = _yaml(bad, tmp_path / "e.yml", method="della")  # density 0.5 ± the default epsilon 0.15: fine
+    raw = yaml.safe_load(cfg4.read_text())
+    raw["models"][2]["parameters"]["epsilon"] = 0.6
+    cfg4.write_text(yaml.safe_dump(raw))
+    assert main(["merge", str(cfg4), "--data", data[0], "--out", str(tmp_path / "o")]) == 2
+    assert "models[2].parameters.epsilon" in capsys.readouterr().err
+    # Options of the other mode: refused, naming them.
+    assert main(["merge", str(cfg), "--data", data[0], "--family", "vision", "--size", "mini"]) == 2
+    assert "--family, --size: not used with a merge configuration" in capsys.readouterr().err
+    assert main(["merge", "--batch-size", "4", "--data", data[0], "--quiet"]) == 2
+    assert "--data, --batch-size: not used with the built-in suite" in capsys.readouterr().err
+    assert main(["merge", "--configs", "ties-d0.3", "nope", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--configs: unknown configuration(s) nope; accepted: linear, task_arithmetic-w0.5" in err
     assert not (tmp_path / "o").exists() and not (tmp_path / "e").exists()
 
 
@@ -198,7 +258,11 @@ def test_the_builtin_suite_in_a_reduced_form(models, tmp_path, monkeypatch):
     md = (tmp_path / "out" / "merge.md").read_text()
     for n, s in rec["summary"].items():
         lo, hi = s["spearman_ci95"]
-        assert re.search(rf"\| {n} \| {s['spearman']:.3f} \| \[{lo:.3f}, {hi:.3f}\] \| {s['class_agreement']:.3f}", md)
+        tlo, thi = s["spearman_ci95_tasks"]
+        assert set(s["spearman_within_task"]) == {"tiny/ft0", "tiny/ft1"} and s["tasks"] == 2
+        head = rf"\| {n} \| {s['spearman']:.3f} \| \[{lo:.3f}, {hi:.3f}\] \| \[{tlo:.3f}, {thi:.3f}\] \| "
+        assert re.search(head + rf"{s['spearman_within_task_mean']:.3f} ", md), n
+    assert "95 % CI (rows) | 95 % CI (tasks) | within-task Spearman" in md
     assert json.loads((tmp_path / "out" / "merge.json").read_text())["summary"] == json.loads(
         json.dumps(rec["summary"])
     )
@@ -213,3 +277,43 @@ def test_the_builtin_suite_in_a_reduced_form(models, tmp_path, monkeypatch):
         assert np.isfinite([r["measured_objective"], r["predicted_objective"], r["gap_percent"]]).all()
         assert f"| {kind} | " in md and f"{r['gap_percent']:+.1f} %" in md
     assert "## Choosing task-arithmetic weights: tiny" in md
+
+
+def test_builtin_linear_is_not_an_average_and_a_missed_lambda_is_explained(tmp_path):
+    cfgs = merge.suite_configs(tmp_path, "language")
+    assert cfgs["linear"]["models"][0]["parameters"] == {"weight": 2.0}
+    assert cfgs["linear"]["models"][1]["parameters"] == {"weight": 1.0}
+    rec = {
+        "lam": [0.9],
+        "step_ratio": [0.9, 0.4],
+        "predicted_objective": 0.011,
+    }
+    w = {
+        "pairs": ["lm/arithmetic", "lm/strings"],
+        "bounds": [0.0, 1.5],
+        "wall_s": {"total": 1.0},
+        "grid": {
+            "shared": {
+                "points": 16,
+                "best_lam": [0.3, 0.3],
+                "best_measured_objective": 2.0,
+                "predicted_at_best": [0.001, 0.002],
+            }
+        },
+        "recommended": {
+            "shared": {
+                "recommendation": rec,
+                "predicted_objective": 0.011,
+                "measured_objective": 11.3,
+                "gap_percent": 465.0,
+            }
+        },
+        "reference": {},
+    }
+    md = "\n".join(merge.markdown_weights("language", w))
+    assert "**Why the shared recommendation misses the best grid point by +465.0 %:**" in md
+    assert "predicts a worst-task ΔL of 0.011 where 11.3 is measured" in md
+    assert "predicts 0.002 where 2 is measured" in md
+    assert "moves ‖d‖ = 0.9‖τ‖ (lm/arithmetic), far outside the region" in md
+    w["recommended"]["shared"]["gap_percent"] = 4.0
+    assert "Why" not in "\n".join(merge.markdown_weights("language", w))
