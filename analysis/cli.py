@@ -125,27 +125,54 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_user_pair(c: dict[str, Any]) -> None:
+def _check_user_pair(c: dict[str, Any], headers: bool = True) -> None:
+    """Refuse a bad --pre/--post/--data before any weights are read; with ``headers=False`` only
+    what needs no tensor header (nor a Hub id's weights downloaded)."""
     from analysis.hf import adapters, checkpoints
     from analysis.pairs import data
 
-    checkpoints.check_pair(c["pre"], c["post"])
+    # What needs no tensor header first (configs, adapter options, the data and its tokens: a Hub id
+    # fetches configs and tokenizer files only), then the headers (which downloads a Hub id's weights).
+    checkpoints.check_configs(c["pre"], c["post"])
     if not str(c["data"]).endswith(".npz"):
         kind, records = data.read_jsonl(c["data"])
         tok = data.load_tokenizer(adapters.tokenizer_source(c["pre"], c["post"]))
         data.tokenize(tok, kind, records, max_len=c["max_len"], source=c["data"])
+    if headers:
+        checkpoints.check_pair(c["pre"], c["post"])
+
+
+# Of a checkpoint directory, the files the loader reads (analysis.hf.checkpoints, .adapters, pairs.data)
+# besides the safetensors weights the index names: other files a cache holds (added_tokens.json
+# written by another tool, a README) differ between hosts without changing what is analysed.
+_READ_FILES = ("config.json", "model.safetensors.index.json", "tokenizer.json", "adapter_config.json")
+_READ_WEIGHTS = ("model.safetensors", "adapter_model.safetensors")
 
 
 def _fingerprint(path: str) -> str:
     """A hash of what a process will read from ``path``: a data file's bytes, or a checkpoint
-    directory's config and tokenizer files and, for each safetensors file, its size, its header (the
-    tensor table) and 64 KiB of data at its start, middle and end (a copy that differs in shape or
-    in any of those bytes is caught without reading gigabytes)."""
+    directory's ``config.json``, safetensors index, ``tokenizer.json`` and adapter config and, for
+    each safetensors file the loader reads, its size, its header (the tensor table) and 64 KiB of
+    data at its start, middle and end (a copy that differs in shape or in any of those bytes is
+    caught without reading gigabytes). Files the loader does not read are left out."""
     import hashlib
     import struct
 
     h, p = hashlib.sha256(), Path(path)
-    for f in [p] if p.is_file() else sorted(p.iterdir()):
+    if p.is_file():
+        files = [p]
+    else:
+        shards: list[str] = []
+        index = p / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+                shards = []  # the index's own bytes are hashed; the loader names what is wrong with it
+        files = [p / n for n in sorted({*_READ_FILES, *_READ_WEIGHTS, *map(str, shards)})]
+    for f in files:
+        if not f.is_file():
+            continue
         if f.suffix == ".safetensors":
             size = f.stat().st_size
             with open(f, "rb") as stream:
@@ -155,7 +182,7 @@ def _fingerprint(path: str) -> str:
                 for at in (stream.tell(), size // 2, max(size - 65536, 0)):
                     stream.seek(at)
                     h.update(stream.read(65536))
-        elif f.is_file() and f.suffix in (".json", ".jsonl", ".npz", ".txt", ".model"):
+        else:
             h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()
 
@@ -184,6 +211,8 @@ def _check_several(args: argparse.Namespace, settings: Any) -> None:
         # A Hub id's snapshot may sit in a different cache on each host: compared by content, not path.
         return {k: _fingerprint(str(c[k] if k == "data" else hub.resolve(c[k]))) for k in ("pre", "post", "data")}
 
+    # Fingerprints read (and for a Hub id, download) the weights: refuse what needs none first.
+    hosts.all_ok(lambda: _check_user_pair(c, headers=False), "checking the checkpoints and data")
     seen = hosts.all_ok(inputs, "reading the inputs")
     hosts.agree(json.dumps({**settings.record(), "inputs": seen}, sort_keys=True), "arguments, checkpoints or data")
 

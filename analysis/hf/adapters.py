@@ -81,8 +81,9 @@ def is_adapter(path: str | os.PathLike) -> bool:
 
 def tokenizer_source(pre: str | os.PathLike, post: str | os.PathLike) -> Path:
     """Where a pair's tokenizer lives: ``post`` itself, unless it is an adapter without its own
-    ``tokenizer.json``, whose tokenizer is the base's."""
-    pre, post = hub.resolve(pre), hub.resolve(post)
+    ``tokenizer.json``, whose tokenizer is the base's. Hub ids are resolved without weights (configs
+    and tokenizer files only), so the data can be tokenized before any weights are downloaded."""
+    pre, post = hub.resolve(pre, weights=False), hub.resolve(post, weights=False)
     return pre if is_adapter(post) and not (post / "tokenizer.json").is_file() else post
 
 
@@ -250,16 +251,29 @@ class AdapterPlan:
     copies: tuple[tuple[str, TensorInfo], ...] = ()  # further whole copies of a replaced tensor (must be equal)
 
 
-def _read_config(adapter: Path) -> dict[str, Any]:
+def _read_config(adapter: Path, ref: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``adapter/adapter_config.json``; errors name ``ref`` too where it is a Hub id."""
+    ref = adapter if ref is None else ref
     if not (adapter / CONFIG).is_file():
-        raise AdapterError(f"{adapter}: no {CONFIG} (expected a PEFT adapter directory)")
+        raise AdapterError(f"{hub.describe(ref, adapter)}: no {CONFIG} (expected a PEFT adapter directory)")
+    source = hub.describe(ref, adapter / CONFIG)
     try:
         raw = json.loads((adapter / CONFIG).read_text())
     except json.JSONDecodeError as e:
-        raise AdapterError(f"{adapter / CONFIG}: not valid JSON ({e})") from None
+        raise AdapterError(f"{source}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
-        raise AdapterError(f"{adapter / CONFIG}: expected a JSON object")
+        raise AdapterError(f"{source}: expected a JSON object")
     return raw
+
+
+def check_adapter_config(base: str | os.PathLike, adapter: str | os.PathLike) -> tuple[str, LoraSettings]:
+    """The base's family and the adapter's settings, from ``config.json`` and ``adapter_config.json``
+    alone: Hub ids are resolved with ``weights=False``, so an option not implemented (DoRA, ...) or
+    a base of an unknown architecture is refused before any weights are downloaded. Errors name the
+    Hub id as given and the file."""
+    path = hub.resolve(adapter, weights=False)
+    settings = LoraSettings.from_dict(_read_config(path, adapter), source=hub.describe(adapter, path / CONFIG))
+    return checkpoints.config_family(base), settings
 
 
 def _weights_file(adapter: Path) -> Path:
@@ -298,9 +312,10 @@ def check_adapter(base: str | os.PathLike, adapter: str | os.PathLike) -> Adapte
     """Check an adapter against its base from ``adapter_config.json`` and safetensors headers alone
     (no weights read): options implemented, every adapter tensor present in the base with matching
     shapes and the configured rank, every targeted module present in the file. Errors name the
-    offending config key or adapter tensor."""
+    offending config key or adapter tensor. The configs are checked first
+    (:func:`check_adapter_config`), before Hub ids' weights are downloaded."""
+    _, settings = check_adapter_config(base, adapter)
     base, adapter = hub.resolve(base), hub.resolve(adapter)
-    settings = LoraSettings.from_dict(_read_config(adapter), source=str(adapter / CONFIG))
     weights = _weights_file(adapter)
     family, shapes = checkpoints._header_shapes(base)
     infos, _ = read_header(weights)

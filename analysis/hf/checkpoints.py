@@ -143,14 +143,16 @@ def build(
     return family, cfg, (nnx.eval_shape(make) if abstract else make())
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def _read_config(path: Path, ref: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``path/config.json``; errors name ``ref`` too where it is a Hub id (:func:`hub.describe`)."""
     cfg_path = path / "config.json"
+    ref = path if ref is None else ref
     if not cfg_path.is_file():
-        raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory)")
+        raise CheckpointError(f"{hub.describe(ref, path)}: no config.json (expected a Hugging Face model directory)")
     try:
         return json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path}: not valid JSON ({e})") from None
+        raise CheckpointError(f"{hub.describe(ref, cfg_path)}: not valid JSON ({e})") from None
 
 
 def tensor_index(path: str | os.PathLike) -> dict[str, TensorInfo]:
@@ -245,9 +247,9 @@ def load(
       remat: rematerialise each layer in the backward pass (less memory, one more forward).
     """
     where = hub.locate(path)
-    path = where.path
-    raw = _read_config(path)
-    family, cfg, module = build(raw, dtype=dtype, source=str(path / "config.json"), remat=remat)
+    ref, path = path, where.path
+    raw = _read_config(path, ref)
+    family, cfg, module = build(raw, dtype=dtype, source=hub.describe(ref, path / "config.json"), remat=remat)
     infos = tensor_index(path)
     expected = expected_tensors(module)
     check_tensors(family, expected, infos, path)
@@ -402,15 +404,40 @@ def _header_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
     return family, {n: tuple(x.shape) for n, x in expected.items()}
 
 
+def config_family(ref: str | os.PathLike) -> str:
+    """The family ``ref``'s ``config.json`` names, its config parsed (no weights: a Hub id is
+    resolved with ``weights=False``); errors name the id as given and the file."""
+    path = hub.resolve(ref, weights=False)
+    family, _, _ = build(_read_config(path, ref), source=hub.describe(ref, path / "config.json"))
+    return family
+
+
+def check_configs(pre: str | os.PathLike, post: str | os.PathLike) -> str:
+    """What :func:`check_pair` can check from the configurations alone, resolving Hub ids with
+    ``weights=False`` (so nothing but configs and tokenizer files is downloaded): both configs
+    parse and name one family, or ``post`` is a LoRA adapter whose ``adapter_config.json`` options
+    are implemented (:func:`analysis.hf.adapters.check_adapter_config`). Returns the family."""
+    from analysis.hf import adapters  # imports this module
+
+    if adapters.is_adapter(hub.resolve(post, weights=False)):
+        return adapters.check_adapter_config(pre, post)[0]
+    fa, fb = config_family(pre), config_family(post)
+    if fa != fb:
+        raise ValueError(f"pre ({pre}) is {fa} but post ({post}) is {fb}; a delta needs one architecture")
+    return fa
+
+
 def check_pair(pre: str | os.PathLike, post: str | os.PathLike) -> str:
     """Check, from ``config.json`` and the safetensors headers alone (no weights read), that two
     checkpoints (directories or Hub ids) share family, tensor names and shapes — the delta is only
     defined between identical architectures. Returns the family; the error names the first
     mismatching tensor. A PEFT LoRA adapter as ``post`` is checked against ``pre`` as its base
-    (:func:`analysis.hf.adapters.check_adapter`)."""
+    (:func:`analysis.hf.adapters.check_adapter`). The configurations are checked first
+    (:func:`check_configs`), before Hub ids' weights are downloaded for their headers."""
     from analysis.hf import adapters  # imports this module
 
-    if adapters.is_adapter(hub.resolve(post)):
+    check_configs(pre, post)
+    if adapters.is_adapter(hub.resolve(post, weights=False)):
         return adapters.check_adapter(pre, post).family
     fa, sa = _header_shapes(hub.resolve(pre))
     fb, sb = _header_shapes(hub.resolve(post))
@@ -430,7 +457,7 @@ def load_pair(pre: str | os.PathLike, post: str | os.PathLike, **kwargs: Any) ->
     (:func:`load_adapter`)."""
     from analysis.hf import adapters  # imports this module
 
-    if adapters.is_adapter(hub.resolve(post)):
+    if adapters.is_adapter(hub.resolve(post, weights=False)):
         return adapters.load_adapter(pre, post, **kwargs)
     check_pair(pre, post)
     return load(pre, **kwargs), load(post, **kwargs)

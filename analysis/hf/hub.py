@@ -9,6 +9,17 @@ files: pickle-based weights (``*.bin``, ``*.pt``, ...) never are, since loading 
 arbitrary code. A branch or tag follows the cache's ``refs/<name>``; a commit is given in full (40
 hex digits); a shortened one is refused, since the cache names snapshots by the full hash.
 
+A branch or tag already in the cache (``@main`` included, which a bare ``org/name`` means) is used as
+cached, without asking the Hub whether it has moved since: runs stay offline and reproducible, and a
+newer upstream commit is not picked up by itself. To get it, name the commit (``org/name@<commit>``)
+or remove the repo's folder (``models--org--name``) from the cache.
+
+``resolve(ref, weights=False)`` asks for the configuration only — ``config.json``, or an adapter
+repo's ``adapter_config.json`` — and when it downloads, it fetches those and the tokenizer files, never
+weights; so every check that needs no tensor header (architectures, adapter options, the data and its
+tokens) can refuse bad input before gigabytes are fetched. ``describe`` names a directory by the
+reference the user typed as well, for error messages.
+
 The environment is read at each call, not at import as ``huggingface_hub`` reads its own (so a
 variable set later, in a notebook, a test or a launcher, still counts), and passed explicitly:
 
@@ -19,6 +30,14 @@ variable set later, in a notebook, a test or a launcher, still counts), and pass
 
 Several processes each resolve on their own (each with its own cache); what they read is then
 compared by content, not by path.
+
+Not thread-safe while downloading: ``huggingface_hub`` (2.4) reads ``HF_HUB_OFFLINE`` once, at its
+import, into ``huggingface_hub.constants.HF_HUB_OFFLINE``, and ``snapshot_download`` has no argument to
+override it per call (``local_files_only`` can only forbid the network, not allow it). A download
+therefore sets that module constant to False for its duration and restores it afterwards; another
+thread using ``huggingface_hub`` at the same time sees the network allowed meanwhile, and two
+concurrent downloads may restore it in the wrong order. Resolve from one thread (what is cached is
+read without touching it).
 """
 
 from __future__ import annotations
@@ -123,10 +142,26 @@ def resolve(ref: str | os.PathLike, *, weights: bool = True) -> Path:
     """The local directory of a checkpoint reference: ``ref`` itself if it is a directory, else the
     cached (or, network allowed, downloaded) snapshot of the Hub id ``org/name[@revision]``.
 
-    With ``weights=False`` a snapshot needs only its ``config.json`` (for planning from shapes).
-    Errors (:class:`CheckpointError`) name ``ref``; for an id also the revision and the cache tried.
+    With ``weights=False`` a snapshot needs only its ``config.json`` (for planning from shapes), or
+    for a LoRA adapter repo its ``adapter_config.json``; a download then fetches those and the
+    tokenizer files, no weights. Errors (:class:`CheckpointError`) name ``ref``; for an id also the
+    revision and the cache tried.
     """
     return locate(ref, weights=weights).path
+
+
+def describe(ref: str | os.PathLike, path: str | os.PathLike) -> str:
+    """``path`` (a directory :func:`resolve` gave for ``ref``, or a file in it) for an error message:
+    ``org/name (…/snapshots/<sha>/file)`` where ``ref`` is a Hub id, else the path alone.
+
+    >>> describe("org/dora", "/c/models--org--dora/snapshots/abc/adapter_config.json")
+    'org/dora (/c/models--org--dora/snapshots/abc/adapter_config.json)'
+    >>> describe(Path("/some/dir"), "/some/dir/config.json")
+    '/some/dir/config.json'
+    """
+    if parse(ref) is not None and not Path(ref).is_dir():
+        return f"{ref} ({os.fspath(path)})"
+    return os.fspath(path)
 
 
 def locate(ref: str | os.PathLike, *, weights: bool = True) -> Located:
@@ -197,8 +232,9 @@ def _cached(cache: Path, hub_id: HubId) -> Path | None:
 
 def _missing(snapshot: Path, weights: bool) -> list[str]:
     """The files ``snapshot`` needs but lacks (a link whose blob is gone counts as missing)."""
-    if not weights:
-        return [] if (snapshot / "config.json").is_file() else ["config.json"]
+    if not weights:  # a model's config, or an adapter repo's (which has no config.json)
+        found = (snapshot / "config.json").is_file() or (snapshot / "adapter_config.json").is_file()
+        return [] if found else ["config.json"]
     if (snapshot / "adapter_config.json").is_file():  # a LoRA adapter repo
         return [] if (snapshot / "adapter_model.safetensors").is_file() else ["adapter_model.safetensors"]
     missing = [] if (snapshot / "config.json").is_file() else ["config.json"]
@@ -242,11 +278,14 @@ def _download(ref: str | os.PathLike, hub_id: HubId, cache: Path, weights: bool)
 
     from analysis.hf.checkpoints import TOKENIZER_FILES  # imported here: checkpoints imports this module
 
-    allow = ["config.json", *TOKENIZER_FILES, *WEIGHT_PATTERNS] if weights else ["config.json"]
+    # Without weights: the configs and the tokenizer (small files; the data is tokenized before any
+    # weights are fetched), adapter_config.json in case the repo is an adapter.
+    allow = ["config.json", *TOKENIZER_FILES, *(WEIGHT_PATTERNS if weights else ("adapter_config.json",))]
     endpoint = (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or DEFAULT_ETAG_TIMEOUT)
     # huggingface_hub reads HF_HUB_OFFLINE once, at its import (perhaps by transformers, while it was
-    # set), and has no argument for it; the caller read it now and found the network allowed.
+    # set), and has no argument for it; the caller read it now and found the network allowed. Not
+    # thread-safe (see the module's docstring).
     was_offline, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, False
     try:
         path = snapshot_download(

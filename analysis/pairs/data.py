@@ -7,9 +7,10 @@ JSONL inputs, one record per line, in three shapes (detected from the first reco
 - ``{"prompt": …, "chosen": …, "rejected": …}``: the DPO loss against a reference model
   (Rafailov et al., 2023), which the unified-view paper used for EXPO.
 
-Tokenization uses the checkpoint's own ``tokenizer.json`` with the ``tokenizers`` library,
-offline. Sequences are right-padded to fixed bucket lengths (powers of two from 16 up to
-``max_len``) and grouped into batches of a fixed size, so each loss compiles once per bucket.
+Tokenization uses the checkpoint's own ``tokenizer.json`` (a directory's, or a Hub id's snapshot,
+fetched without weights) with the ``tokenizers`` library. Sequences are right-padded to fixed
+bucket lengths (powers of two from 16 up to ``max_len``) and grouped into batches of a fixed size,
+so each loss compiles once per bucket.
 Image classification batches are ``{"pixel_values": [B, 3, H, W], "labels": [B]}``.
 """
 
@@ -36,14 +37,32 @@ class DataError(ValueError):
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The ``tokenizers.Tokenizer`` in ``path/tokenizer.json`` (or ``path`` itself if a file)."""
+    """The ``tokenizers.Tokenizer`` of a checkpoint: ``path/tokenizer.json`` for a directory or a Hub
+    id ``org/name[@revision]`` (resolved without weights, :func:`analysis.hf.hub.resolve`), or
+    ``path`` itself if a file. A LoRA adapter without its own ``tokenizer.json`` is refused, naming
+    its base (whose tokenizer it uses)."""
     from tokenizers import Tokenizer
 
-    p = Path(path)
-    f = p / "tokenizer.json" if p.is_dir() else p
-    if not f.is_file():
-        raise DataError(f"{f}: tokenizer.json not found; the checkpoint directory must contain its tokenizer")
-    return Tokenizer.from_file(str(f))
+    from analysis.hf import hub
+
+    if Path(path).is_file():
+        return Tokenizer.from_file(str(path))
+    p = hub.resolve(path, weights=False)
+    f = p / "tokenizer.json"
+    if f.is_file():
+        return Tokenizer.from_file(str(f))
+    if (p / "adapter_config.json").is_file():
+        try:
+            base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        except (json.JSONDecodeError, AttributeError):
+            base = None
+        raise DataError(
+            f"{hub.describe(path, p)}: a LoRA adapter without its own tokenizer.json; it uses its base "
+            f"model's tokenizer, so pass the base{f' ({base})' if base else ''} instead"
+        )
+    raise DataError(
+        f"{hub.describe(path, f)}: tokenizer.json not found; the checkpoint directory must contain its tokenizer"
+    )
 
 
 def read_jsonl(path: str | os.PathLike) -> tuple[str, list[dict[str, str]]]:
@@ -237,7 +256,8 @@ def jsonl_batches(
     max_len: int = 512,
     limit: int | None = None,
 ) -> tuple[str, list[dict[str, np.ndarray]]]:
-    """Read, tokenize and batch a JSONL file in one call; returns ``(kind, batches)``."""
+    """Read, tokenize and batch a JSONL file in one call; returns ``(kind, batches)``.
+    ``tokenizer_dir`` is a checkpoint directory, a Hub id or a ``tokenizer.json`` (:func:`load_tokenizer`)."""
     kind, records = read_jsonl(path)
     records = records[:limit] if limit else records
     items = tokenize(load_tokenizer(tokenizer_dir), kind, records, max_len=max_len, source=str(path))

@@ -3,6 +3,7 @@ LoRA adapter) and an evaluation file."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -55,16 +56,17 @@ def from_checkpoints(
     :func:`analysis.hf.checkpoints.fsdp`), each process reading only its slices, and batches are
     split over the same axis (:func:`analysis.pairs.data.global_batches`).
 
-    Everything that can be checked cheaply — architectures from the file headers, the data file,
-    its tokens — is checked before any weights are read; errors name the file and what was expected.
+    Everything that can be checked cheaply is checked before any weights are read, and what needs
+    no tensor header — the configurations and adapter options, the data file, its tokens — before a
+    Hub id's weights are even downloaded (:func:`analysis.hf.checkpoints.check_configs`); then the
+    architectures from the file headers. Errors name the file and what was expected.
     """
     given = {"pre": pre, "post": post}
-    found = {k: hub.locate(v) for k, v in given.items()}  # directories from here on
-    pre, post, data_file = found["pre"].path, found["post"].path, Path(data_file)
-    family = checkpoints.check_pair(pre, post)
-    placed = None if mesh is None else checkpoints.fsdp(mesh, axis)
+    data_file = Path(data_file)
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches={max_batches}; expected a positive number of evaluation batches")
+    family = checkpoints.check_configs(pre, post)  # configs only: Hub ids fetch no weights yet
+    placed = None if mesh is None else checkpoints.fsdp(mesh, axis)
     if family == "clip":
         if data_file.suffix != ".npz":
             raise data.DataError(f"{data_file}: a CLIP pair needs an .npz file with pixel_values and labels")
@@ -78,12 +80,14 @@ def from_checkpoints(
         batches = list(data.image_batches(images, labels, batch_size=batch_size))[:max_batches]
         if not batches:
             raise data.DataError(f"{data_file}: {len(images)} images give no full batch of {batch_size}")
-        a, b = checkpoints.load_pair(pre, post, dtype=dtype, remat=remat, sharding=placed)
-        if "riemann_num_labels" not in a.raw_config:
+        config = hub.resolve(pre, weights=False) / "config.json"
+        if "riemann_num_labels" not in json.loads(config.read_text()):
             raise ValueError(
-                f"{pre}/config.json: no classification head (riemann_num_labels); CLIP pairs are scored "
-                "by cross-entropy of a head fine-tuned with the encoder"
+                f"{hub.describe(pre, config)}: no classification head (riemann_num_labels); CLIP pairs are "
+                "scored by cross-entropy of a head fine-tuned with the encoder"
             )
+        found = _locate(given)
+        a, b = checkpoints.load_pair(pre, post, dtype=dtype, remat=remat, sharding=placed)
         loss_fn = data.image_classification_loss(a.classify)
         acc, acc_name, kind = accuracy.top1_accuracy_fn(a.classify), "top-1 accuracy", "images"
     else:
@@ -91,6 +95,7 @@ def from_checkpoints(
         tok = data.load_tokenizer(adapters.tokenizer_source(pre, post))
         items = data.tokenize(tok, kind, records, max_len=max_len, source=str(data_file))
         batches = data.make_batches(items, batch_size=batch_size, max_len=max_len)[:max_batches]
+        found = _locate(given)
         a, b = checkpoints.load_pair(pre, post, dtype=dtype, remat=remat, sharding=placed)
         if kind == "preference":
             if mesh is not None and jax.process_count() > 1:  # riemann run refuses it before reading weights
@@ -106,6 +111,7 @@ def from_checkpoints(
             acc, acc_name = accuracy.token_accuracy_fn(a.forward), "token accuracy (teacher-forced)"
     if mesh is not None:
         batches = data.global_batches(batches, mesh, axis)
+    pre, post = found["pre"].path, found["post"].path
     desc = (
         f"{family} checkpoints {found['pre'].pinned or pre} → {found['post'].pinned or post}, evaluated on {data_file} "
         f"({kind}, {len(batches)} batches of {batch_size})"
@@ -131,3 +137,9 @@ def from_checkpoints(
         },
         template=b,
     )
+
+
+def _locate(given: dict[str, str | os.PathLike]) -> dict[str, hub.Located]:
+    """Each checkpoint's directory and pinned id, its weights downloaded if it is a Hub id not yet
+    cached (after every check that needs no weights)."""
+    return {k: hub.locate(v) for k, v in given.items()}

@@ -53,6 +53,7 @@ def test_user_checkpoint_errors_come_before_loading(user_pair, tmp_path, capsys)
     other = checkpoints.save(
         tmp_path / "wide",
         checkpoints.from_config({**llama(corpus.byte_tokenizer().get_vocab_size()), "intermediate_size": 48}),
+        copy_from=user_pair / "post",  # its tokenizer: the data is checked first, then the headers
     )
     base = ["run", "--pre", str(user_pair / "pre"), "--out", str(tmp_path / "o"), "--quiet"]
     assert main([*base, "--post", str(other), "--data", str(user_pair / "resp.jsonl")]) == 2

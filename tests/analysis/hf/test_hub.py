@@ -394,3 +394,110 @@ def test_the_environment_now_wins_over_huggingface_hubs_own_reading_at_import(on
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert hub.resolve("org/name").name == fake_hub.main
     assert constants.HF_HUB_OFFLINE is True  # and is left as it was
+
+
+def weight_downloads(fake):
+    """Every request for a weight file's bytes: a GET of ``*.safetensors`` from the Hub, or any GET
+    from the CDN (where the Hub redirects LFS files)."""
+    hub_gets = [p for p in fake.requests("hub", "GET") if p.endswith(".safetensors")]
+    return hub_gets + fake.requests("cdn", "GET")
+
+
+def a_lora(user_pair, tmp_path, **config):
+    """A LoRA adapter directory on user_pair's pre (q_proj of two layers, rank 2) with extra ``config``."""
+    from analysis.hf.safetensors_file import write_file
+
+    hidden = json.loads((user_pair / "pre" / "config.json").read_text())["hidden_size"]
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for i in range(2):
+        key = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+        tensors[f"{key}.lora_A.weight"] = rng.normal(0, 0.3, (2, hidden)).astype(np.float32)
+        tensors[f"{key}.lora_B.weight"] = rng.normal(0, 0.3, (hidden, 2)).astype(np.float32)
+    src = tmp_path / f"adapter-{len(list(tmp_path.glob('adapter-*')))}"
+    src.mkdir()
+    raw = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], **config}
+    (src / "adapter_config.json").write_text(json.dumps(raw))
+    write_file(src / "adapter_model.safetensors", tensors)
+    return src
+
+
+def test_bad_input_is_refused_before_any_weights_are_downloaded(user_pair, online, fake_hub, tmp_path, capsys):
+    """Refusals that need no tensor header come before a Hub id's weights are fetched: an adapter
+    option not implemented (DoRA), a malformed data file, a pre and post of different architectures."""
+
+    def files(src, **config):
+        out = {f.name: f.read_bytes() for f in sorted(src.iterdir())}
+        if config:
+            out["config.json"] = json.dumps({**json.loads(out["config.json"]), **config}).encode()
+        return out
+
+    dora = fake_hub.add("org/dora", files(a_lora(user_pair, tmp_path, use_dora=True)))
+    fake_hub.add("org/mistral", files(user_pair / "post", model_type="mistral"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1=", "response": "2"}\nnot json\n')
+    good = str(user_pair / "resp.jsonl")
+    cases = [
+        (["--post", "org/dora", "--data", good], "use_dora=True is not implemented"),
+        (["--post", "org/name@refs/pr/1", "--data", str(bad)], f"{bad}:2: not valid JSON"),
+        (["--post", "org/mistral", "--data", good], "is llama but post (org/mistral) is mistral"),
+    ]
+    for args, message in cases:
+        fake_hub.log.clear()
+        out = str(tmp_path / "run")
+        assert main(["run", "--pre", "org/name", *args, "--edits", "dare:p=0.5", "--out", out, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert message in err, (args, err)
+        assert fake_hub.requests("hub", "GET"), args  # the configs did come from the Hub
+        assert weight_downloads(fake_hub) == [], (args, weight_downloads(fake_hub))
+    # The DoRA refusal names the id typed, then the snapshot file (finding: not the cache path alone).
+    snapshot = online / "models--org--dora" / "snapshots" / dora
+    fake_hub.log.clear()
+    with pytest.raises(CheckpointError) as e:
+        checkpoints.check_pair("org/name", "org/dora")
+    assert str(e.value).startswith(f"org/dora ({snapshot / 'adapter_config.json'}): use_dora=True is not implemented")
+    # The library entry points too: the pair from checkpoints, and loading the pair.
+    for call in (
+        lambda: from_checkpoints("org/name", "org/name@refs/pr/1", bad),
+        lambda: from_checkpoints("org/name", "org/mistral", good),
+        lambda: checkpoints.load_pair("org/name", "org/dora"),
+    ):
+        with pytest.raises(ValueError):
+            call()
+    assert weight_downloads(fake_hub) == []
+
+
+def test_tokenizers_by_hub_id_and_adapters_without_one(user_pair, online, fake_hub, tmp_path, monkeypatch):
+    from analysis.pairs import data
+
+    # From the Hub: the tokenizer files come with the configs, no weights.
+    kind, batches = data.jsonl_batches(user_pair / "resp.jsonl", "org/name", batch_size=4)
+    want = data.jsonl_batches(user_pair / "resp.jsonl", user_pair / "pre", batch_size=4)[1]
+    assert kind == "response" and len(batches) == len(want)
+    assert all(a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a) for a, b in zip(batches, want))
+    assert weight_downloads(fake_hub) == []
+    assert data.load_tokenizer("org/name").get_vocab_size() == data.load_tokenizer(user_pair / "pre").get_vocab_size()
+    # From the cache: an adapter repo without tokenizer.json is refused naming its base.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    publish(online, "org/lora", a_lora(user_pair, tmp_path, base_model_name_or_path="org/name"), "e" * 40)
+    with pytest.raises(data.DataError) as e:
+        data.jsonl_batches(user_pair / "resp.jsonl", "org/lora")
+    msg = str(e.value)
+    assert msg.startswith("org/lora (") and "LoRA adapter without its own tokenizer.json" in msg
+    assert "pass the base (org/name) instead" in msg
+    with pytest.raises(data.DataError, match="tokenizer.json not found"):
+        data.load_tokenizer(tmp_path)
+
+
+def test_fingerprint_covers_only_what_the_loader_reads(user_pair, tmp_path):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(user_pair / "pre", a)
+    shutil.copytree(user_pair / "pre", b)
+    (b / "added_tokens.json").write_text('{"<extra>": 99}')  # written by another tool: not read here
+    (b / "notes.txt").write_text("scratch")
+    assert _fingerprint(str(a)) == _fingerprint(str(b))
+    raw = json.loads((b / "config.json").read_text())
+    (b / "config.json").write_text(json.dumps({**raw, "rms_norm_eps": 1e-3}))
+    assert _fingerprint(str(a)) != _fingerprint(str(b))
