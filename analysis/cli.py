@@ -255,6 +255,7 @@ def _export_merge(args: argparse.Namespace) -> int:
     from analysis.study import merges
 
     plan = merges.check(merges.read(args.merge))  # everything checked before any weights are read
+    _check_merge_dtype(args.dtype, plan)
     files.check_new_dir(args.out)
     path = export.export_merge(args.out, plan, dtype=args.dtype)
     print(
@@ -323,19 +324,61 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_merge_dtype(dtype: str | None, plan: Any) -> None:
+    """A ``--dtype`` other than the config's ``dtype`` is refused: the merge is mergekit's in its dtype."""
+    if dtype is not None and plan.config.dtype is not None and dtype != plan.config.dtype:
+        raise ValueError(
+            f"--dtype {dtype} differs from the config's dtype {plan.config.dtype} ({plan.config.source}); mergekit "
+            "loads and merges in the config's dtype: leave --dtype out, or change dtype in the config"
+        )
+
+
+# riemann merge: the options of one mode that the other does not use (refused, not silently ignored).
+_MERGE_SUITE_ONLY = {"family": "--family", "configs": "--configs", "no_weights": "--no-weights", "size": "--size"}
+_MERGE_CONFIG_ONLY = {
+    "data": "--data",
+    "batch_size": "--batch-size",
+    "max_len": "--max-len",
+    "max_batches": "--max-batches",
+    "dtype": "--dtype",
+    "calibration_batches": "--calibration-batches",
+}
+_MERGE_DEFAULTS = {"batch_size": 8, "max_len": 512, "size": "full"}
+
+
+def _check_merge_options(args: argparse.Namespace) -> None:
+    with_config = args.config is not None
+    unused = _MERGE_SUITE_ONLY if with_config else _MERGE_CONFIG_ONLY
+    given = [flag for dest, flag in unused.items() if getattr(args, dest) not in (None, False, [])]
+    if given:
+        what = "a merge configuration (scored on --data)" if with_config else "the built-in suite (no CONFIG)"
+        applies = "the built-in suite (no CONFIG)" if with_config else "a merge configuration: riemann merge CONFIG.yml"
+        raise ValueError(
+            f"{', '.join(given)}: not used with {what}; "
+            f"{'it applies' if len(given) == 1 else 'they apply'} to {applies}"
+        )
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     from analysis import files
+    from analysis.pairs.split import DEFAULT_CALIBRATION
 
+    _check_merge_options(args)
     if args.config is None:
+        args.size = args.size or _MERGE_DEFAULTS["size"]
         return _merge_suite(args)
     from analysis.jobs import merge
     from analysis.study import merges
 
+    for k, v in {**_MERGE_DEFAULTS, "calibration_batches": DEFAULT_CALIBRATION}.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if not args.data:
         raise ValueError("riemann merge CONFIG needs --data: one evaluation file per model, or one for all")
-    # The configuration, the checkpoints' headers, the data files and --out: all before any weights.
+    # The configuration, the checkpoints' headers, the data files and their tokens, --out: all before any weights.
     plan = merges.check(merges.read(args.config))
-    merge.check_data(plan, args.data)
+    _check_merge_dtype(args.dtype, plan)
+    merge.check_data(plan, args.data, max_len=args.max_len)
     if args.calibration_batches < 1:
         raise ValueError(f"--calibration-batches {args.calibration_batches}: expected at least 1")
     out = files.fresh_output_dir(args.out, root="runs")
@@ -367,9 +410,14 @@ def _merge_suite(args: argparse.Namespace) -> int:
     from analysis.jobs import merge
     from analysis.pairs import registry, workbench
 
-    if args.data:
-        raise ValueError("--data goes with a merge configuration: riemann merge CONFIG.yml --data FILE…")
     families = list(dict.fromkeys(args.family or merge.FAMILIES))
+    if args.configs:
+        accepted = list(dict.fromkeys(c for f in families for c in merge.suite_configs(Path("."), f)))
+        unknown = [c for c in args.configs if c not in accepted]
+        if unknown:
+            raise ValueError(
+                f"--configs: unknown configuration(s) {', '.join(unknown)}; accepted: {', '.join(accepted)}"
+            )
     out = files.fresh_output_dir(args.out, root="runs")
     root, _ = workbench.locate(args.size, progress=not args.quiet)
 
@@ -390,8 +438,10 @@ def _merge_suite(args: argparse.Namespace) -> int:
     )
     for n, s in record["summary"].items():
         lo, hi = s["spearman_ci95"]
+        tlo, thi = s["spearman_ci95_tasks"]
         print(
-            f"[riemann] {n}: Spearman {s['spearman']:.3f} [{lo:.3f}, {hi:.3f}], class agreement "
+            f"[riemann] {n}: Spearman {s['spearman']:.3f} [{lo:.3f}, {hi:.3f}] (rows) [{tlo:.3f}, {thi:.3f}] (tasks), "
+            f"within-task {s['spearman_within_task_mean']:.3f}, class agreement "
             f"{s['class_agreement']:.2f} over {record['rows']} (merge, task) rows"
         )
     print(f"[riemann] {len(record['merges'])} merges in {record['elapsed_s']:.1f} s; report: {out / 'merge.md'}")
@@ -591,7 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="post-trained HF checkpoint: directory or Hub id org/name[@revision], or a PEFT LoRA adapter "
         "(directory or Hub id) trained on --pre",
     )
-    ex.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: as stored)")
+    ex.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="parameter dtype (default: as stored; with --merge: the config's dtype, and a different one is refused)",
+    )
     ex.add_argument(
         "--mask", type=int, default=0, help="which draw of a random edit, as numbered in riemann run (default 0)"
     )
@@ -636,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.set_defaults(func=_cmd_sweep)
     mg = sub.add_parser(
         "merge",
-        parents=[workbench, _options(out="output directory (new or empty; default: runs/<timestamp>)")],
+        parents=[_options(quiet=True, out="output directory (new or empty; default: runs/<timestamp>)")],
         help="predict and measure what a mergekit merge does to each fine-tune's task",
         description="With a mergekit YAML (models, base_model, merge_method, parameters, dtype, random_seed): for "
         "each fine-tune i, the merge is the edit W_merge − W_i; its loss change on task i (--data) is predicted "
@@ -646,17 +700,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mg.add_argument("config", nargs="?", help="mergekit YAML (default: the built-in suite)")
     mg.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the calibration/test split of every task's batches (default 0); the DARE/DELLA masks come "
+        "from the config's random_seed, a riemann extension that mergekit 0.1.5 ignores in YAML (its masks: "
+        "its --random-seed and torch's RNG)",
+    )
+    mg.add_argument(
+        "--size",
+        choices=["full", "mini"],
+        help="built-in suite: workbench size (default full; mini: seconds, for tests)",
+    )
+    mg.add_argument(
         "--data", nargs="+", metavar="FILE", help="evaluation file per model, in the config's order (or one for all)"
     )
-    mg.add_argument("--batch-size", type=int, default=8, help="evaluation batch size for --data (default 8)")
-    mg.add_argument("--max-len", type=int, default=512, help="token limit per sequence for --data (default 512)")
-    mg.add_argument("--max-batches", type=int, help="use at most this many evaluation batches of each --data")
-    mg.add_argument("--dtype", choices=DTYPES, help="parameter dtype (default: the config's dtype, else as stored)")
+    mg.add_argument("--batch-size", type=int, help="with a config: evaluation batch size for --data (default 8)")
+    mg.add_argument("--max-len", type=int, help="with a config: token limit per sequence for --data (default 512)")
+    mg.add_argument(
+        "--max-batches", type=int, help="with a config: at most this many evaluation batches of each --data"
+    )
+    mg.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="with a config: parameter dtype (default: the config's dtype, else as stored; a different one than the "
+        "config's is refused)",
+    )
     mg.add_argument(
         "--calibration-batches",
         type=int,
-        default=DEFAULT_CALIBRATION,
-        help=f"batches per task kept for calibration (default {DEFAULT_CALIBRATION})",
+        help=f"with a config: batches per task kept for calibration (default {DEFAULT_CALIBRATION})",
     )
     mg.add_argument("--family", nargs="+", choices=["vision", "language"], help="built-in suite: these families")
     mg.add_argument("--configs", nargs="+", metavar="NAME", help="built-in suite: only these configurations")

@@ -45,20 +45,26 @@ def export(
 
 
 def export_merge(out: str | os.PathLike, plan: Any, *, dtype: Any = None) -> Path:
-    """Write the merge of ``plan`` (:class:`analysis.study.merges.Plan`), ``W_base + Σ_j part_j``, cast
-    to ``dtype`` (default: the config's ``dtype``, else the base's), to ``out`` (new or empty), with
-    the tokenizer of the config's ``tokenizer_source`` (default: the base's)."""
+    """Write the merge of ``plan`` (:class:`analysis.study.merges.Plan`), ``W_base + Σ_j part_j``, to
+    ``out`` (new or empty), with the tokenizer of the config's ``tokenizer_source`` (default: the
+    base's): the model ``riemann merge`` scores. Every checkpoint is loaded in ``dtype`` (default:
+    the config's ``dtype``, else as stored) before its delta is taken, as ``riemann merge`` and
+    mergekit load them, and the merge is rounded to that dtype once, as
+    :func:`analysis.study.artefact.stored` rounds the artefact ``riemann merge`` measures."""
     import jax
 
     from analysis.jobs import merge
 
     out = files.check_new_dir(out)
-    base = checkpoints.load(plan.base)
-    posts = [checkpoints.load(p).params for p in plan.donors]
+    dtype = dtype or plan.config.dtype
+    base = checkpoints.load(plan.base, dtype=dtype)
+    posts = [checkpoints.load(p, dtype=dtype).params for p in plan.donors]
     deltas = [artefact.delta_of(base.params, p) for p in posts]
     result = merge.merged_from_deltas(plan, base.params, deltas)
-    dtype = dtype or plan.config.dtype
-    params = jax.tree.map(lambda b, t: (b.astype("float32") + t).astype(dtype or b.dtype), base.params, result.total)
+    # W_base + Σ parts in float32, rounded once to the loaded dtype: what artefact.stored gives riemann merge.
+    params = jax.tree.map(
+        lambda b, t: (b.astype("float32") + t.astype("float32")).astype(b.dtype), base.params, result.total
+    )
     tok = plan.config.tokenizer_source
     named = [p for d, p in zip(plan.config.donors, plan.donors) if tok is not None and merges.same_model(d.model, tok)]
     source = named[0] if named else plan.base

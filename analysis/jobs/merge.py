@@ -10,9 +10,11 @@ tolerance and the shared gradient, once per fine-tune, reused by every merge of 
 (:class:`analysis.study.suite.Scorer`, as ``riemann run`` does for edits).
 
 Per donor: with ``ḡ_i`` the quadrature's weighted gradient sum, donor ``j ≠ i`` contributes
-``⟨ḡ_i, part_j⟩`` and the task's own model ``⟨ḡ_i, part_i − τ_i⟩``; with ``rounding`` (the merged
-model stored in its dtype, and mergekit's order of operations, against ``Σ part − τ_i``) they sum
-to the Riemann estimate by linearity.
+``⟨ḡ_i, part_j⟩`` and the task's own model ``⟨ḡ_i, part_i − τ_i⟩``; ``rounding`` is computed on its
+own, ``⟨ḡ_i, ΔW~_i − (Σ_j part_j − τ_i)⟩`` (the merged model as stored in its dtype against the
+float32 parts), so that the terms summing to the Riemann estimate is a check, not a definition.
+Tasks and donors are labelled by their reference as given, its basename where that is unique
+(:func:`labels`).
 
 Writes ``merge.json``, ``merge.md`` and ``merge.png`` (the task-interference matrix).
 """
@@ -57,8 +59,35 @@ class Task:
         return self.scorer.pair
 
 
-def check_data(plan: merges.Plan, data: Sequence[str]) -> list[str]:
-    """One data file per fine-tune of ``plan`` (in the config's order), or one for all."""
+def labels(refs: Sequence[str]) -> list[str]:
+    """Unique short names of model references: the basename where it is unique, else the shortest
+    tail of the path that is (``runs/a/final``, ``runs/b/final`` → ``a/final``, ``b/final``), else
+    the reference as given (numbered if even that repeats).
+
+    Example:
+      >>> labels(["runs/a/final", "runs/b/final", "org/other"])
+      ['a/final', 'b/final', 'other']
+    """
+    parts = [Path(r).parts or (r,) for r in refs]
+    out = []
+    for i, p in enumerate(parts):
+        for k in range(1, len(p) + 1):
+            tail = p[-k:]
+            if all(q[-k:] != tail for j, q in enumerate(parts) if j != i):
+                out.append("/".join(tail))
+                break
+        else:
+            out.append(str(refs[i]))
+    return [x if out.count(x) == 1 else f"{x} #{i}" for i, x in enumerate(out)]
+
+
+def check_data(plan: merges.Plan, data: Sequence[str], *, max_len: int = 512) -> list[str]:
+    """One data file per fine-tune of ``plan`` (in the config's order), or one for all, each read
+    and tokenized with its fine-tune's tokenizer (as ``riemann run`` does) before any weights are
+    read; an image ``.npz`` must hold ``pixel_values`` and ``labels``."""
+    from analysis.hf import adapters
+    from analysis.pairs import data as data_
+
     n = len(plan.donors)
     if len(data) not in (1, n):
         names = ", ".join(d.model for d in plan.config.donors)
@@ -69,7 +98,21 @@ def check_data(plan: merges.Plan, data: Sequence[str]) -> list[str]:
     missing = [d for d in data if not Path(d).is_file()]
     if missing:
         raise ValueError(f"--data: no such file(s): {', '.join(missing)}")
-    return list(data) * n if len(data) == 1 else list(data)
+    files_ = list(data) * n if len(data) == 1 else list(data)
+    done: set[tuple[str, str]] = set()
+    for d, f in zip(plan.config.donors, files_):
+        if f.endswith(".npz"):
+            with np.load(f) as z:
+                if "pixel_values" not in z or "labels" not in z:
+                    raise data_.DataError(f"{f}: expected arrays 'pixel_values' [N, 3, H, W] and 'labels' [N]")
+            continue
+        source = adapters.tokenizer_source(plan.config.base, d.model)  # configs and tokenizer only
+        if (str(source), f) in done:
+            continue
+        kind, records = data_.read_jsonl(f)
+        data_.tokenize(data_.load_tokenizer(source), kind, records, max_len=max_len, source=f)
+        done.add((str(source), f))
+    return files_
 
 
 def tasks_from_checkpoints(
@@ -87,10 +130,11 @@ def tasks_from_checkpoints(
     (default: the config's ``dtype``, else as stored)."""
     from analysis import pairs
 
-    files_ = check_data(plan, data)
+    files_ = check_data(plan, data, max_len=max_len)
     dtype = dtype or plan.config.dtype
     out = []
-    for d, path, f in zip(plan.config.donors, plan.donors, files_):
+    names = labels([d.model for d in plan.config.donors])
+    for d, path, f, label in zip(plan.config.donors, plan.donors, files_, names):
         pair = pairs.from_checkpoints(
             plan.base,
             path,
@@ -99,7 +143,7 @@ def tasks_from_checkpoints(
             max_len=max_len,
             max_batches=max_batches,
             dtype=dtype,
-            name=Path(d.model).name,
+            name=label,
         )
         out.append(task_of(pair, d.model, seed=seed, calibration=calibration))
     return out
@@ -135,6 +179,19 @@ def _minus(a: Any, b: Any) -> Any:
     return jax.tree.map(lambda x, y: x.astype(np.float32) - y.astype(np.float32), a, b)
 
 
+@jax.jit
+def _rounding(change: Any, parts: Sequence[Any], delta: Any) -> Any:
+    f32 = np.float32
+
+    def one(c: Any, d: Any, *ps: Any) -> Any:
+        total = ps[0].astype(f32)
+        for p in ps[1:]:
+            total = total + p.astype(f32)
+        return c.astype(f32) - (total - d.astype(f32))
+
+    return jax.tree.map(one, change, delta, *parts)
+
+
 def score_task(task: Task, i: int, result: Any, donors: Sequence[str]) -> dict[str, Any]:
     """Merge ``result`` seen from task ``i``: every estimator, the measured change on its test
     batches, the classes, the accuracy, per-module and per-donor terms."""
@@ -160,12 +217,13 @@ def score_task(task: Task, i: int, result: Any, donors: Sequence[str]) -> dict[s
     t = time.perf_counter()
     acc = pair.accuracy_fn(art.params, pair.batches) if pair.accuracy_fn else None
     times["accuracy"] = time.perf_counter() - t
-    # Per donor: ⟨ḡ, part_j⟩, the own model ⟨ḡ, part_i − τ_i⟩, and what rounding adds.
+    # Per donor: ⟨ḡ, part_j⟩, the own model ⟨ḡ, part_i − τ_i⟩; rounding on its own: the stored merge
+    # against the float32 parts, ⟨ḡ, ΔW~_i − (Σ_j part_j − τ_i)⟩.
     g = path.grad
     terms = {}
     for j, (name, part) in enumerate(zip(donors, result.parts)):
         terms[name] = float(_vdot(g, _minus(part, sc.delta) if j == i else part))
-    rounding = float(path.value - sum(terms.values()))
+    rounding = float(_vdot(g, _rounding(change, result.parts, sc.delta)))
     tol = sc.tolerance["value"]
     acc_delta = None if acc is None or sc.accuracy_post is None else acc - sc.accuracy_post
     acc_tol = sc.accuracy_tolerance["value"] if sc.accuracy_tolerance else None
@@ -204,6 +262,8 @@ def score_merge(plan: merges.Plan, tasks: Sequence[Task], *, name: str | None = 
     result = merged(plan, tasks)
     build_s = time.perf_counter() - t0
     donors = [t.name for t in tasks] + (["base (input)"] if plan.base_weight is not None else [])
+    if len(set(donors)) != len(donors):
+        raise ValueError(f"tasks need unique names to key per-donor terms; got {donors} (see merge.labels)")
     rows = [score_task(task, i, result, donors) for i, task in enumerate(tasks)]
     return {
         "name": name or Path(plan.config.source).stem,
@@ -228,13 +288,40 @@ def _settings_record(settings: dict[str, Any]) -> dict[str, Any]:
 
 def summary(rows: Sequence[dict[str, Any]], *, seed: int = 0) -> dict[str, Any]:
     """Per estimator, over every (merge, task) row: Spearman, class agreement (and the rest of
-    :func:`analysis.study.suite.metrics`) with bootstrap 95 % intervals."""
-    meas = [r["measured"] for r in rows]
+    :func:`analysis.study.suite.metrics`) with bootstrap 95 % intervals resampling rows
+    (``<name>_ci95``); the pooled Spearman's interval resampling *tasks* (``spearman_ci95_tasks``:
+    the rows of one task share its data and its fine-tune, so they are not independent); and the
+    Spearman within each task, over its rows across merges (``spearman_within_task``, with their
+    mean)."""
+    from analysis.study import stats
+
+    meas = np.asarray([r["measured"] for r in rows], np.float64)
     mc = [r["class"]["measured"] for r in rows]
-    return {
-        n: suite.metrics([r["estimates"][n] for r in rows], meas, [r["class"][n] for r in rows], mc, seed=seed)
-        for n in ESTIMATORS
-    }
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    of_task = [np.asarray([k for k, r in enumerate(rows) if r["task"] == t]) for t in tasks]
+    out = {}
+    for n in ESTIMATORS:
+        pred = np.asarray([r["estimates"][n] for r in rows], np.float64)
+        m = suite.metrics(pred, meas, [r["class"][n] for r in rows], mc, seed=seed)
+
+        def pooled(ids: np.ndarray, pred: np.ndarray = pred) -> float:
+            idx = np.concatenate([of_task[int(i)] for i in ids])
+            return stats.spearman(pred[idx], meas[idx])
+
+        within = {
+            t: stats.spearman(pred[idx], meas[idx]) if len(idx) > 1 else float("nan") for t, idx in zip(tasks, of_task)
+        }
+        finite = [v for v in within.values() if np.isfinite(v)]
+        out[n] = {
+            **m,
+            "bootstrap": "spearman_ci95 and the other _ci95: rows resampled; spearman_ci95_tasks: tasks resampled "
+            "(each with all its rows)",
+            "spearman_ci95_tasks": stats.bootstrap_ci(pooled, np.arange(len(tasks)), seed=seed),
+            "spearman_within_task": within,
+            "spearman_within_task_mean": float(np.mean(finite)) if finite else float("nan"),
+            "tasks": len(tasks),
+        }
+    return out
 
 
 def _f(x: float | None) -> str:
@@ -264,8 +351,9 @@ def markdown_merge(m: dict[str, Any]) -> list[str]:
     donors = list(m["tasks"][0]["donors"])
     lines += [
         "",
-        "Per donor (⟨ḡ_i, part_j⟩; the task's own model: ⟨ḡ_i, part_i − τ_i⟩; rounding: the stored merge against "
-        "Σ part − τ_i). Each row sums to its Riemann estimate.",
+        "Per donor (⟨ḡ_i, part_j⟩; the task's own model: ⟨ḡ_i, part_i − τ_i⟩; rounding, computed on its own: "
+        "⟨ḡ_i, ΔW~_i − (Σ part − τ_i)⟩, the stored merge against the float32 parts). The sum checks the Riemann "
+        "estimate.",
         "",
         "| task | " + " | ".join(donors) + " | rounding | sum |",
         "|---|" + "---|" * (len(donors) + 2),
@@ -290,19 +378,33 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     if "summary" in record:
         lines += [
-            f"Agreement over {record['rows']} (merge, task) rows; wall time {record['elapsed_s']:.1f} s.",
+            f"Agreement over {record['rows']} (merge, task) rows; wall time {record['elapsed_s']:.1f} s. "
+            "Pooled Spearman over all rows, with bootstrap 95 % intervals resampling rows and resampling tasks "
+            "(each task with all its rows: rows of one task share its data and fine-tune); within-task Spearman: "
+            "over one task's rows across merges, its mean over tasks, and its range.",
             "",
-            "| estimator | Spearman | 95 % CI | class agreement | 95 % CI |",
-            "|---|---|---|---|---|",
+            "| estimator | Spearman | 95 % CI (rows) | 95 % CI (tasks) | within-task Spearman: mean [min, max] | "
+            "class agreement | 95 % CI (rows) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for n, s in record["summary"].items():
             lo, hi = s["spearman_ci95"]
+            tlo, thi = s["spearman_ci95_tasks"]
             clo, chi = s["class_agreement_ci95"]
+            within = [v for v in s["spearman_within_task"].values() if np.isfinite(v)]
+            span = f"[{min(within):.3f}, {max(within):.3f}]" if within else "—"
             lines.append(
-                f"| {n} | {s['spearman']:.3f} | [{lo:.3f}, {hi:.3f}] | {s['class_agreement']:.3f} | "
-                f"[{clo:.3f}, {chi:.3f}] |"
+                f"| {n} | {s['spearman']:.3f} | [{lo:.3f}, {hi:.3f}] | [{tlo:.3f}, {thi:.3f}] | "
+                f"{s['spearman_within_task_mean']:.3f} {span} | {s['class_agreement']:.3f} | [{clo:.3f}, {chi:.3f}] |"
             )
         lines.append("")
+        first = next(iter(record["summary"].values()))
+        cells = {
+            t: "; ".join(f"{n} {s['spearman_within_task'][t]:.3f}" for n, s in record["summary"].items())
+            for t in first["spearman_within_task"]
+        }
+        per_task = ", ".join(f"{t} ({c})" for t, c in cells.items())
+        lines += [f"Within-task Spearman per task: {per_task}.", ""]
     if "measured_classes" in record:
         counts = ", ".join(f"{c} {k}" for c, k in record["measured_classes"].items())
         lines += [f"Measured classes over the rows: {counts}.", ""]
@@ -342,7 +444,40 @@ def markdown_weights(family: str, w: dict[str, Any]) -> list[str]:
             f"{100 * (r['measured_objective'] - best) / abs(best):+.1f} % |"
         )
     lines.append("")
+    for kind, r in w["recommended"].items():
+        if r["gap_percent"] > MISS_PERCENT:
+            lines += [weights_miss_note(kind, r, g, w["pairs"]), ""]
     return lines
+
+
+MISS_PERCENT = 5.0
+FAR = 0.3  # ‖d_i‖/‖τ_i‖ beyond which a quadratic at the fine-tune is far from where it was fitted
+
+
+def weights_miss_note(kind: str, r: dict[str, Any], grid: dict[str, Any], tasks: Sequence[str]) -> str:
+    """Why a recommendation misses the best measured grid point: predicted against measured
+    worst-task ΔL at the recommendation and at the best grid point, and how far the merge moves each
+    task's model from its fine-tune (``step_ratio`` = ‖d_i‖/‖τ_i‖, recorded by the recommendation)."""
+    pred_best = max(grid["predicted_at_best"])
+    ratios = r["recommendation"].get("step_ratio") or []
+    lam = ", ".join(f"{x:.3f}" for x in r["recommendation"]["lam"])
+    best_lam = ", ".join(f"{x:g}" for x in grid["best_lam"])
+    text = (
+        f"**Why the {kind} recommendation misses the best grid point by {r['gap_percent']:+.1f} %:** at λ = {lam} "
+        f"the quadratic at each fine-tune predicts a worst-task ΔL of {r['predicted_objective']:.3g} where "
+        f"{r['measured_objective']:.3g} is measured; at the best grid point (λ = {best_lam}) it predicts "
+        f"{pred_best:.3g} where {grid['best_measured_objective']:.3g} is measured."
+    )
+    if ratios:
+        k = int(np.argmax(ratios))
+        who = f" ({tasks[k]})" if k < len(tasks) else ""
+        text += f" The recommended merge moves ‖d‖ = {ratios[k]:.2g}‖τ‖{who}"
+        text += (
+            ", far outside the region where a quadratic at the fine-tune holds."
+            if ratios[k] > FAR
+            else ", a short step: the miss is in the quadratic's curvature, not in how far it is extrapolated."
+        )
+    return text
 
 
 def write(record: dict[str, Any], out: Path) -> list[Path]:
@@ -408,7 +543,9 @@ def suite_configs(root: Path, family: str) -> dict[str, dict[str, Any]]:
         }
 
     return {
-        "linear": cfg("linear", {"weight": 1.0}, {"weight": 0.0}),
+        # The first model at weight 2: with equal weights the normalized linear merge is the average,
+        # which duplicates task_arithmetic-w0.5 for two models (and -w1/n in general).
+        "linear": cfg("linear", {"weight": 1.0}, {"weight": 0.0}, lead={"weight": 2.0}),
         "task_arithmetic-w0.5": cfg("task_arithmetic", {"weight": 0.5}),
         "task_arithmetic-w1": cfg("task_arithmetic", {"weight": 1.0}),
         "ties-d0.3": cfg("ties", {"weight": 1.0, "density": 0.3}),
@@ -449,7 +586,10 @@ def suite_run(
     chosen_weights: dict[str, Any] = {}
     for fam in families:
         cfgs = suite_configs(root, fam)
-        chosen = list(cfgs) if configs is None else [c for c in configs if c in cfgs]
+        unknown = [c for c in configs or () if c not in cfgs]
+        if unknown:
+            raise ValueError(f"configs: unknown configuration(s) {', '.join(unknown)}; accepted: {', '.join(cfgs)}")
+        chosen = list(cfgs) if configs is None else list(configs)
         tasks = []
         for name in FAMILIES[fam]:
             pair = load_pair(name)

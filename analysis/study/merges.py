@@ -15,7 +15,13 @@ parameters mean what they mean in mergekit:
   matches falls back to the top-level ``parameters``, then to the method's default;
 - per-model parameters (``weight``, ``density``, ``gamma``, ``epsilon``) are looked up in the
   model's own ``parameters`` first, then the top-level ones; shared ones (``lambda``,
-  ``normalize``, ``rescale``, ``int8_mask``) in the top-level ``parameters`` only.
+  ``normalize``, ``rescale``, ``int8_mask``) in the top-level ``parameters`` only, and, as in
+  mergekit, may vary by tensor too (filters, gradients): the engine takes them per leaf.
+
+``random_seed`` is a riemann extension: the key of the DARE/DELLA masks
+(``jax.random.key(random_seed)``). mergekit 0.1.5 ignores it in the YAML (its seed is the
+``--random-seed`` command-line option, and its masks come from torch's RNG), so a random method's
+merge here is one draw of the same law as mergekit's, not its draw.
 
 What mergekit does with the base model listed among ``models``: the task-arithmetic family
 (``task_arithmetic``, ``ties``, ``dare_*``, ``della*``, ``breadcrumbs*``) merges only the non-base
@@ -26,15 +32,17 @@ one) — here a donor whose delta is zero. Both are matched, and recorded.
 Refused, naming the key and what is accepted: unknown keys, ``slices``/``modules`` and
 ``passthrough`` (they restack layers: no delta on one architecture), methods this toolkit does not
 merge, a model listed twice, parameters the method does not take or shared parameters set per
-model (mergekit silently ignores them there), shared parameters that vary across tensors,
-``tokenizer_source: union`` and ``tokenizer:`` (vocabulary surgery), an ``out_dtype`` other than
-``dtype``, and, from the checkpoints' headers (:func:`check`), models of another architecture or
-shape, missing directories and parameters without a value for some tensor.
+model (mergekit silently ignores them there), ``tokenizer_source: union`` and ``tokenizer:``
+(vocabulary surgery), an ``out_dtype`` other than ``dtype``, and, before any weights are read
+(:func:`check`): missing models, models of another architecture (from their configs), parameters
+without a value for some tensor or with a value mergekit refuses or fails on for some tensor
+(:func:`check_ranges`), then models of another shape (from the safetensors headers).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -405,7 +413,7 @@ class Plan:
     names: tuple[str, ...]
     layers: int
     per_model: tuple[dict[str, dict[str, float]], ...]  # per donor: parameter → tensor → value
-    shared: dict[str, Any]
+    shared: dict[str, Any]  # parameter → one value, or tensor → value where it varies by tensor
     base_weight: dict[str, float] | None  # linear: the base's weight per tensor
 
     def record(self) -> dict[str, Any]:
@@ -417,7 +425,7 @@ class Plan:
             "tensors": len(self.names),
             "resolved": {
                 "per_model": summary,
-                "shared": self.shared,
+                "shared": {p: _summary(v) if isinstance(v, dict) else v for p, v in self.shared.items()},
                 "base_weight": None if self.base_weight is None else _summary(self.base_weight),
                 "rule": "mergekit 0.1.5: the model's parameters, then the top-level ones, then the method's default; "
                 "gradients over t = layer/(L − 1), t = 0 outside the layers; filters by substring, first match",
@@ -427,7 +435,8 @@ class Plan:
     def kwargs(self) -> dict[str, Any]:
         """The keywords of :func:`riemann.edits.merge.merge` for this plan: per-model parameters as
         one callable ``f(leaf_name) -> float`` per donor (and one more for the base as an input of
-        ``linear``), shared parameters as scalars."""
+        ``linear``), shared parameters as scalars, or as one callable of the leaf name where they
+        vary by tensor."""
         spec = SPECS[self.config.method]
         tables = list(self.per_model)
         if self.base_weight is not None:
@@ -436,12 +445,12 @@ class Plan:
         for p in spec.per_model:
             out[p] = [_lookup(t[p], p) for t in tables]
         for p, v in self.shared.items():
-            out["lambda_" if p == "lambda" else p] = v
+            out["lambda_" if p == "lambda" else p] = _lookup(v, p) if isinstance(v, dict) else v
         return out
 
 
-def _lookup(table: dict[str, float], what: str) -> Callable[[str], float]:
-    def f(name: str) -> float:
+def _lookup(table: dict[str, Any], what: str) -> Callable[[str], Any]:
+    def f(name: str) -> Any:
         try:
             return table[name]
         except KeyError:
@@ -483,31 +492,66 @@ def header_names(path: str | os.PathLike) -> tuple[str, dict[str, tuple[int, ...
     return family, {n: tuple(x.shape) for n, x in expected.items()}
 
 
+def check_ranges(method: str, values: Mapping[str, float], fail: Callable[[str], Exception]) -> None:
+    """Refuse one donor's per-model parameters on one tensor (``values``: parameter → value) where
+    mergekit 0.1.5 refuses or fails on them: the engine's own ``check_parameters`` when it has
+    one, else mergekit's conditions (``mergekit/sparsify.py``): DARE's Bernoulli mask needs
+    ``density ≥ 0``, DELLA with ``0 < density < 1`` needs ``density ± epsilon`` inside ``(0, 1)``.
+    ``fail(message)`` builds the error naming the key, model and tensor.
+
+    Example:
+      >>> check_ranges("della", {"weight": 1.0, "density": 0.5, "epsilon": 0.6}, ValueError)
+      Traceback (most recent call last):
+      ...
+      ValueError: epsilon 0.6 with density 0.5: mergekit requires density ± epsilon inside (0, 1)
+    """
+    from riemann.edits import merge as engine
+
+    extra = {k: v for k, v in values.items() if k != "weight"}
+    engine_check = getattr(engine, "check_parameters", None)
+    if engine_check is not None:
+        try:
+            engine_check(method, **extra)
+        except ValueError as e:
+            raise fail(str(e)) from None
+    d = values.get("density", 1.0)
+    if method in ("dare_ties", "dare_linear") and d < 0:
+        raise fail(f"density {d:g}: mergekit's Bernoulli mask needs a probability ≥ 0 (torch.bernoulli fails)")
+    if method in ("della", "della_linear") and 0 < d < 1:
+        eps = values["epsilon"]
+        if not (0 < d - eps and d + eps < 1):
+            raise fail(f"epsilon {eps:g} with density {d:g}: mergekit requires density ± epsilon inside (0, 1)")
+
+
 def check(config: MergeConfig) -> Plan:
-    """Check ``config`` against its checkpoints' headers (no weights read): every model found,
-    one architecture with the base (names and shapes), every per-model parameter given a value on
-    every tensor (``weight`` is required, as in mergekit), shared parameters one value for all."""
+    """Check ``config`` with no weights read, in this order: every model located config-only (a Hub
+    id fetches its ``config.json``, no weights), one architecture with the base from the configs,
+    every per-model parameter given a value on every tensor (``weight`` is required, as in mergekit)
+    in the range mergekit takes (:func:`check_ranges`), shared parameters resolved per tensor;
+    then the safetensors headers (names and shapes; a Hub id's weights are downloaded for them)."""
     from analysis.hf import checkpoints, hub
 
     where = config.source
 
-    def locate(ref: str, what: str) -> Path:
+    def locate(ref: str, what: str, weights: bool) -> Path:
         try:
-            return hub.resolve(ref)
+            return hub.resolve(ref, weights=weights)
         except ValueError as e:
             raise ConfigError(f"{where}: {what} {ref!r}: {e}") from None
 
-    base = locate(config.base, "base_model")
-    donors = tuple(locate(d.model, f"models[{d.index}]") for d in config.donors)
-    for d, path in zip(config.donors, donors):
+    refs = [(config.base, "base_model"), *((d.model, f"models[{d.index}]") for d in config.donors)]
+    for ref, what in refs:  # every model located, configs only, before any header or weight
+        locate(ref, what, False)
+    for d in config.donors:
         try:
-            checkpoints.check_pair(base, path)
+            checkpoints.check_configs(config.base, d.model)
         except ValueError as e:
             raise ConfigError(
                 f"{where}: models[{d.index}] ({d.model}) is not a fine-tune of base_model ({config.base}): {e}"
             ) from None
-    family, shapes = header_names(base)
-    names = tuple(shapes)
+    raw = json.loads((hub.resolve(config.base, weights=False) / "config.json").read_text())
+    family, _, module = checkpoints.build(raw, source=f"{config.base}/config.json")
+    names = tuple(checkpoints.expected_tensors(module))
     layers = num_layers(names)
     spec = SPECS[config.method]
     top = config.parameters
@@ -524,17 +568,24 @@ def check(config: MergeConfig) -> Plan:
                         f"filter matches it here or under the top-level parameters); mergekit requires {p!r}"
                     )
                 values[p][n] = v
+        for n in names:
+
+            def fail(msg: str, d: Donor = d, n: str = n) -> ConfigError:
+                keys = [k for k in spec.per_model if k != "weight" and (k in d.parameters or k in top)]
+                key = " / ".join(
+                    f"models[{d.index}].parameters.{k}" if k in d.parameters else f"parameters.{k}" for k in keys
+                )
+                return ConfigError(
+                    f"{where}: {key or 'parameters'} of models[{d.index}] ({d.model}), tensor {n}: {msg}"
+                )
+
+            check_ranges(config.method, {p: values[p][n] for p in spec.per_model}, fail)
         per_model.append(values)
     shared: dict[str, Any] = {}
     for p, default in spec.shared.items():
         kind = bool if isinstance(default, bool) else float
-        got = {resolve_parameter(p, (top,), n, layer_position(n, layers), default, kind) for n in names}
-        if len(got) > 1:
-            raise ConfigError(
-                f"{where}: parameters.{p} takes {len(got)} values across tensors ({sorted(got)}); riemann merge "
-                f"takes one value of a shared parameter for the whole model"
-            )
-        shared[p] = got.pop()
+        got = {n: resolve_parameter(p, (top,), n, layer_position(n, layers), default, kind) for n in names}
+        shared[p] = got if len(set(got.values())) > 1 else got[names[0]]
     base_weight = None
     if config.base_input:
         base_weight = {}
@@ -547,4 +598,17 @@ def check(config: MergeConfig) -> Plan:
                     "weight among the models or under the top-level parameters"
                 )
             base_weight[n] = v
+    # Only now the headers: for a Hub id they need its weights downloaded.
+    base = locate(config.base, "base_model", True)
+    donors = tuple(locate(d.model, f"models[{d.index}]", True) for d in config.donors)
+    for d, path in zip(config.donors, donors):
+        try:
+            checkpoints.check_pair(base, path)
+        except ValueError as e:
+            raise ConfigError(
+                f"{where}: models[{d.index}] ({d.model}) is not a fine-tune of base_model ({config.base}): {e}"
+            ) from None
+    family, shapes = header_names(base)
+    if tuple(shapes) != names:
+        raise ConfigError(f"{where}: base_model ({config.base}): its tensors differ from what its config.json builds")
     return Plan(config, base, donors, family, names, layers, tuple(per_model), shared, base_weight)

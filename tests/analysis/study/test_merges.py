@@ -170,9 +170,84 @@ def test_model_level_refusals(models):
     cfg["models"][1]["parameters"]["weight"] = [{"filter": "mlp", "value": 1}]  # no match elsewhere, no fallback
     with pytest.raises(merges.ConfigError, match=r"models\[1\].*'weight' has no value for tensor lm_head.weight"):
         merges.check(merges.read(cfg))
-    cfg = _config(models, parameters={"lambda": [1, 2]})
-    with pytest.raises(merges.ConfigError, match=r"parameters.lambda takes 2 values across tensors"):
+    # Ranges mergekit refuses or fails on, per tensor, naming the key, the model and the tensor.
+    cfg = _config(models, "della")
+    cfg["models"][1]["parameters"] = {"weight": 1, "density": [{"filter": "mlp", "value": 0.1}, {"value": 0.5}]}
+    with pytest.raises(
+        merges.ConfigError,
+        match=r"models\[1\]\.parameters\.density of models\[1\] .*tensor model\.layers\.0\.mlp\..*: epsilon 0\.15 "
+        r"with density 0\.1: mergekit requires density ± epsilon inside \(0, 1\)",
+    ):
         merges.check(merges.read(cfg))
+    cfg = _config(models, "dare_ties")
+    cfg["models"][0]["parameters"]["density"] = -0.1
+    with pytest.raises(merges.ConfigError, match=r"models\[0\].parameters.density .* density -0.1: .*Bernoulli"):
+        merges.check(merges.read(cfg))
+
+
+SHARED_PER_TENSOR_YAML = """
+merge_method: ties
+base_model: BASE
+models:
+  - model: FT0
+    parameters: {weight: 0.7, density: 0.5}
+  - model: FT1
+    parameters: {weight: 0.4, density: 0.6}
+parameters:
+  lambda:
+    - filter: mlp
+      value: [0.5, 1.5]
+    - value: 1.2
+  normalize:
+    - filter: self_attn
+      value: false
+    - value: true
+"""
+
+
+def test_shared_parameters_per_tensor_resolve_as_mergekit_resolves_them(models):
+    """``lambda`` and ``normalize`` varying by filter and layer: mergekit accepts them; the plan
+    passes one callable of the leaf name to the engine, equal to mergekit's resolution per tensor."""
+    MergeConfiguration, registry, resolve_parameter = _mergekit()
+    text = SHARED_PER_TENSOR_YAML.replace("BASE", str(models / "base"))
+    text = text.replace("FT0", str(models / "ft0")).replace("FT1", str(models / "ft1"))
+    plan = merges.check(merges.read(yaml.safe_load(text)))
+    theirs = MergeConfiguration.model_validate(yaml.safe_load(text))
+    spec = {p.name: p for p in registry.get("ties").spec.parameters}
+    kw = plan.kwargs()
+    assert callable(kw["lambda_"]) and callable(kw["normalize"]) and kw["rescale"] is False
+    for name in plan.names:
+        t = int(name.split("layers.")[1].split(".")[0]) / (plan.layers - 1) if "layers." in name else 0
+        for p, ours in (("lambda", kw["lambda_"]), ("normalize", kw["normalize"])):
+            want = resolve_parameter(spec[p], (theirs.parameters,), tensor_name=name, t=t)
+            assert ours(name) == pytest.approx(want, abs=1e-12), (p, name)
+    assert kw["lambda_"]("model.layers.1.mlp.up_proj.weight") == 1.5 and kw["lambda_"]("lm_head.weight") == 1.2
+    assert plan.record()["resolved"]["shared"]["lambda"]["max"] == 1.5
+
+
+def test_hub_models_are_located_config_only_before_any_weights(models, monkeypatch):
+    """Every model is located config-only and every config-level refusal (architecture, parameter
+    ranges) comes before the first resolution with weights (which, for a Hub id, downloads them)."""
+    from analysis.hf import hub
+
+    calls = []
+    real = hub.resolve
+
+    def spy(ref, *, weights=True):
+        calls.append((str(ref), weights))
+        return real(ref, weights=weights)
+
+    monkeypatch.setattr(hub, "resolve", spy)
+    cfg = _config(models, "della")
+    cfg["models"][1]["parameters"] = {"weight": 1, "density": 0.9, "epsilon": 0.2}
+    with pytest.raises(merges.ConfigError, match="epsilon 0.2 with density 0.9"):
+        merges.check(merges.read(cfg))
+    assert calls and not any(w for _, w in calls)
+    assert {r for r, _ in calls} >= {str(models / "base"), str(models / "ft0"), str(models / "ft1")}
+    calls.clear()
+    merges.check(merges.read(_config(models)))
+    first = next(i for i, (_, w) in enumerate(calls) if w)
+    assert {r for r, _ in calls[:first]} >= {str(models / "base"), str(models / "ft0"), str(models / "ft1")}
 
 
 def test_other_architectures_are_refused_from_headers(models, tmp_path):
