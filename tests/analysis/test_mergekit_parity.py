@@ -250,6 +250,14 @@ DETERMINISTIC = [
         1e-7,  # the L1 norms are sums in a different order: the rescale factor may differ in its last bit
     ),
     (
+        "ties-density-0-and-1.2-int8-mask",  # mergekit drops a delta at density 0, keeps it whole above 1
+        "ties",
+        [{"weight": 0.7, "density": 0.0}, {"weight": 0.5, "density": 1.2}, {"weight": 1.0, "density": 0.6}],
+        {"int8_mask": True},
+        dict(weight=[0.7, 0.5, 1.0], density=[0.0, 1.2, 0.6], int8_mask=True),
+        0.0,
+    ),
+    (
         "breadcrumbs",
         "breadcrumbs",
         [{"weight": 0.5, "density": 0.8, "gamma": 0.05}, {"weight": 0.5, "density": 0.6}, {"weight": 0.3}],
@@ -290,6 +298,20 @@ def test_deterministic_methods_match_mergekit(models, case):
             np.testing.assert_array_less(np.abs(mine - ref), tol + 4 * np.finfo(np.float32).eps * scale)
             worst = max(worst, float(np.max(np.abs(mine - ref))))
     assert worst <= 1e-6
+
+
+def test_linear_with_the_base_among_its_inputs(models):
+    """With base_model set and weighted, mergekit's linear averages the base as one more input: our
+    donor with a zero delta."""
+    root, base, deltas = models
+    donors = [("base", {"weight": 0.2}), ("ft0", {"weight": 0.5}), ("ft1", {"weight": 0.3})]
+    theirs = run_mergekit(root, "linear-base", "linear", donors, base_model=True)
+    zero = {k: np.zeros_like(v) for k, v in base.items()}
+    merged = M.merge("linear", [zero, deltas[0], deltas[1]], weight=[0.2, 0.5, 0.3])
+    for leaf, ref in theirs.items():
+        mine = base[leaf] + np.asarray(merged.total[leaf])
+        scale = np.maximum(np.abs(ref), np.abs(base[leaf]))
+        np.testing.assert_array_less(np.abs(mine - ref), 1e-7 + 4 * np.finfo(np.float32).eps * scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,11 +383,28 @@ K = 32
             [{"weight": 1.0, "density": 0.5, "epsilon": 0.1}, {"weight": 0.5, "density": 0.6}, {"weight": 0.8}],
             dict(weight=[1.0, 0.5, 0.8], density=[0.5, 0.6, 1.0], epsilon=[0.1, 0.15, 0.15]),
         ),
+        (  # several donors, no rescale, λ
+            "dare_linear",
+            [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.6}, {"weight": 0.8, "density": 0.4}],
+            dict(weight=[1.0, 0.5, 0.8], density=[0.5, 0.6, 0.4], rescale=False, lambda_=0.7),
+        ),
+        (  # several donors, normalized, λ
+            "della_linear",
+            [{"weight": 1.0, "density": 0.5, "epsilon": 0.1}, {"weight": 0.5, "density": 0.6}, {"weight": 0.8}],
+            dict(
+                weight=[1.0, 0.5, 0.8], density=[0.5, 0.6, 1.0], epsilon=[0.1, 0.15, 0.15], normalize=True, lambda_=1.2
+            ),
+        ),
     ],
 )
 def test_random_merges_agree_in_law(models, method, params, ours):
     root, base, deltas = models
-    theirs = run_mergekit(root, method, method, list(zip(DONORS, params)))
+    shared = {
+        k: v for k, v in (("rescale", ours.get("rescale")), ("normalize", ours.get("normalize"))) if v is not None
+    }
+    if "lambda_" in ours:
+        shared["lambda"] = ours["lambda_"]
+    theirs = run_mergekit(root, f"{method}-{len(shared)}", method, list(zip(DONORS, params)), shared or None)
     samples = [M.merge(method, deltas, key=jax.random.key(100 + i), **ours).total for i in range(K)]
     inside = count = 0
     for leaf, ref in theirs.items():
