@@ -624,6 +624,8 @@ def merge(
         raise ValueError(
             f"merge: trim_scope='global' applies to magnitude trimming (ties, breadcrumbs), not {method!r}"
         )
+    if trim_scope == "global" and compute_dtype is not None:
+        raise ValueError("merge: trim_scope='global' is not mergekit's and has no compute_dtype path; use float32")
     if rescale_norm not in _RESCALE_NORMS:
         raise ValueError(f"merge: rescale_norm={rescale_norm!r}; accepted: {', '.join(_RESCALE_NORMS)}")
     if method == "linear" and rescale is not None and rescale is not False:

@@ -285,6 +285,7 @@ D = {"w": jnp.ones(4)}
             r"density=-0.1 for 'dare_linear'.*≥ 0 \(donor 0, leaf 'w'\)",
         ),
         (lambda: M.merge("ties", [D], compute_dtype=jnp.int8), "compute_dtype int8 for leaf 'w'"),
+        (lambda: M.merge("ties", [D], trim_scope="global", compute_dtype="inputs"), "no compute_dtype path"),
         (lambda: M.merge("linear", [D], compute_dtype=jnp.bfloat16), "linear with compute_dtype .* needs base="),
         (lambda: M.merge("ties", [D, D], density=[0.5]), "density has 1 values for 2 deltas"),
         (lambda: M.merge("ties", [D, D], weight=[1, 2, 3]), "weight has 3 values for 2 deltas"),
