@@ -10,6 +10,7 @@ our JAX keys) are compared in law.
 import re
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch  # the parity reference: the test extra installs torch (CPU), transformers and mergekit
@@ -87,13 +88,13 @@ def gradient(values):
     return at
 
 
-def run_mergekit(root, name, method, donors, parameters=None, seed=0):
+def run_mergekit(root, name, method, donors, parameters=None, seed=0, dtype="float32", base_model=None):
     cfg = {
         "merge_method": method,
         "models": [{"model": str(root / d), "parameters": p} for d, p in donors],
-        "dtype": "float32",
+        "dtype": dtype,
     }
-    if method != "linear":
+    if method != "linear" or base_model:
         cfg["base_model"] = str(root / "base")
     if parameters:
         cfg["parameters"] = parameters
@@ -104,6 +105,89 @@ def run_mergekit(root, name, method, donors, parameters=None, seed=0):
     config = mergekit_config.MergeConfiguration.model_validate(yaml.safe_load(yaml.dump(cfg)))
     mergekit_merge.run_merge(config, str(out), options)
     return _read(out)
+
+
+def _bf16(x):
+    return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# bfloat16: mergekit casts the checkpoints to the config's dtype and computes in it. With
+# compute_dtype=bfloat16 and the deltas of the bfloat16 checkpoints (exact in float32),
+# Merged.apply(base) is mergekit's tensor. torch's CPU sort is not stable, so among entries whose
+# bfloat16 magnitudes tie exactly at a trim threshold mergekit keeps an unspecified subset, we the
+# lowest indices: the trimming methods may differ there and nowhere else.
+
+BF16 = [
+    ("linear", [{"weight": 0.5}, {"weight": 0.3}, {"weight": 0.2}], None, dict(weight=[0.5, 0.3, 0.2])),
+    (
+        "task_arithmetic",
+        [{"weight": [0.0, 0.5, 1.0]}, {"weight": 0.3}, {"weight": -0.4}],
+        {"lambda": 0.8},
+        dict(weight=[gradient([0.0, 0.5, 1.0]), 0.3, -0.4], lambda_=0.8),
+    ),
+    (
+        "ties",
+        [{"weight": [1.0, 0.4], "density": 0.5}, {"weight": 0.3, "density": 0.7}, {"weight": 0.6, "density": 0.4}],
+        None,
+        dict(weight=[gradient([1.0, 0.4]), 0.3, 0.6], density=[0.5, 0.7, 0.4]),
+    ),
+    (
+        "breadcrumbs",
+        [{"weight": 0.5, "density": 0.8, "gamma": 0.05}, {"weight": 0.5, "density": 0.6}, {"weight": 0.3}],
+        None,
+        dict(weight=[0.5, 0.5, 0.3], density=[0.8, 0.6, 1.0], gamma=[0.05, 0.01, 0.01]),
+    ),
+]
+
+
+def _threshold_ties(tau, densities, gammas, method):
+    """Entries whose bfloat16 |τ| (mergekit's delta) equals, in some donor, a magnitude that
+    straddles that donor's trim cut."""
+    out = np.zeros(tau[0].shape, bool)
+    for t, d, g in zip(tau, densities, gammas):
+        t = _bf16(t)
+        if d >= 1:
+            continue
+        a = np.sort(np.abs(t).ravel())  # ascending
+        size = a.size
+        if method == "ties":
+            cuts = [size - max(1, int(d * size))]
+        else:
+            upper, top = M._outlier_counts(d, g, size)
+            cuts = [size - upper, size - top]
+        for cut in cuts:
+            if 0 < cut < size and a[cut - 1] == a[cut]:
+                out |= np.abs(t) == a[cut]
+    return out
+
+
+@pytest.mark.parametrize("case", BF16, ids=[c[0] for c in BF16])
+def test_bfloat16_merges_are_mergekits(models, case):
+    root, base, _ = models
+    method, per_donor, shared, ours = case
+    theirs = run_mergekit(root, f"bf16-{method}", method, list(zip(DONORS, per_donor)), shared, dtype="bfloat16")
+    b16 = {k: _bf16(v) for k, v in base.items()}
+    # the deltas of the bfloat16 checkpoints, exact in float32
+    tau = [{k: _bf16(v) - b16[k] for k, v in _read(root / d).items()} for d in DONORS]
+    merged = M.merge(method, tau, base=b16, compute_dtype=jnp.bfloat16, **ours)
+    assert merged.settings["compute_dtype"] == "bfloat16"
+    out = merged.apply(b16)
+    differ = total = 0
+    for leaf, ref in theirs.items():
+        mine = np.asarray(out[leaf].astype(jnp.float32))
+        bad = mine != ref
+        if method in ("ties", "breadcrumbs") and bad.any():
+            dens = [ours["density"][j] for j in range(3)]
+            gams = ours.get("gamma", [0.01] * 3)
+            ties = _threshold_ties([t[leaf] for t in tau], dens, gams, method)
+            assert not np.any(bad & ~ties), f"{method}: {leaf} differs off the threshold ties"
+        else:
+            np.testing.assert_array_equal(mine, ref, err_msg=f"bf16 {method}: {leaf}")
+        differ += int(bad.sum())
+        total += ref.size
+    print(f"bf16 {method}: {differ} of {total} entries differ (threshold ties)")
+    assert differ <= 0.01 * total
 
 
 # (name, method, per-donor mergekit parameters, shared parameters, our keyword arguments, tolerance)
@@ -166,6 +250,14 @@ DETERMINISTIC = [
         1e-7,  # the L1 norms are sums in a different order: the rescale factor may differ in its last bit
     ),
     (
+        "ties-density-0-and-1.2-int8-mask",  # mergekit drops a delta at density 0, keeps it whole above 1
+        "ties",
+        [{"weight": 0.7, "density": 0.0}, {"weight": 0.5, "density": 1.2}, {"weight": 1.0, "density": 0.6}],
+        {"int8_mask": True},
+        dict(weight=[0.7, 0.5, 1.0], density=[0.0, 1.2, 0.6], int8_mask=True),
+        0.0,
+    ),
+    (
         "breadcrumbs",
         "breadcrumbs",
         [{"weight": 0.5, "density": 0.8, "gamma": 0.05}, {"weight": 0.5, "density": 0.6}, {"weight": 0.3}],
@@ -206,6 +298,20 @@ def test_deterministic_methods_match_mergekit(models, case):
             np.testing.assert_array_less(np.abs(mine - ref), tol + 4 * np.finfo(np.float32).eps * scale)
             worst = max(worst, float(np.max(np.abs(mine - ref))))
     assert worst <= 1e-6
+
+
+def test_linear_with_the_base_among_its_inputs(models):
+    """With base_model set and weighted, mergekit's linear averages the base as one more input: our
+    donor with a zero delta."""
+    root, base, deltas = models
+    donors = [("base", {"weight": 0.2}), ("ft0", {"weight": 0.5}), ("ft1", {"weight": 0.3})]
+    theirs = run_mergekit(root, "linear-base", "linear", donors, base_model=True)
+    zero = {k: np.zeros_like(v) for k, v in base.items()}
+    merged = M.merge("linear", [zero, deltas[0], deltas[1]], weight=[0.2, 0.5, 0.3])
+    for leaf, ref in theirs.items():
+        mine = base[leaf] + np.asarray(merged.total[leaf])
+        scale = np.maximum(np.abs(ref), np.abs(base[leaf]))
+        np.testing.assert_array_less(np.abs(mine - ref), 1e-7 + 4 * np.finfo(np.float32).eps * scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,11 +383,28 @@ K = 32
             [{"weight": 1.0, "density": 0.5, "epsilon": 0.1}, {"weight": 0.5, "density": 0.6}, {"weight": 0.8}],
             dict(weight=[1.0, 0.5, 0.8], density=[0.5, 0.6, 1.0], epsilon=[0.1, 0.15, 0.15]),
         ),
+        (  # several donors, no rescale, λ
+            "dare_linear",
+            [{"weight": 1.0, "density": 0.5}, {"weight": 0.5, "density": 0.6}, {"weight": 0.8, "density": 0.4}],
+            dict(weight=[1.0, 0.5, 0.8], density=[0.5, 0.6, 0.4], rescale=False, lambda_=0.7),
+        ),
+        (  # several donors, normalized, λ
+            "della_linear",
+            [{"weight": 1.0, "density": 0.5, "epsilon": 0.1}, {"weight": 0.5, "density": 0.6}, {"weight": 0.8}],
+            dict(
+                weight=[1.0, 0.5, 0.8], density=[0.5, 0.6, 1.0], epsilon=[0.1, 0.15, 0.15], normalize=True, lambda_=1.2
+            ),
+        ),
     ],
 )
 def test_random_merges_agree_in_law(models, method, params, ours):
     root, base, deltas = models
-    theirs = run_mergekit(root, method, method, list(zip(DONORS, params)))
+    shared = {
+        k: v for k, v in (("rescale", ours.get("rescale")), ("normalize", ours.get("normalize"))) if v is not None
+    }
+    if "lambda_" in ours:
+        shared["lambda"] = ours["lambda_"]
+    theirs = run_mergekit(root, f"{method}-{len(shared)}", method, list(zip(DONORS, params)), shared or None)
     samples = [M.merge(method, deltas, key=jax.random.key(100 + i), **ours).total for i in range(K)]
     inside = count = 0
     for leaf, ref in theirs.items():

@@ -280,8 +280,13 @@ D = {"w": jnp.ones(4)}
         (lambda: M.merge("ties", [D, {"v": jnp.ones(4)}]), r"deltas\[0\] and deltas\[1\] differ in tree structure"),
         (lambda: M.merge("ties", [D, {"w": jnp.ones(5)}]), r"leaf 'w' has shape \(5,\) in deltas\[1\], \(4,\)"),
         (lambda: M.merge("ties", [D, {"w": jnp.arange(4)}]), r"leaf 'w' of deltas\[1\] has dtype int32"),
-        (lambda: M.merge("ties", [D], density=0.0), r"density\[0\]=0.0 for leaf 'w' is outside .*\(0, 1\]"),
-        (lambda: M.merge("ties", [D], density=1.5), r"density\[0\]=1.5"),
+        (
+            lambda: M.merge("dare_ties", [D], density=-0.1, key=jax.random.key(0)),
+            r"density=-0.1 for 'dare_linear'.*≥ 0 \(donor 0, leaf 'w'\)",
+        ),
+        (lambda: M.merge("ties", [D], compute_dtype=jnp.int8), "compute_dtype int8 for leaf 'w'"),
+        (lambda: M.merge("ties", [D], trim_scope="global", compute_dtype="inputs"), "no compute_dtype path"),
+        (lambda: M.merge("linear", [D], compute_dtype=jnp.bfloat16), "linear with compute_dtype .* needs base="),
         (lambda: M.merge("ties", [D, D], density=[0.5]), "density has 1 values for 2 deltas"),
         (lambda: M.merge("ties", [D, D], weight=[1, 2, 3]), "weight has 3 values for 2 deltas"),
         (lambda: M.merge("ties", [D], weight="x"), r"weight\[0\] must be a finite number, got 'x' for leaf 'w'"),
@@ -294,8 +299,10 @@ D = {"w": jnp.ones(4)}
         (lambda: M.merge("ties", [D], rescale_norm="l3"), "rescale_norm='l3'"),
         (lambda: M.merge("dare_ties", [D], density=0.5), "needs an explicit key"),
         (lambda: M.merge("della", [D], density=0.5), "needs an explicit key"),
-        (lambda: M.merge("della", [D], density=0.9, epsilon=0.15, key=jax.random.key(0)), r"epsilon\[0\]=0.15 with"),
-        (lambda: M.merge("breadcrumbs", [D], density=0.5, gamma=1.5), r"gamma\[0\]=1.5"),
+        (
+            lambda: M.merge("della", [D], density=0.9, epsilon=0.15, key=jax.random.key(0)),
+            r"epsilon=0.15 with density=0.9 for 'della'.*\(donor 0, leaf 'w'\)",
+        ),
         (lambda: M.merge("linear", [D], rescale=True), "linear has no rescale"),
         (lambda: M.merge("ties", [D], base={"w": jnp.ones(3)}), r"leaf 'w' has shape \(3,\) in base"),
     ],
@@ -303,3 +310,110 @@ D = {"w": jnp.ones(4)}
 def test_refusals_name_the_argument_and_leaf(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize(
+    "method,kw,message",
+    [
+        ("dare_ties", dict(density=-0.01), "density=-0.01"),
+        ("della", dict(density=0.5, epsilon=0.6), "density ± epsilon must lie in \\(0, 1\\)"),
+        ("della", dict(density=0.5, epsilon=0.5), "epsilon=0.5"),
+        ("della", dict(density=0.1, epsilon=-0.2), "must lie in \\[0, 1\\]"),  # passes mergekit's check, fails torch
+        ("della", dict(density=0.9, epsilon=-0.2), "must lie in \\[0, 1\\]"),
+        ("ties", dict(density=float("nan")), "density must be a finite number"),
+        ("breadcrumbs", dict(gamma="x"), "gamma must be a finite number"),
+    ],
+)
+def test_check_parameters_refuses_what_mergekit_fails_on(method, kw, message):
+    with pytest.raises(ValueError, match=message):
+        M.check_parameters(method, **kw)
+
+
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("ties", dict(density=0.0)),
+        ("ties", dict(density=-3.0)),
+        ("ties", dict(density=1.2)),
+        ("breadcrumbs", dict(density=0.5, gamma=1.5)),
+        ("breadcrumbs", dict(density=0.5, gamma=-0.2)),
+        ("dare_linear", dict(density=0.0)),
+        ("dare_linear", dict(density=7.0)),
+        ("della", dict(density=0.0, epsilon=0.9)),
+        ("della", dict(density=1.0, epsilon=0.9)),
+        ("della", dict(density=0.5, epsilon=-0.2)),  # probabilities fall with magnitude, all in [0, 1]
+        ("task_arithmetic", dict(density=-1.0)),  # no sparsification: density unused
+    ],
+)
+def test_check_parameters_accepts_the_rest(method, kw):
+    M.check_parameters(method, **kw)
+
+
+def test_density_outside_zero_one_follows_mergekit():
+    x = {"w": jnp.array([3.0, -1.0, 0.5, 2.0, -4.0, 0.25, 1.5, -0.75, 0.1, 6.0])}
+    key = jax.random.key(0)
+    for method in ("ties", "dare_linear", "della_linear"):
+        dropped = M.merge(method, [x], density=0.0, normalize=False, key=key)
+        np.testing.assert_array_equal(dropped.total["w"], 0.0)
+        kept = M.merge(method, [x], density=1.2, normalize=False, key=key)
+        np.testing.assert_array_equal(kept.total["w"], x["w"])
+    # breadcrumbs keeps the ascending ranks indices[n_bot : n_bot + target_n] of the sorted |x|, with
+    # Python's slice semantics: gamma = 2 gives n_top = 20 > 10, n_bot = 0; density −0.3 gives
+    # target_n = −3, so the slice [0 : −3] keeps the 7 smallest entries.
+    b = M.merge("breadcrumbs", [x], density=-0.3, gamma=2.0)
+    order = np.argsort(np.abs(np.asarray(x["w"])), kind="stable")
+    expect = np.zeros(10, np.float32)
+    expect[order[:7]] = np.asarray(x["w"])[order[:7]]
+    np.testing.assert_array_equal(b.total["w"], expect)
+    b = M.merge("breadcrumbs", [x], density=0.5, gamma=-0.2)  # n_top = −2: n_bot = 7, keeps ranks 7..9
+    expect = np.zeros(10, np.float32)
+    expect[order[7:]] = np.asarray(x["w"])[order[7:]]
+    np.testing.assert_array_equal(b.total["w"], expect)
+    g = M.merge("ties", [x], density=0.0, trim_scope="global")
+    np.testing.assert_array_equal(g.total["w"], 0.0)
+
+
+def _bf(x):
+    return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32))
+
+
+def test_compute_dtype_bfloat16_rounds_every_step_as_mergekit():
+    rng = np.random.default_rng(0)
+    base = {"w": jnp.asarray(_bf(rng.normal(size=(8, 16)) * 0.05))}
+    tau = [{"w": jnp.asarray(_bf(base["w"] + rng.normal(size=(8, 16)) * 0.01) - base["w"])} for _ in range(3)]
+    w = [0.3, 0.7, -0.2]
+    m = M.merge("task_arithmetic", tau, weight=w, lambda_=0.8, compute_dtype=jnp.bfloat16)
+    assert m.compute_dtype == jnp.bfloat16 and m.settings["compute_dtype"] == "bfloat16"
+    # mergekit: weights in bf16, bf16 products, float32-accumulated sum rounded once, λ via float32
+    wb = _bf(np.asarray(w))
+    xs = [_bf(_bf(t["w"]) * wb[j]) for j, t in enumerate(tau)]
+    mixed = _bf(_bf(xs[0] + xs[1] + xs[2]) * np.float32(0.8))
+    np.testing.assert_array_equal(m.total["w"], mixed)
+    out = m.apply(base)
+    assert out["w"].dtype == jnp.bfloat16
+    np.testing.assert_array_equal(out["w"].astype(jnp.float32), _bf(base["w"] + mixed))
+    # the float32 parts are attribution shares: their sum is the total up to bfloat16 rounding
+    s = sum(np.asarray(p["w"]) for p in m.parts)
+    np.testing.assert_allclose(s, m.total["w"], atol=float(np.max(np.abs(mixed))) * 2**-7)
+    # float32 (and None) is today's float32 merge
+    f = M.merge("task_arithmetic", tau, weight=w, lambda_=0.8, compute_dtype=jnp.float32)
+    g = M.merge("task_arithmetic", tau, weight=w, lambda_=0.8)
+    assert f.compute_dtype is None and g.compute_dtype is None
+    np.testing.assert_array_equal(f.total["w"], g.total["w"])
+    np.testing.assert_array_equal(g.apply(base)["w"], base["w"] + g.total["w"])
+    # "inputs": the deltas' own dtype
+    bf_tau = [{"w": t["w"].astype(jnp.bfloat16)} for t in tau]
+    h = M.merge("ties", bf_tau, weight=w, compute_dtype="inputs", density=0.5)
+    assert h.settings["compute_dtype"] == "bfloat16"
+    k = M.merge("ties", tau, weight=w, compute_dtype=jnp.bfloat16, density=0.5)
+    np.testing.assert_array_equal(h.total["w"], k.total["w"])
+
+
+def test_compute_dtype_linear_is_the_float32_average_of_the_bf16_checkpoints():
+    rng = np.random.default_rng(1)
+    base = {"w": jnp.asarray(_bf(rng.normal(size=(4, 8))))}
+    full = [_bf(base["w"] + rng.normal(size=(4, 8)) * 0.1) for _ in range(2)]
+    tau = [{"w": jnp.asarray(f - base["w"])} for f in full]
+    m = M.merge("linear", tau, weight=[0.25, 0.5], base=base, compute_dtype=jnp.bfloat16)
+    expect = _bf((np.float32(0.25) * full[0] + np.float32(0.5) * full[1]) / np.float32(0.75))
+    np.testing.assert_allclose(np.asarray(m.apply(base)["w"].astype(jnp.float32)), expect, rtol=2**-7)
