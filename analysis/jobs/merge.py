@@ -169,7 +169,19 @@ def merged_from_deltas(plan: merges.Plan, base: Any, deltas: Sequence[Any]) -> A
     if plan.base_weight is not None:
         deltas.append(jax.tree.map(np.zeros_like, deltas[0]))
     key = jax.random.key(plan.config.random_seed) if plan.config.random else None
-    return merging.merge(plan.config.method, deltas, **plan.kwargs(), base=base, key=key)
+    return merging.merge(
+        plan.config.method, deltas, **plan.kwargs(), base=base, key=key, compute_dtype=compute_dtype_of(base)
+    )
+
+
+def compute_dtype_of(base: Any) -> Any:
+    """The dtype mergekit computes a merge of these checkpoints in: that of the (loaded) base when
+    it is a 16-bit float dtype for every tensor, else ``None`` (float32, where our float32 merge is
+    mergekit's bit for bit). mergekit loads every tensor in the config's ``dtype`` and merges in it."""
+    kinds = {np.dtype(x.dtype) for x in jax.tree.leaves(base)}
+    if len(kinds) == 1 and kinds <= {np.dtype(jax.numpy.bfloat16), np.dtype(np.float16)}:
+        return kinds.pop()
+    return None
 
 
 _vdot = jax.jit(tree_vdot)
