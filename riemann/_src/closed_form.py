@@ -399,6 +399,26 @@ def lowrank_curve(
 # --- BitDelta: every magnitude-bit count from the edit itself ---------------------------------------
 
 
+@functools.partial(jax.jit, static_argnames=("bits", "blocks"))
+def _bits_leaf(
+    g: jax.Array, h: jax.Array, x: jax.Array, multiple: jax.Array, bits: tuple[int, ...], blocks: str
+) -> tuple[jax.Array, jax.Array]:
+    """``(⟨g, X_B⟩, Σ h X_B²)`` for every ``B`` of one leaf, ``X_B`` built by the edit's own functions:
+    one compiled function per leaf shape (the sort of ``|ΔW|`` is shared by every ``B``)."""
+    xw = trees.widen(x)
+    a = jnp.abs(xw).ravel()
+    key = jax.random.key(0)  # unused: constant magnitudes
+    firsts, quads = [], []
+    for b in bits:
+        edited = _bitdelta._finish_leaf(
+            x, _bitdelta._block_means(a, b, blocks), key, multiple, trees.scalar(0.0), "constant"
+        )
+        change = trees.widen(edited) - xw
+        firsts.append(jnp.sum(g * change))
+        quads.append(jnp.sum(h * jnp.square(change)))
+    return jnp.stack(firsts), jnp.stack(quads)
+
+
 def bitdelta_bits_curve(
     shared: SharedCurvature,
     delta: PyTree,
@@ -438,8 +458,20 @@ def bitdelta_bits_curve(
     if shared.diagonal is None:
         raise ValueError("bitdelta_bits_curve needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
     trees.check_compatible(delta, shared.grad, ("delta", "the gradient"), wide=True)
-    values, firsts = [], []
+    bits = tuple(int(b) for b in bits)
     for b in bits:
+        _bitdelta.check_bitdelta(b, multiple, "constant", blocks, scope)
+    if scope == "matrix":  # one compiled function per leaf shape for every B
+        first, quad = np.zeros(len(bits)), np.zeros(len(bits))
+        named = _common.check_delta(delta, "bitdelta_bits_curve")
+        for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
+            if _common.selected(name, x, include, exclude, ndim):
+                f, q = _bits_leaf(g, h, _common.gathered(x), trees.scalar(multiple), bits, blocks)
+                first += np.asarray(jax.device_get(f), np.float64)
+                quad += np.asarray(jax.device_get(q), np.float64)
+        return first + 0.5 * quad, first
+    values, firsts = [], []
+    for b in bits:  # one set of block means over every selected leaf: the edit, once per B
         edited = _bitdelta.bitdelta(
             delta,
             magnitude_bits=b,
