@@ -9,6 +9,9 @@ few shared statistics, with no forward or backward pass per point.
 - :func:`expo_curve`, :func:`best_alpha`: EXPO's ``ΔL(α)`` and the best ``α`` on a grid.
 - :func:`line_quadratic` → :class:`LineQuadratic`: ``ΔL(θ)`` of any family of changes ``x0 + θ·x1``
   (BitDelta's multiple), exact for a quadratic loss.
+- :func:`lowrank_curve`: low rank's ``ΔL`` at every rank (or fraction, or energy) from one SVD per
+  matrix; :func:`bitdelta_bits_curve`: BitDelta's at every magnitude-bit count from the edit itself
+  (a pass over the parameters per point, no model pass).
 
 The formulas and where they fail: ``docs/theory.md``, §11.
 """
@@ -16,9 +19,11 @@ The formulas and where they fail: ``docs/theory.md``, §11.
 from riemann._src.closed_form import DeltaStatistics as DeltaStatistics
 from riemann._src.closed_form import LineQuadratic as LineQuadratic
 from riemann._src.closed_form import best_alpha as best_alpha
+from riemann._src.closed_form import bitdelta_bits_curve as bitdelta_bits_curve
 from riemann._src.closed_form import dare_factors as dare_factors
 from riemann._src.closed_form import dare_moments as dare_moments
 from riemann._src.closed_form import della_moments as della_moments
 from riemann._src.closed_form import delta_statistics as delta_statistics
 from riemann._src.closed_form import expo_curve as expo_curve
 from riemann._src.closed_form import line_quadratic as line_quadratic
+from riemann._src.closed_form import lowrank_curve as lowrank_curve

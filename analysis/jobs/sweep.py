@@ -11,11 +11,16 @@ per point:
 - EXPO's ``ΔL(α)`` on ``α ∈ [−1, 2]`` and its best ``α``;
 - BitDelta's ``ΔL`` over its multiple ``m ∈ [0, 3]`` (``ΔW~(m) = x0 + m·x1`` is affine in ``m``, so
   the second-order model is a quadratic in ``m``: three more Hessian-vector products per batch) and
-  its best multiple.
+  its best multiple;
+- low rank's ``ΔL`` over the fraction of each matrix's rank kept (:func:`riemann.closed_form.lowrank_curve`:
+  one SVD per matrix, then every rank from suffix sums, against the gradient and diagonal);
+- BitDelta's over its magnitude bits ``B = 0 … 8`` (:func:`riemann.closed_form.bitdelta_bits_curve`:
+  the edit itself, a pass over the parameters per point, against the gradient and diagonal).
 
 It then measures, on the test batches, a handful of DARE, drop-only and DELLA points over
 ``seeds`` masks each (keyed as the main job keys them, so masks nest across ``p``) and every EXPO
-and BitDelta grid point, and reports how often the predicted mean lies within two standard errors
+and BitDelta grid point and a few low-rank fractions and bit counts (deterministic: one
+measurement each), and reports how often the predicted mean lies within two standard errors
 of the measured mean, the predicted against the measured best ``α`` and multiple, and the seconds
 each part took.
 Writes ``sweep.json``, ``sweep.md`` and one ``<pair>-sweep.png`` per pair.
@@ -50,6 +55,11 @@ BITDELTA_MULTIPLE = tuple(float(m) for m in np.round(np.linspace(0.0, 3.0, 31), 
 MEASURED_DARE = tuple((p, k) for k in (0.0, -1.0) for p in (0.3, 0.7, 0.9, 0.99))
 MEASURED_DROP = (0.3, 0.7)
 MEASURED_DELLA = (0.3, 0.7)
+# Fraction 0 keeps no factor (the edit itself needs at least one): the curve's end, predicted only.
+LOWRANK_FRACTION = tuple(float(f) for f in np.round(np.linspace(0.0, 1.0, 21), 4))
+BITDELTA_BITS = tuple(range(9))
+MEASURED_LOWRANK = (0.1, 0.25, 0.5, 0.75)
+MEASURED_BITS = (0, 1, 2, 4, 8)
 
 
 def _timed(f: Callable[[], Any]) -> tuple[Any, float]:
@@ -111,8 +121,9 @@ def sweep_pair(
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Predict the DARE, drop-only, DELLA and EXPO curves of ``pair`` from shared passes on its
-    calibration batches, and measure a few points of each on its test batches."""
+    """Predict the DARE, drop-only, DELLA, EXPO, BitDelta (multiple and bits) and low-rank curves of
+    ``pair`` from shared passes on its calibration batches, and measure a few points of each on its
+    test batches."""
     t0 = time.perf_counter()
     scorer, setup_s = _timed(
         lambda: suite.Scorer(
@@ -173,9 +184,22 @@ def sweep_pair(
         }
 
     predicted, predict_s = _timed(predict)
-    predict_s += dare_s
+
+    def lowrank() -> dict[str, Any]:
+        mean, first = closed_form.lowrank_curve(curvature, scorer.delta, fractions=LOWRANK_FRACTION)
+        zero = [0.0] * len(mean)  # deterministic: no spread over masks
+        return {"fraction": list(LOWRANK_FRACTION), "mean": mean.tolist(), "first": first.tolist(), "sd": zero}
+
+    def bits() -> dict[str, Any]:
+        mean, first = closed_form.bitdelta_bits_curve(curvature, scorer.delta, BITDELTA_BITS)
+        zero = [0.0] * len(mean)
+        return {"bits": list(BITDELTA_BITS), "mean": mean.tolist(), "first": first.tolist(), "sd": zero}
+
+    predicted["lowrank"], lowrank_s = _timed(lowrank)
+    predicted["bitdelta_bits"], bits_s = _timed(bits)
+    predict_s += dare_s + lowrank_s + bits_s
     n_predicted = len(DARE_P) * len(DARE_K) + len(DARE_P) + len(DELLA_DENSITY) + len(EXPO_ALPHA)
-    n_predicted += len(BITDELTA_MULTIPLE)
+    n_predicted += len(BITDELTA_MULTIPLE) + len(LOWRANK_FRACTION) + len(BITDELTA_BITS)
     log(f"[{pair.name}] {n_predicted} points predicted in {predict_s:.2f} s after {shared_s:.1f} s of shared passes")
 
     # --- measurements ----------------------------------------------------------------------------
@@ -190,6 +214,14 @@ def sweep_pair(
     planned += [
         ({"family": "della", "density": d}, f"della:density={d:g},epsilon={DELLA_EPSILON:g}", DELLA_DENSITY.index(d))
         for d in MEASURED_DELLA
+    ]
+    planned += [
+        ({"family": "lowrank", "fraction": f}, f"lowrank:fraction={f:g}", LOWRANK_FRACTION.index(f))
+        for f in MEASURED_LOWRANK
+    ]
+    planned += [
+        ({"family": "bitdelta_bits", "bits": b}, f"bitdelta:magnitude_bits={b}", BITDELTA_BITS.index(b))
+        for b in MEASURED_BITS
     ]
     points = []
     measure_s = 0.0
@@ -259,6 +291,8 @@ def sweep_pair(
             "scorer_setup_other": setup_s - scorer.gradient_seconds - scorer.curvature_seconds,
             "predict": predict_s,
             "predict_dare_grid": dare_s,
+            "predict_lowrank": lowrank_s,
+            "predict_bitdelta_bits": bits_s,
             "dare_grid_points": len(DARE_P) * len(DARE_K),
             "points_predicted": n_predicted,
             "measure": measure_s,
@@ -278,7 +312,9 @@ def markdown(record: dict[str, Any]) -> str:
         f"Seed {record['seed']}; {record['seeds']} masks per measured random point; shared passes on the "
         "calibration batches only, measurements on the test batches. Predictions are the second-order model's "
         "mean over masks (E[ΔL] ≈ μ·b + ½(μ²·q + v·s)); the ± is the first-order term's spread over masks; "
-        "'within 2 SE' compares the predicted mean with the measured mean over masks.",
+        "'within 2 SE' compares the predicted mean with the measured mean over masks. Low rank (a fraction of each "
+        "matrix's rank kept) and BitDelta's magnitude bits are deterministic: their prediction is "
+        "⟨g, X⟩ + ½ Σ diag(H)·X² of the edit's exact change X, and each is measured once.",
         "",
     ]
     for r in record["pairs"]:
@@ -304,15 +340,28 @@ def markdown(record: dict[str, Any]) -> str:
             f"{bd['measured_best_multiple']:g} ({'within' if bd['best_within_one_step'] else 'not within'} one grid "
             f"step); at m = 1 (BitDelta itself) predicted {r['predicted']['bitdelta']['mean'][m1]:+.4g}, measured "
             f"{bd['measured'][m1]:+.4g}.",
+            f"- Low rank: {len(r['predicted']['lowrank']['fraction'])} fractions of each matrix's rank predicted in "
+            f"{sec['predict_lowrank']:.2f} s (one SVD per matrix, then every rank from suffix sums; first call); "
+            "predicted / measured "
+            + ", ".join(f"{pt['ratio']:.3g} at {pt['fraction']:g}" for pt in r["points"] if pt["family"] == "lowrank")
+            + ".",
+            f"- BitDelta bits: B = 0…{r['predicted']['bitdelta_bits']['bits'][-1]} predicted in "
+            f"{sec['predict_bitdelta_bits']:.2f} s (the edit applied once per B, no model pass; first calls); "
+            "predicted / measured "
+            + ", ".join(
+                f"{pt['ratio']:.3g} at B = {pt['bits']}" for pt in r["points"] if pt["family"] == "bitdelta_bits"
+            )
+            + ".",
             "",
             "| edit | predicted | ± sd | measured mean | ± SE | predicted / measured | within 2 SE |",
             "|---|---|---|---|---|---|---|",
         ]
         for pt in r["points"]:
             ok = "—" if pt["within_2se"] is None else ("yes" if pt["within_2se"] else "no")
+            se = "—" if np.isnan(pt["measured_se"]) else f"{pt['measured_se']:.3g}"  # deterministic: one measurement
             lines.append(
                 f"| `{pt['spec']}` | {pt['predicted']:+.4g} | {pt['predicted_sd']:.3g} | {pt['measured']:+.4g} | "
-                f"{pt['measured_se']:.3g} | {pt['ratio']:.3g} | {ok} |"
+                f"{se} | {pt['ratio']:.3g} | {ok} |"
             )
         lines.append("")
     return "\n".join(lines)

@@ -22,15 +22,28 @@ def _measured_line(ax: Any, x: np.ndarray, measured: list[float], best_pred: flo
     ax.legend(fontsize=7)
 
 
+def _deterministic(ax: Any, r: dict[str, Any], family: str, x: str, colors) -> None:
+    """A deterministic family's predicted curve (and its first-order part) with its measured points."""
+    curve = r["predicted"][family]
+    ax.plot(curve[x], curve["mean"], color=colors[0], label="predicted (gradient + Hessian diagonal)")
+    ax.plot(curve[x], curve["first"], ":", color=colors[0], label="first-order part")
+    pts = [pt for pt in r["points"] if pt["family"] == family]
+    ax.plot([pt[x] for pt in pts], [pt["measured"] for pt in pts], "o", color=colors[1], ms=5, label="measured")
+    ax.axhline(0.0, color="0.6", lw=0.6)
+    ax.set_yscale("symlog", linthresh=1e-3)  # measured and predicted can differ by orders of magnitude
+    ax.set_ylabel("ΔL")
+    ax.legend(fontsize=7)
+
+
 def pair_figure(r: dict[str, Any]) -> Any:
-    """Four panels: DARE (several k) and drop-only over p; DELLA over the density; EXPO over α;
-    BitDelta over its multiple."""
+    """Six panels: DARE (several k) and drop-only over p; DELLA over the density; EXPO over α;
+    BitDelta over its multiple; low rank over the fraction of rank kept; BitDelta over its magnitude bits."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_d, ax_l, ax_e, ax_b) = plt.subplots(1, 4, figsize=(20, 4.4))
+    fig, ((ax_d, ax_l, ax_e), (ax_b, ax_r, ax_q)) = plt.subplots(2, 3, figsize=(16, 9))
     pred = r["predicted"]
     p = np.asarray(pred["dare"]["p"])
     mean, sd = np.asarray(pred["dare"]["mean"]), np.asarray(pred["dare"]["sd"])
@@ -93,5 +106,12 @@ def pair_figure(r: dict[str, Any]) -> Any:
     _measured_line(ax_b, m, bd["measured"], bd["predicted_best_multiple"], bd["measured_best_multiple"], colors)
     ax_b.set_xlabel("multiple m of mean |ΔW| (m = 1: BitDelta)")
     ax_b.set_title("BitDelta")
+
+    _deterministic(ax_r, r, "lowrank", "fraction", colors)
+    ax_r.set_xlabel("fraction of each matrix's rank kept (1: ΔW itself)")
+    ax_r.set_title("low rank (truncated SVD)")
+    _deterministic(ax_q, r, "bitdelta_bits", "bits", colors)
+    ax_q.set_xlabel("magnitude bits B (2^B blocks of |ΔW|; B = 0: BitDelta)")
+    ax_q.set_title("BitDelta, multi-bit magnitudes")
     fig.tight_layout()
     return fig

@@ -27,6 +27,7 @@ term only, and the Hutchinson diagonal adds its own noise to ``s``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ import numpy as np
 from riemann._src import trees
 from riemann._src.curvature import SharedCurvature
 from riemann._src.estimate import estimate
+from riemann.edits import _bitdelta, _common, _lowrank
 
 PyTree = Any
 
@@ -257,3 +259,230 @@ def della_moments(shared: SharedCurvature, delta: PyTree, density: float, epsilo
         )
     s, r = _della_sums(shared.grad, shared.diagonal, delta, trees.scalar(density), trees.scalar(epsilon))
     return 0.5 * float(s), float(np.sqrt(max(float(r), 0.0)))
+
+
+# --- Low rank: every rank from one SVD per matrix ---------------------------------------------------
+
+_GRAM_ENTRIES = 1 << 24  # entries of one row block's Khatri–Rao product (64 MiB in float32)
+_HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 in the small contractions that decide the curve
+
+
+def _gram(u: jax.Array, h: jax.Array, v: jax.Array) -> jax.Array:
+    """``P_kl = Σ_ab h_ab u_k[a] u_l[a] v_k[b] v_l[b]`` as ``Kᵀ diag(h) K`` with the Khatri–Rao
+    rows ``K[(a, b), k] = u_k[a] v_k[b]``, accumulated over blocks of rows ``a`` so that only a
+    block of ``K`` is ever held: ``O(m·n·R²)`` flops, ``O(min(m·n·R, 2²⁴) + R²)`` memory."""
+    (m, top), n = u.shape, h.shape[1]
+    block = max(1, min(m, _GRAM_ENTRIES // max(n * top, 1)))
+    nb = -(-m // block)
+    pad = nb * block - m  # zero rows of u and h add nothing
+    ub = jnp.pad(u, ((0, pad), (0, 0))).reshape(nb, block, top)
+    hb = jnp.pad(h, ((0, pad), (0, 0))).reshape(nb, block * n, 1)
+
+    def step(acc: jax.Array, blk: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        ua, ha = blk
+        k = (ua[:, None, :] * v[None, :, :]).reshape(block * n, top)
+        return acc + jnp.matmul((k * ha).T, k, precision=_HIGHEST), None
+
+    p, _ = jax.lax.scan(step, jnp.zeros((top, top), u.dtype), (ub, hb))
+    return p
+
+
+@functools.partial(jax.jit, static_argnames=("top",))
+def _lowrank_leaf(g: jax.Array, h: jax.Array, x: jax.Array, top: int) -> tuple[jax.Array, jax.Array]:
+    """``(first[r], quad[r])`` for ``r = 0 … top`` of one matrix: ``⟨g, X_r⟩`` and ``Σ h X_r²`` with
+    ``X_r = U_r S_r V_rᵀ − ΔW``. Up to full rank the tails are summed (``X_r = −Σ_{k>r} s_k u_k v_kᵀ``;
+    exactly 0 at full rank); below it the heads, ``Σ h X_r² = Σ h ΔW² − 2 Σ_{k≤r} s_k u_kᵀ(h⊙ΔW)v_k +
+    Σ_{k,l≤r} s_k s_l P_kl``, so that only the leading ``top`` factors are needed."""
+    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    full = s.shape[0]
+    u, s, v = u[:, :top], s[:top], vt[:top].T
+    c = s * jnp.sum(u * jnp.matmul(g, v, precision=_HIGHEST), axis=0)  # c_k = s_k u_kᵀ G v_k
+    m = s[:, None] * s[None, :] * _gram(u, h, v)  # M = (s sᵀ) ⊙ P
+    zero = jnp.zeros((1,), x.dtype)
+    if top == full:
+        first = -jnp.concatenate([jnp.cumsum(c[::-1])[::-1], zero])
+        tails = jnp.cumsum(jnp.cumsum(m[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
+        return first, jnp.concatenate([jnp.diagonal(tails), zero])
+    e = s * jnp.sum(u * jnp.matmul(h * x, v, precision=_HIGHEST), axis=0)  # s_k u_kᵀ (h⊙ΔW) v_k
+    heads = jnp.diagonal(jnp.cumsum(jnp.cumsum(m, axis=0), axis=1))
+    first = jnp.concatenate([zero, jnp.cumsum(c)]) - jnp.sum(g * x)
+    quad = jnp.sum(h * jnp.square(x)) - 2.0 * jnp.concatenate([zero, jnp.cumsum(e)]) + jnp.concatenate([zero, heads])
+    return first, quad
+
+
+def lowrank_curve(
+    shared: SharedCurvature,
+    delta: PyTree,
+    *,
+    ranks: Sequence[int] | None = None,
+    fractions: Sequence[float] | None = None,
+    energies: Sequence[float] | None = None,
+    include: str | None = None,
+    exclude: str | None = _common.EMBEDDING_PATTERN,
+    ndim: int | tuple[int, ...] | None = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ``ΔL`` of :func:`riemann.edits.lowrank` at every point of one family (``ranks``,
+    ``fractions`` or ``energies``, as the edit reads its ``rank``, ``fraction`` and ``energy``), from
+    one SVD per selected matrix and the shared gradient and Hessian diagonal: no model pass per point.
+
+    Per matrix ``ΔW = Σ_k s_k u_k v_kᵀ``, keeping rank ``r`` changes it by
+    ``X_r = −Σ_{k>r} s_k u_k v_kᵀ``, so with ``G``, ``H`` the gradient and diagonal as matrices
+
+        ⟨G, X_r⟩ = −Σ_{k>r} c_k,        c_k = s_k u_kᵀ G v_k,
+        Σ H ⊙ X_r² = Σ_{k,l>r} s_k s_l P_kl,   P_kl = Σ_ab H_ab u_k[a] u_l[a] v_k[b] v_l[b],
+
+    suffix sums of ``c`` and of ``M = (s sᵀ) ⊙ P`` give every rank at once, and the prediction is
+    ``ΔL(r) ≈ ⟨G, X_r⟩ + ½ Σ H ⊙ X_r²`` summed over matrices. ``P = Kᵀ diag(H) K`` with the
+    Khatri–Rao rows ``K[(a, b), k] = u_k[a] v_k[b]``. When no point needs a rank above ``R`` the
+    same sums are taken over the heads ``k ≤ r`` (``X_r = A_r − ΔW``), so only the leading ``R``
+    factors enter. Cost per ``m × n`` matrix: one SVD plus ``O(m·n·R²)`` flops for ``P``
+    (``R = min(m, n)`` when a point keeps every factor), memory ``O(min(m·n·R, 2²⁴) + R²)``; the
+    points themselves are free. Exact when the loss is quadratic with a diagonal Hessian; the
+    Hessian's off-diagonal part is left out, as in every shared-curvature estimate.
+
+    Leaf selection (``include``, ``exclude``, ``ndim``; leaves of higher rank as ``(shape[0], −1)``)
+    and the rank each point keeps per matrix are the edit's own (``fraction`` keeps
+    ``max(1, round(fraction·min(m, n)))``; ``energy`` the fewest factors holding that share of
+    ``Σ s²``); other leaves are not changed. Beyond the edit, ``0`` (as rank, fraction or energy)
+    keeps no factor: ``X = −ΔW`` on every selected matrix. The randomized SVD
+    (``method="randomized"``) approximates the exact truncation predicted here.
+
+    Returns:
+      ``(values, first_order)``: per point, ``⟨g, X⟩ + ½ Σ diag(H) X²`` and its ``⟨g, X⟩`` part
+      (float64).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from riemann import shared_curvature
+      >>> loss = lambda p, _: 0.5 * jnp.sum(p["w"] ** 2)          # g = w, H = I
+      >>> post = {"w": jnp.diag(jnp.array([3.0, 2.0, 1.0]))}
+      >>> sc = shared_curvature(loss, post, [None], probes=1, key=jax.random.key(0))
+      >>> values, first = lowrank_curve(sc, post, ranks=[0, 1, 2, 3])
+      >>> values.round(4).tolist(), first.round(4).tolist()   # drop 3, 2, 1: −s² + ½s² each
+      ([-7.0, -2.5, -0.5, 0.0], [-14.0, -5.0, -1.0, 0.0])
+    """
+    given = [(n, v) for n, v in (("rank", ranks), ("fraction", fractions), ("energy", energies)) if v is not None]
+    if len(given) != 1:
+        raise ValueError(f"lowrank_curve: give exactly one of ranks, fractions, energies (got {len(given)})")
+    if shared.diagonal is None:
+        raise ValueError("lowrank_curve needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
+    option, points = given[0][0], list(given[0][1])
+    trees.check_compatible(delta, shared.grad, ("delta", "the gradient"), wide=True)
+    for v in points:
+        if option == "rank" and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise ValueError(f"lowrank_curve: rank {v!r}; accepted: integers >= 0")
+        if option != "rank" and not 0.0 <= float(v) <= 1.0:
+            raise ValueError(f"lowrank_curve: {option} {v!r} is outside [0, 1]")
+    values, firsts = np.zeros(len(points)), np.zeros(len(points))
+    named = _common.check_delta(delta, "lowrank_curve")
+    for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
+        if not _common.selected(name, x, include, exclude, ndim):
+            continue
+        x2 = trees.widen(_common.gathered(x))
+        x2 = x2.reshape(x.shape[0], -1) if x.ndim != 2 else x2
+        if x2.ndim != 2 or x2.size == 0:
+            raise ValueError(f"lowrank_curve: leaf {name!r} of shape {x.shape} is not a matrix; narrow the selection")
+        kept = [
+            0
+            if v == 0
+            else _lowrank._rank_for(name, x2, **({"rank": None, "fraction": None, "energy": None} | {option: v}))
+            for v in points
+        ]
+        g2, h2 = (trees.widen(_common.gathered(t)).astype(x2.dtype).reshape(x2.shape) for t in (g, h))
+        first, quad = _lowrank_leaf(g2, h2, x2, top=max(kept) if max(kept) < min(x2.shape) else min(x2.shape))
+        first, quad = (np.asarray(jax.device_get(a), np.float64)[kept] for a in (first, quad))
+        values += first + 0.5 * quad
+        firsts += first
+    return values, firsts
+
+
+# --- BitDelta: every magnitude-bit count from the edit itself ---------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("bits", "blocks"))
+def _bits_leaf(
+    g: jax.Array, h: jax.Array, x: jax.Array, multiple: jax.Array, bits: tuple[int, ...], blocks: str
+) -> tuple[jax.Array, jax.Array]:
+    """``(⟨g, X_B⟩, Σ h X_B²)`` for every ``B`` of one leaf, ``X_B`` built by the edit's own functions:
+    one compiled function per leaf shape (the sort of ``|ΔW|`` is shared by every ``B``)."""
+    xw = trees.widen(x)
+    a = jnp.abs(xw).ravel()
+    key = jax.random.key(0)  # unused: constant magnitudes
+    firsts, quads = [], []
+    for b in bits:
+        edited = _bitdelta._finish_leaf(
+            x, _bitdelta._block_means(a, b, blocks), key, multiple, trees.scalar(0.0), "constant"
+        )
+        change = trees.widen(edited) - xw
+        firsts.append(jnp.sum(g * change))
+        quads.append(jnp.sum(h * jnp.square(change)))
+    return jnp.stack(firsts), jnp.stack(quads)
+
+
+def bitdelta_bits_curve(
+    shared: SharedCurvature,
+    delta: PyTree,
+    bits: Sequence[int] = range(1, 9),
+    *,
+    multiple: float = 1.0,
+    blocks: str = "count",
+    scope: str = "matrix",
+    include: str | None = None,
+    exclude: str | None = _common.EMBEDDING_PATTERN,
+    ndim: int | tuple[int, ...] | None = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ``ΔL`` of ``bitdelta:magnitude_bits=B`` for every ``B`` of ``bits``, from the
+    shared gradient and Hessian diagonal.
+
+    The change ``X_B = F_B(ΔW) − ΔW`` (signs kept, each of ``2^B`` blocks of ``|ΔW|`` replaced by
+    its mean, times ``multiple``) is the edit itself, computed from the parameters alone, and the
+    prediction is ``ΔL(B) ≈ ⟨g, X_B⟩ + ½ Σ diag(H) X_B²``. No model pass is spent per point, but
+    one pass over the parameters is (a sort per matrix), unlike the DARE grid's pure arithmetic.
+    ``B = 0`` is BitDelta itself (for which :func:`line_quadratic` gives the exact curvature along
+    its multiple). The options are the edit's (:func:`riemann.edits.bitdelta`; constant magnitudes
+    only: drawn magnitudes are random).
+
+    Returns:
+      ``(values, first_order)`` per ``B`` (float64).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from riemann import shared_curvature
+      >>> loss = lambda p, _: 0.5 * jnp.sum(p["w"] ** 2)          # g = w, H = I
+      >>> post = {"w": jnp.array([[1.0, -3.0], [0.5, -0.5]])}
+      >>> sc = shared_curvature(loss, post, [None], probes=1, key=jax.random.key(0))
+      >>> values, first = bitdelta_bits_curve(sc, post, bits=[0, 1, 2])
+      >>> values.tolist()      # here ΔL = ½(|F_B|² − |ΔW|²); B = 2: one entry per block, no change
+      [-2.125, -1.0, 0.0]
+    """
+    if shared.diagonal is None:
+        raise ValueError("bitdelta_bits_curve needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
+    trees.check_compatible(delta, shared.grad, ("delta", "the gradient"), wide=True)
+    bits = tuple(int(b) for b in bits)
+    for b in bits:
+        _bitdelta.check_bitdelta(b, multiple, "constant", blocks, scope)
+    if scope == "matrix":  # one compiled function per leaf shape for every B
+        first, quad = np.zeros(len(bits)), np.zeros(len(bits))
+        named = _common.check_delta(delta, "bitdelta_bits_curve")
+        for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
+            if _common.selected(name, x, include, exclude, ndim):
+                f, q = _bits_leaf(g, h, _common.gathered(x), trees.scalar(multiple), bits, blocks)
+                first += np.asarray(jax.device_get(f), np.float64)
+                quad += np.asarray(jax.device_get(q), np.float64)
+        return first + 0.5 * quad, first
+    values, firsts = [], []
+    for b in bits:  # one set of block means over every selected leaf: the edit, once per B
+        edited = _bitdelta.bitdelta(
+            delta,
+            magnitude_bits=b,
+            multiple=multiple,
+            blocks=blocks,
+            scope=scope,
+            include=include,
+            exclude=exclude,
+            ndim=ndim,
+        )
+        est = shared.estimate(jax.tree.map(lambda e, d: trees.widen(e) - trees.widen(d), edited, delta))
+        values.append(est.value)
+        firsts.append(est.terms["first"])
+    return np.asarray(values, np.float64), np.asarray(firsts, np.float64)

@@ -204,3 +204,130 @@ def test_a_float32_delta_on_bfloat16_weights_is_accepted_and_della_checks_its_pr
     assert st.q == pytest.approx(2.0 * float(jnp.sum(delta["w"] ** 2)), rel=1e-2)  # H = 2I
     with pytest.raises(ValueError, match="keep probabilities"):
         cf.della_moments(sc, delta, density=0.1, epsilon=0.2)
+
+
+def _diagonal_problem(dtype=jnp.float64, wide=jnp.float64):
+    """L(w) = Σ_leaves s·(c ⊙ w + ½ d ⊙ w²): exactly quadratic with a diagonal Hessian ``s̄·d``, which
+    one Rademacher probe recovers exactly (z ⊙ Hz = diag(H) when H is diagonal). Two matrices of
+    different shapes, a bias (1-D) and an embedding (2-D, excluded by default)."""
+    rng = np.random.default_rng(11)
+    shapes = {"a": (7, 5), "b": (4, 9), "bias": (6,), "embed_tokens": (5, 3)}
+    c = {n: jnp.asarray(rng.normal(size=sh), wide) for n, sh in shapes.items()}
+    d = {n: jnp.asarray(rng.uniform(0.2, 3.0, size=sh), wide) for n, sh in shapes.items()}
+
+    def loss(p, s):
+        return s * sum(jnp.sum(c[n] * p[n].astype(c[n].dtype) + 0.5 * d[n] * p[n].astype(c[n].dtype) ** 2) for n in p)
+
+    post = {n: jnp.asarray(rng.normal(size=sh), dtype) for n, sh in shapes.items()}
+    delta = {n: jnp.asarray(rng.normal(size=sh) * rng.uniform(0.1, 2.0, size=sh), dtype) for n, sh in shapes.items()}
+    batches = [jnp.asarray(1.0, wide), jnp.asarray(2.0, wide)]
+    return loss, post, delta, batches, c, d
+
+
+def _direct(c, d, post, change, scale=1.5):
+    """⟨g, X⟩ + ½ Σ h X² by hand (g = s̄(c + d ⊙ w), h = s̄·d) and its first-order part."""
+    first = sum(
+        float(np.sum(scale * (np.asarray(c[n]) + np.asarray(d[n]) * np.asarray(post[n])) * np.asarray(x)))
+        for n, x in change.items()
+    )
+    quad = sum(float(np.sum(scale * np.asarray(d[n]) * np.asarray(x) ** 2)) for n, x in change.items())
+    return first + 0.5 * quad, first
+
+
+def _truncate(x, r):
+    u, s, vt = np.linalg.svd(np.asarray(x), full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
+def test_lowrank_curve_equals_the_direct_quadratic_at_every_rank_and_the_edits_own_change():
+    with jax.enable_x64(True):
+        loss, post, delta, batches, c, d = _diagonal_problem()
+        sc = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+        full = 4  # both matrices: min(7, 5) = 5 and min(4, 9) = 4; ranks above 4 refused (the edit's rule)
+        values, first = cf.lowrank_curve(sc, delta, ranks=range(full + 1))
+        for r in range(full + 1):
+            change = {n: _truncate(delta[n], r) - np.asarray(delta[n]) for n in ("a", "b")}  # others untouched
+            want, want_first = _direct(c, d, post, change)
+            assert values[r] == pytest.approx(want, rel=1e-9, abs=1e-12), r
+            assert first[r] == pytest.approx(want_first, rel=1e-9, abs=1e-12), r
+        # r = 0 removes every selected matrix's delta; nothing is left to remove at full rank (here 4 < 5 for "a").
+        assert values[0] == pytest.approx(_direct(c, d, post, {n: -np.asarray(delta[n]) for n in ("a", "b")})[0])
+        # The edit's own output at some ranks, measured on the exact quadratic (and its exact second order:
+        # one Hessian-vector product per rank).
+        for r in (1, 3):
+            change = jax.tree.map(lambda e, x: e - x, edits.lowrank(delta, r), delta)
+            measured = riemann.estimate(loss, post, change, batches, method="measured").value
+            second = riemann.estimate(loss, post, change, batches, method="second-order").value
+            assert values[r] == pytest.approx(measured, rel=1e-9) and second == pytest.approx(measured, rel=1e-9)
+        # Heads (no point at full rank: only the leading factors enter) and tails agree.
+        heads, heads_first = cf.lowrank_curve(sc, delta, ranks=[1, 2])
+        np.testing.assert_allclose(heads, values[1:3], rtol=1e-10)
+        np.testing.assert_allclose(heads_first, first[1:3], rtol=1e-10)
+        # Full rank of the one matrix selected: nothing to remove, exactly.
+        assert cf.lowrank_curve(sc, delta, ranks=[4], include="^b$")[0].tolist() == [0.0]
+        with pytest.raises(ValueError, match="exceeds the smaller dimension"):
+            cf.lowrank_curve(sc, delta, ranks=[5])
+
+
+def test_lowrank_curve_over_fractions_and_energies_follows_the_edits_rounding():
+    with jax.enable_x64(True):
+        loss, post, delta, batches, c, d = _diagonal_problem()
+        sc = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+        fractions = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
+        values, _ = cf.lowrank_curve(sc, delta, fractions=fractions)
+        assert values[0] == pytest.approx(_direct(c, d, post, {n: -np.asarray(delta[n]) for n in ("a", "b")})[0])
+        assert values[-1] == 0.0  # every factor kept: tails are empty
+        for f, v in zip(fractions[1:], values[1:]):
+            change = jax.tree.map(lambda e, x: e - x, edits.lowrank(delta, fraction=f), delta)
+            assert v == pytest.approx(_direct(c, d, post, change)[0], rel=1e-8, abs=1e-10), f
+        # The selection is the edit's: embeddings included on request, 1-D leaves never (ndim=2).
+        wide, _ = cf.lowrank_curve(sc, delta, fractions=[0.5], exclude=None)
+        change = jax.tree.map(lambda e, x: e - x, edits.lowrank(delta, fraction=0.5, exclude=None), delta)
+        assert np.asarray(change["bias"]).tolist() == [0.0] * 6 and float(np.abs(change["embed_tokens"]).max()) > 0
+        assert wide[0] == pytest.approx(
+            riemann.estimate(loss, post, change, batches, method="measured").value, rel=1e-8
+        )
+        energies = [0.5, 0.9, 0.99]
+        values, _ = cf.lowrank_curve(sc, delta, energies=energies)
+        for e, v in zip(energies, values):
+            change = jax.tree.map(lambda a, x: a - x, edits.lowrank(delta, energy=e), delta)
+            assert v == pytest.approx(_direct(c, d, post, change)[0], rel=1e-8), e
+        with pytest.raises(ValueError, match="exactly one"):
+            cf.lowrank_curve(sc, delta, ranks=[1], fractions=[0.5])
+        with pytest.raises(ValueError, match="outside"):
+            cf.lowrank_curve(sc, delta, fractions=[1.5])
+
+
+@pytest.mark.parametrize(
+    ("blocks", "scope", "bits"),
+    [("count", "matrix", (0, 1, 3, 6)), ("width", "matrix", (2,)), ("count", "global", (2,))],
+)
+def test_bitdelta_bits_curve_equals_applying_the_edit_and_the_exact_quadratic(blocks, scope, bits):
+    with jax.enable_x64(True):
+        loss, post, delta, batches, c, d = _diagonal_problem()
+        sc = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+        values, first = cf.bitdelta_bits_curve(sc, delta, bits, blocks=blocks, scope=scope)
+        for b, v, f1 in zip(bits, values, first):
+            edited = edits.bitdelta(delta, magnitude_bits=b, blocks=blocks, scope=scope)
+            change = jax.tree.map(lambda e, x: e - x, edited, delta)
+            assert float(np.abs(change["bias"]).max()) == 0.0 == float(np.abs(change["embed_tokens"]).max())
+            if b == bits[0]:  # the quadratic is the loss itself
+                assert v == pytest.approx(
+                    riemann.estimate(loss, post, change, batches, method="measured").value, rel=1e-9
+                )
+            assert (v, f1) == pytest.approx(
+                _direct(c, d, post, {n: np.asarray(change[n]) for n in ("a", "b")}), rel=1e-9
+            )
+        if 6 in bits:
+            assert values[-1] == 0.0  # 2⁶ ≥ 36 entries: one entry per block, no change
+
+
+def test_lowrank_and_bits_curves_on_bfloat16_weights_accumulate_in_float32():
+    loss, post, delta, batches, c, d = _diagonal_problem(jnp.bfloat16, jnp.float32)
+    sc = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+    values, first = cf.lowrank_curve(sc, delta, ranks=[0, 2, 4])
+    assert values.dtype == np.float64 and np.all(np.isfinite(values))
+    change = jax.tree.map(lambda e, x: e.astype(jnp.float32) - x.astype(jnp.float32), edits.lowrank(delta, 2), delta)
+    assert values[1] == pytest.approx(sc.estimate(change).value, rel=2e-2)  # the edit rounds its output to bfloat16
+    bits, _ = cf.bitdelta_bits_curve(sc, delta, [0, 2])
+    assert np.all(np.isfinite(bits))

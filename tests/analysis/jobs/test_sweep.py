@@ -32,6 +32,15 @@ def test_sweep_writes_its_record_report_and_figure(swept):
     md = (swept / "sweep.md").read_text()
     assert "## mlp-teacher" in md and "`dare:p=0.99,k=-1`" in md and "points predicted" in md
     assert r["within_2se"]["of"] == len(sweep.MEASURED_DARE) + len(sweep.MEASURED_DROP) + len(sweep.MEASURED_DELLA)
+    # The deterministic curves: every grid point predicted, a few measured once each, in the report too.
+    assert len(r["predicted"]["lowrank"]["mean"]) == len(sweep.LOWRANK_FRACTION)
+    assert len(r["predicted"]["bitdelta_bits"]["mean"]) == len(sweep.BITDELTA_BITS) == 9
+    lowrank = [pt for pt in r["points"] if pt["family"] == "lowrank"]
+    bits = [pt for pt in r["points"] if pt["family"] == "bitdelta_bits"]
+    assert [pt["fraction"] for pt in lowrank] == list(sweep.MEASURED_LOWRANK)
+    assert [pt["bits"] for pt in bits] == list(sweep.MEASURED_BITS)
+    assert all(len(pt["measured_seeds"]) == 1 and pt["within_2se"] is None for pt in lowrank + bits)
+    assert "`lowrank:fraction=0.25`" in md and "`bitdelta:magnitude_bits=4`" in md and "- Low rank:" in md
 
 
 def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
@@ -43,6 +52,9 @@ def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
             assert pt["predicted"] == pytest.approx(float(mean), rel=1e-12)
             assert pt["predicted_sd"] == pytest.approx(float(sd), rel=1e-12)
         se = pt["measured_se"]
+        if pt["family"] in ("lowrank", "bitdelta_bits"):  # deterministic: one measurement, no standard error
+            assert se is None and pt["within_2se"] is None
+            continue
         assert pt["within_2se"] == (abs(pt["predicted"] - pt["measured"]) <= 2 * se)
         assert se == pytest.approx(np.std(pt["measured_seeds"], ddof=1) / np.sqrt(3), rel=1e-9)
     alphas = np.asarray(r["expo"]["alpha"])
@@ -51,6 +63,17 @@ def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
     m = np.asarray(r["bitdelta"]["multiple"])
     np.testing.assert_allclose(r["predicted"]["bitdelta"]["mean"], c0 + c1 * m + c2 * m**2, rtol=1e-12)
     assert r["bitdelta"]["measured_best_multiple"] == m[int(np.argmin(r["bitdelta"]["measured"]))]
+    # Low rank and bits: each measured point sits on its curve; low rank's ends where every factor is kept.
+    for family, x, grid in (("lowrank", "fraction", "fraction"), ("bitdelta_bits", "bits", "bits")):
+        curve = r["predicted"][family]
+        for pt in (pt for pt in r["points"] if pt["family"] == family):
+            assert pt["predicted"] == curve["mean"][curve[grid].index(pt[x])]
+            assert pt["ratio"] == pytest.approx(pt["predicted"] / pt["measured"], rel=1e-12)
+    lr = r["predicted"]["lowrank"]
+    assert lr["mean"][-1] == lr["first"][-1] == 0.0
+    # BitDelta's bits curve at B = 0 is BitDelta itself: the measurement equals the multiple's at m = 1.
+    at_zero = next(pt["measured"] for pt in r["points"] if pt["family"] == "bitdelta_bits" and pt["bits"] == 0)
+    assert at_zero == pytest.approx(r["bitdelta"]["measured"][r["bitdelta"]["multiple"].index(1.0)], rel=1e-9)
     measured_best = alphas[int(np.argmin(r["expo"]["measured"]))]
     assert r["expo"]["measured_best_alpha"] == (measured_best if min(r["expo"]["measured"]) < 0 else 0.0)
 
