@@ -665,11 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser(
         "sweep",
         parents=[workbench, _options(out="output directory (new or empty; default: runs/<timestamp>)")],
-        help="predict whole DARE, DELLA, EXPO and BitDelta curves from shared passes; check them at measured points",
+        help="predict whole DARE, DELLA, EXPO, BitDelta and low-rank curves from shared passes; check them at "
+        "measured points",
         description="From the gradient, Hutchinson diagonal and one Hessian-vector product along ΔW on the "
-        "calibration batches: DARE's expected ΔL over a 20 × 10 p × k grid, drop-only, DELLA, EXPO's ΔL(α) and "
-        "BitDelta's ΔL(multiple) (three more HVPs), with no pass per point; then a few points of each measured on "
-        "the test batches over --seeds masks. "
+        "calibration batches: DARE's expected ΔL over a 20 × 10 p × k grid, drop-only, DELLA, EXPO's ΔL(α), "
+        "BitDelta's ΔL(multiple) (three more HVPs) and ΔL(magnitude bits), and low rank's ΔL(fraction of the rank "
+        "kept), with no model pass per point; then a few points of each measured on the test batches (random "
+        "edits over --seeds masks). "
         "Writes sweep.json, sweep.md and <pair>-sweep.png.",
     )
     sw.add_argument(
