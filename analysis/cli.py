@@ -40,7 +40,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         pairs: tuple[str, ...] = (f"{Path(args.pre).name}→{Path(args.post).name}",)
     else:
         pairs = registry.check_names(args.pair or run.DEFAULT_PAIRS)
-    names = tuple(estimators.check_names(tuple(args.estimators or estimators.default_names())))
+    names = tuple(estimators.check_names(tuple(args.estimators or estimators.ESTIMATORS)))
     if args.probes < 1:
         raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
     if args.seeds < 1:

@@ -31,7 +31,7 @@ from analysis import files, hosts
 from analysis.pairs import registry, split
 from analysis.pairs.pair import Pair
 from analysis.study import claims, suite
-from analysis.study.estimators import DEFAULT_SEEDS, ESTIMATORS, default_names
+from analysis.study.estimators import DEFAULT_SEEDS, ESTIMATORS
 
 DEFAULT_PAIRS = registry.DEFAULT
 TOLERANCE_RULE = (
@@ -50,7 +50,7 @@ class RunSettings:
     seeds: int = DEFAULT_SEEDS
     calibration: int = split.DEFAULT_CALIBRATION
     probes: int = suite.DEFAULT_PROBES
-    estimators: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(default_names()))
+    estimators: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(ESTIMATORS))
     size: str = "full"
     checkpoints: dict[str, Any] | None = (
         None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}

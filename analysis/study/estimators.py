@@ -36,10 +36,6 @@ class Shared:
     pair: Pair
     gradient: riemann.SharedCurvature
     curvature: riemann.SharedCurvature | None = None
-    # K-FAC / EK-FAC factors of the Linear weights (analysis.study.kfac.Factors), or None with the
-    # reason in kfac_note when the pair's model or loss does not allow them.
-    kfac: Any = None
-    kfac_note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +49,9 @@ class Estimator:
       description: one line for the report.
       cost: the cost model in words, per batch (for the command line and the README).
       marker: the Matplotlib marker of its points.
-      needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal),
-        ``"kfac"`` (K-FAC factors of the Linear weights with the Hessian diagonal for every other
-        leaf) or ``None`` (nothing shared: passes are spent per edit).
+      needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal)
+        or ``None`` (nothing shared: passes are spent per edit).
       score: ``score(shared, change) -> riemann.Estimate``.
-      optional: run only when asked for by name (not among :func:`default_names`).
     """
 
     name: str
@@ -67,7 +61,6 @@ class Estimator:
     marker: str
     needs: str | None
     score: Callable[[Shared, PyTree], riemann.Estimate]
-    optional: bool = False
 
     @property
     def shared(self) -> bool:
@@ -81,21 +74,15 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {}
-NEEDS = (None, "gradient", "curvature", "kfac")
-
-
-def default_names() -> list[str]:
-    """The estimators a study runs when none are named: every registered one but the optional."""
-    return [n for n, e in ESTIMATORS.items() if not e.optional]
 
 
 def register_estimator(estimator: Estimator) -> Estimator:
     """Add ``estimator`` to :data:`ESTIMATORS`; refuses a name already taken or an unknown ``needs``."""
     if estimator.name in ESTIMATORS:
         raise ValueError(f"an estimator named {estimator.name!r} is already registered")
-    if estimator.needs not in NEEDS:
+    if estimator.needs not in (None, "gradient", "curvature"):
         raise ValueError(
-            f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected one of {', '.join(map(repr, NEEDS))}"
+            f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected None, 'gradient' or 'curvature'"
         )
     ESTIMATORS[estimator.name] = estimator
     return estimator
@@ -166,34 +153,6 @@ register_estimator(
         _shared_curvature,
     )
 )
-
-
-def _structured(which: str) -> Callable[[Shared, PyTree], riemann.Estimate]:
-    def score(shared: Shared, change: PyTree) -> riemann.Estimate:
-        from riemann.kfac import StructuredCurvature
-
-        if shared.curvature is None:
-            raise ValueError(f"the {which} estimator needs the Hutchinson diagonal (its fallback); none was computed")
-        f = shared.kfac
-        factors = {} if f is None else (f.kronecker if which == "kfac" else f.eigen)
-        if f is not None and not factors:
-            raise ValueError(f"the {which} estimator needs its factors; the shared K-FAC collection did not make them")
-        settings = {"factored": f is not None, "layers": len(factors), "probes": shared.curvature.probes}
-        if f is None:
-            settings["note"] = shared.kfac_note
-        else:
-            settings |= {k: f.info[k] for k in ("kind", "fisher", "draws")}
-        return StructuredCurvature(
-            grad=shared.gradient.grad,
-            factors=factors,
-            diagonal=shared.curvature.diagonal,
-            name=which,
-            settings=settings,
-        ).estimate(change)
-
-    return score
-
-
 register_estimator(
     per_edit(
         "second-order",
@@ -231,32 +190,5 @@ register_estimator(
         rtol=1e-2,
         max_evaluations=105,
         mode="forward",
-    )
-)
-# Optional (run when named): the Gauss–Newton quadratic with Kronecker-factored blocks for every Linear
-# weight, the Hutchinson diagonal elsewhere (analysis.study.kfac; riemann.kfac).
-register_estimator(
-    Estimator(
-        "kfac",
-        {"method": "kfac"},
-        "first order + ½⟨ΔW~, GΔW~⟩ with G ≈ A ⊗ S (K-FAC, sampled Fisher) per Linear weight, diag(H) elsewhere",
-        "1 gradient per batch (sampled labels) + the diagonal's probes, once per pair",
-        "<",
-        "kfac",
-        _structured("kfac"),
-        optional=True,
-    )
-)
-register_estimator(
-    Estimator(
-        "ekfac",
-        {"method": "ekfac"},
-        "first order + ½ Σ λ·(Q_Sᵀ ΔW~ Q_A)² (EK-FAC: K-FAC's eigenbasis, diagonal re-fitted per example) per "
-        "Linear weight, diag(H) elsewhere",
-        "2 gradients per batch (sampled labels) + the diagonal's probes, once per pair",
-        ">",
-        "kfac",
-        _structured("ekfac"),
-        optional=True,
     )
 )

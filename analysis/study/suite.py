@@ -28,15 +28,13 @@ from analysis.study import artefact as artefacts
 from analysis.study import stats, tolerance
 from analysis.study.artefact import delta_of
 from analysis.study.checks import pair_checks
-from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names, default_names
+from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names
 from riemann import edits
 from riemann.tree_utils import move_along, tree_vdot, widen
 
 PyTree = Any
 # The Hutchinson probes' key is folded from the seed with this constant, apart from every edit key.
 _PROBE_SALT = 0x48757463
-# The K-FAC collection's sampled labels are keyed by the seed with this constant.
-_KFAC_SALT = 0x4B464143
 
 
 def default_suite() -> list[str]:
@@ -154,9 +152,8 @@ class Scorer:
         calibration: int = split.DEFAULT_CALIBRATION,
         progress: bool = False,
     ) -> None:
-        names = check_names(default_names() if estimators is None else list(estimators))
-        needs_kfac = any(ESTIMATORS[n].needs == "kfac" for n in names)
-        needs_curvature = needs_kfac or any(ESTIMATORS[n].needs == "curvature" for n in names)
+        names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
+        needs_curvature = any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
             raise ValueError(f"probes={probes}; the shared-curvature estimator needs at least 1 probe per batch")
         if seeds < 1:
@@ -179,22 +176,7 @@ class Scorer:
                     pair.loss_fn, pair.post, cal, probes=probes, key=key, progress=progress
                 )
             )
-        kfac_factors, kfac_note, self.kfac_seconds = None, None, {}
-        if needs_kfac:
-            from analysis.study import kfac
-
-            kind, kfac_note = kfac.output_kind(pair)
-            if kind is not None:
-                kfac_factors = kfac.collect(
-                    pair.template,
-                    pair.post,
-                    cal,
-                    kind,
-                    key=jax.random.fold_in(jax.random.key(seed), _KFAC_SALT),
-                    ekfac=any(ESTIMATORS[n].needs == "kfac" and n != "kfac" for n in names),
-                )
-                self.kfac_seconds = kfac_factors.info["seconds"]
-        self.shared = Shared(pair, gradient, curvature, kfac_factors, kfac_note)
+        self.shared = Shared(pair, gradient, curvature)
         n_test = len(pair.batches)
         ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
@@ -224,16 +206,7 @@ class Scorer:
         spent = {"gradient": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
         if c is not None:
             spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
-        if c is not None and self.shared.kfac is not None:  # the diagonal (the fallback) plus the collection
-            for n, passes in (("kfac", 1), ("ekfac", 2)):
-                secs = sum(v for k, v in self.kfac_seconds.items() if passes == 2 or k == "kfac")
-                spent[n] = {
-                    "passes_per_batch": {**c.cost, "gradient": c.cost.get("gradient", 0) + passes},
-                    "seconds": self.curvature_seconds + secs,
-                }
-        elif c is not None:
-            spent["kfac"] = spent["curvature"]
-        rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
+        rec = {n: spent[e.needs] for n, e in ESTIMATORS.items() if e.needs in spent}
         return {
             "probes": self.probes if c is not None else 0,
             "data": "calibration",
