@@ -21,19 +21,11 @@ from analysis.cli import main
 from analysis.hf import adapters, checkpoints
 from analysis.hf.safetensors_file import write_file
 from tests.analysis.helpers import results
+from tests.analysis.hf.parity import IDS, TINY_DECODER, randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
-DECODER = dict(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
-IDS = np.random.default_rng(0).integers(0, DECODER["vocab_size"], size=(2, 12)).astype(np.int32)
+DECODER = TINY_DECODER
 RTOL, ATOL = 1e-6, 1e-7
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CASES = {
@@ -166,24 +158,17 @@ def _hf_decoder(kind, **overrides):
     return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**{**DECODER, **overrides}))
 
 
-def _perturb_(params, seed, scale):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in params:
-            p.add_(scale * torch.randn(p.shape, generator=g))
-
-
 def _peft_case(case, tmp_path):
     """A saved base, a saved PEFT adapter on it (trained = randomised), and PEFT's model of both."""
     kind, overrides, lora, extra = CASES[case]
     hf = _hf_decoder(kind, **overrides)
-    _perturb_(hf.parameters(), 1, 0.05)  # fresh models have zero biases and unit norms
+    randomize_(hf.parameters(), 1, 0.05)  # fresh models have zero biases and unit norms
     hf.eval()
     hf.save_pretrained(tmp_path / "base")
     model = get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", modules_to_save=extra.get("modules_to_save"), **lora))
     # lora_B starts at zero: "train" every adapter tensor, saved whole copies and biases included.
     trained = [p for n, p in model.named_parameters() if p.requires_grad]
-    _perturb_(trained, 2, 0.1)
+    randomize_(trained, 2, 0.1)
     model.save_pretrained(tmp_path / "adapter")
     if extra.get("fan"):
         cfg = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())

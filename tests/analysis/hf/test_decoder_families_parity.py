@@ -15,18 +15,11 @@ from analysis.hf import checkpoints
 from analysis.hf.models import _common
 from analysis.hf.models._common import ConfigError
 from analysis.pairs.data import causal_lm_loss
+from tests.analysis.hf.parity import IDS, TINY_DECODER, assert_lm_loss_and_gradients_match, randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
-TINY = dict(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+TINY = TINY_DECODER
 LLAMA3_ROPE = {  # Llama-3.2's scaling, with an original context short enough to matter at 12 tokens
     "rope_type": "llama3",
     "factor": 32.0,
@@ -66,7 +59,6 @@ HF = {
     # pad_token_id: Phi3Config's default 32000 lies outside a tiny vocabulary
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
 }
-IDS = np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(2, 12)).astype(np.int32)
 MASK = np.concatenate([np.zeros((2, 4), np.float32), np.ones((2, 8), np.float32)], axis=1)
 
 
@@ -75,11 +67,7 @@ def _hf(kind, overrides):
     extra = {"pad_token_id": None} if kind == "phi3" else {}
     torch.manual_seed(0)
     model = model_cls(cfg_cls(**{**TINY, **extra, **overrides})).eval()
-    # Fresh HF models have zero biases and unit norms; perturb every tensor so parity covers them.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    randomize_(model.parameters())
     return model
 
 
@@ -129,20 +117,7 @@ def test_logits_and_loss_gradients_match_transformers(case, tmp_path, monkeypatc
         assert ("stablehlo.while" in lowered.as_text()) == REMAT_SCANNED[case]
         assert "optimization_barrier" in lowered.as_text()
     loss, grads = lowered.compile()(ck.params, batch)
-    ids = torch.tensor(IDS, dtype=torch.long)
-    logits = hf(ids).logits[:, :-1]
-    tm = torch.tensor(MASK)[:, 1:].reshape(-1)
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-    )
-    ref_loss = (nll * tm).sum() / tm.sum()
-    ref_loss.backward()
-    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
-    named = dict(hf.named_parameters())
-    flat = dict(zip(ck.names, jax.tree.leaves(grads)))
-    assert set(flat) == set(named)
-    for name, g in flat.items():
-        np.testing.assert_allclose(np.asarray(g), named[name].grad.numpy(), atol=2e-5, rtol=1e-4, err_msg=name)
+    assert_lm_loss_and_gradients_match(hf, ck.names, loss, grads, IDS, MASK)
 
 
 def test_fused_and_normed_tensors_keep_their_hf_names():

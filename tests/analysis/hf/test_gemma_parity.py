@@ -12,6 +12,7 @@ import transformers
 from analysis.hf import checkpoints
 from analysis.hf.models._common import ConfigError
 from analysis.pairs.data import causal_lm_loss
+from tests.analysis.hf.parity import assert_lm_loss_and_gradients_match, randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
@@ -60,14 +61,6 @@ def _hf(kind, **overrides):
     return model_cls(cfg_cls(**{**TINY, **overrides})).eval()
 
 
-def _randomize_(model):
-    # Fresh Gemma models have zero norm weights (scale 1 + 0); perturb every tensor.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-
-
 def _logits(model):
     with torch.no_grad():
         return model(torch.tensor(IDS, dtype=torch.long)).logits.numpy()
@@ -85,7 +78,7 @@ def _variant(hf, kind, **changes):
 def case(request, tmp_path_factory):
     kind, overrides = CASES[request.param]
     hf = _hf(kind, **overrides)
-    _randomize_(hf)
+    randomize_(hf.parameters())
     path = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(path)
     return request.param, kind, overrides, hf, checkpoints.load(path)
@@ -118,21 +111,7 @@ def test_lm_loss_gradients_match_torch_autograd(case):
     mask[:, :4] = 0
     batch = {"input_ids": jnp.asarray(IDS), "loss_mask": jnp.asarray(mask)}
     loss, grads = jax.jit(jax.value_and_grad(causal_lm_loss(ck.forward)))(ck.params, batch)
-    hf.zero_grad()
-    ids = torch.tensor(IDS, dtype=torch.long)
-    logits = hf(ids).logits[:, :-1]
-    tm = torch.tensor(mask)[:, 1:].reshape(-1)
-    nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-    )
-    ref_loss = (nll * tm).sum() / tm.sum()
-    ref_loss.backward()
-    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
-    named = dict(hf.named_parameters())
-    flat = dict(zip(ck.names, jax.tree.leaves(grads)))
-    assert set(flat) == set(named)
-    for n, g in flat.items():  # every tensor, norms and q/k norms included
-        np.testing.assert_allclose(np.asarray(g), named[n].grad.numpy(), atol=2e-5, rtol=1e-4, err_msg=n)
+    assert_lm_loss_and_gradients_match(hf, ck.names, loss, grads, IDS, mask)  # every tensor, q/k norms included
 
 
 def test_save_round_trip_reloads_in_transformers(case, tmp_path):

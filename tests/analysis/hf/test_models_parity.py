@@ -14,18 +14,11 @@ import transformers
 
 from analysis.hf import checkpoints
 from analysis.pairs.data import causal_lm_loss
+from tests.analysis.hf.parity import IDS, TINY_DECODER, randomize_
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
 
-DECODER = dict(
-    vocab_size=96,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
+DECODER = TINY_DECODER
 
 
 def _save(model, path, **kw):
@@ -46,17 +39,6 @@ def _hf_decoder(kind, **overrides):
     cfg = transformers.Qwen2Config(**{**DECODER, **overrides})
     return transformers.Qwen2ForCausalLM(cfg)
 
-
-def _randomize_(model):
-    # Fresh HF models have zero biases and unit norms; perturb every tensor so parity is tested
-    # on all of them.
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-
-
-IDS = np.random.default_rng(0).integers(0, DECODER["vocab_size"], size=(2, 12)).astype(np.int32)
 
 CASES = {
     "llama": ("llama", {}),
@@ -83,7 +65,7 @@ CASES = {
 def test_decoder_logits_match_transformers(case, tmp_path):
     kind, overrides = CASES[case]
     hf = _hf_decoder(kind, **overrides)
-    _randomize_(hf)
+    randomize_(hf.parameters())
     _save(hf, tmp_path)
     ck = checkpoints.load(tmp_path)
     assert ck.family == kind
@@ -105,7 +87,7 @@ def test_decoder_logits_match_transformers(case, tmp_path):
 
 def test_lm_loss_gradients_match_torch_autograd(tmp_path):
     hf = _hf_decoder("qwen2", tie_word_embeddings=False)
-    _randomize_(hf)
+    randomize_(hf.parameters())
     _save(hf, tmp_path)
     ck = checkpoints.load(tmp_path)
     mask = np.ones_like(IDS, np.float32)
@@ -151,7 +133,7 @@ def _hf_clip():
 
 def test_clip_vision_embeddings_match_transformers(tmp_path):
     hf = _hf_clip()
-    _randomize_(hf)
+    randomize_(hf.parameters())
     _save(hf, tmp_path)
     ck = checkpoints.load(tmp_path)
     assert ck.family == "clip"
@@ -165,7 +147,7 @@ def test_clip_vision_embeddings_match_transformers(tmp_path):
 
 def test_load_save_reload_in_transformers_gives_identical_logits(tmp_path):
     hf = _hf_decoder("llama")
-    _randomize_(hf)
+    randomize_(hf.parameters())
     _save(hf, tmp_path / "src")
     (tmp_path / "src" / "tokenizer.json").write_text("{}")
     ck = checkpoints.load(tmp_path / "src")
@@ -183,7 +165,7 @@ def test_load_save_reload_in_transformers_gives_identical_logits(tmp_path):
 
 def test_sharded_checkpoint_and_bfloat16(tmp_path):
     hf = _hf_decoder("mistral")
-    _randomize_(hf)
+    randomize_(hf.parameters())
     _save(hf, tmp_path / "f32", max_shard_size="20KB")
     assert (tmp_path / "f32" / "model.safetensors.index.json").is_file()
     ck = checkpoints.load(tmp_path / "f32")
