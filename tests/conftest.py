@@ -2,6 +2,8 @@
 promotion are errors, and 8 CPU devices are simulated for sharding tests."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -25,3 +27,47 @@ def mini_cache(tmp_path_factory):
     built = workbench.build("mini", progress=False, log=lambda s: None)
     yield built
     mp.undo()
+
+
+# Tests marked ``isolated`` run in a child pytest process, one per module: mergekit (which loads
+# sentencepiece, accelerate and PEFT) run in the suite's own process was followed, several hundred
+# tests later, by XLA crashing while compiling (SIGABRT, then SIGSEGV on a rerun), while every file
+# passes alone. In a child process the reference libraries cannot touch the process the rest runs in.
+ISOLATED_CHILD = "RIEMANN_TEST_ISOLATED_CHILD"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "isolated: run in a child pytest process (third-party reference libraries)")
+
+
+class _Isolated(pytest.Item):
+    """One module's ``isolated`` tests, run together in a child ``python -m pytest``."""
+
+    def __init__(self, *, nodeids, **kwargs):
+        super().__init__(**kwargs)
+        self.nodeids = nodeids
+
+    def runtest(self):
+        env = {**os.environ, ISOLATED_CHILD: "1"}
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *self.nodeids]
+        r = subprocess.run(cmd, cwd=self.config.rootpath, env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise AssertionError(f"child pytest exited with {r.returncode}:\n{r.stdout[-12000:]}\n{r.stderr[-4000:]}")
+
+    def reportinfo(self):
+        return self.path, None, f"{len(self.nodeids)} isolated tests of {self.path.name}"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if os.environ.get(ISOLATED_CHILD):
+        return
+    groups: dict = {}
+    keep = []
+    for item in items:
+        if item.get_closest_marker("isolated") is not None:
+            groups.setdefault(item.parent, []).append(item)
+        else:
+            keep.append(item)
+    for parent, group in groups.items():
+        keep.append(_Isolated.from_parent(parent, name="isolated", nodeids=[i.nodeid for i in group]))
+    items[:] = keep

@@ -20,10 +20,20 @@ import yaml
 from analysis.hf import safetensors_file
 from riemann.edits import merge as M
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
-mergekit_merge = pytest.importorskip("mergekit.merge")
-mergekit_config = pytest.importorskip("mergekit.config")
-mergekit_options = pytest.importorskip("mergekit.options")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
+    pytest.mark.isolated,  # mergekit runs in a child process (tests/conftest.py)
+]
+
+
+def _mergekit():
+    """mergekit's merge, config and options modules, imported only where the tests run (the child)."""
+    import mergekit.config
+    import mergekit.merge
+    import mergekit.options
+
+    return mergekit.merge, mergekit.config, mergekit.options
+
 
 LAYERS = 2
 CONFIG = dict(
@@ -99,6 +109,7 @@ def run_mergekit(root, name, method, donors, parameters=None, seed=0, dtype="flo
     if parameters:
         cfg["parameters"] = parameters
     out = root / f"out-{name}"
+    mergekit_merge, mergekit_config, mergekit_options = _mergekit()
     options = mergekit_options.MergeOptions(
         cuda=False, lazy_unpickle=False, copy_tokenizer=False, quiet=True, write_model_card=False, random_seed=seed
     )

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch  # the parity reference: the test extra installs torch (CPU), transformers and peft
 import transformers
-from peft import LoraConfig, PeftModel, get_peft_model
 
 from analysis.cli import main
 from analysis.hf import adapters, checkpoints
@@ -23,7 +22,10 @@ from analysis.hf.safetensors_file import write_file
 from tests.analysis.helpers import results
 from tests.analysis.hf.parity import IDS, TINY_DECODER, randomize_
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
+    pytest.mark.isolated,  # PEFT (and accelerate) run in a child process (tests/conftest.py)
+]
 
 DECODER = TINY_DECODER
 RTOL, ATOL = 1e-6, 1e-7
@@ -165,6 +167,8 @@ def _peft_case(case, tmp_path):
     randomize_(hf.parameters(), 1, 0.05)  # fresh models have zero biases and unit norms
     hf.eval()
     hf.save_pretrained(tmp_path / "base")
+    from peft import LoraConfig, PeftModel, get_peft_model  # imported in the child process only
+
     model = get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", modules_to_save=extra.get("modules_to_save"), **lora))
     # lora_B starts at zero: "train" every adapter tensor, saved whole copies and biases included.
     trained = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -423,6 +427,8 @@ def test_merge_is_float32_rounded_once_to_the_parameter_dtype(base_dir, tmp_path
 def test_tied_embeddings_that_peft_unties_or_merges_twice_are_refused(tmp_path, lora, message):
     hf = _hf_decoder("qwen2", tie_word_embeddings=True)
     hf.save_pretrained(tmp_path / "base")
+    from peft import LoraConfig, get_peft_model
+
     get_peft_model(hf, LoraConfig(task_type="CAUSAL_LM", r=2, **lora)).save_pretrained(tmp_path / "adapter")
     with pytest.raises(adapters.AdapterError, match=re.escape(message)) as e:
         checkpoints.check_pair(tmp_path / "base", tmp_path / "adapter")

@@ -147,6 +147,7 @@ def test_export_writes_the_model_riemann_merge_scores(models, tmp_path):
     assert main(["export", "--merge", str(cfg), "--out", str(tmp_path / "x"), "--quiet"]) == 2  # never overwritten
 
 
+@pytest.mark.isolated  # runs mergekit: a child process (tests/conftest.py)
 @pytest.mark.parametrize("method,dtype", [("ties", "float32"), ("task_arithmetic", "bfloat16")])
 def test_export_is_mergekits_merge(models, tmp_path, method, dtype):
     """``ties`` on float32 checkpoints and ``task_arithmetic`` loaded in bfloat16, against mergekit

@@ -69,6 +69,7 @@ parameters:
 """
 
 
+@pytest.mark.isolated  # imports mergekit: a child process (tests/conftest.py)
 def test_parameters_resolve_as_mergekit_resolves_them(models):
     """Gradients over layers, filters by substring and the fallback to the top-level parameters, on
     every tensor of the checkpoint, against mergekit 0.1.5's own ``resolve_parameter``."""
@@ -104,6 +105,7 @@ def test_parameters_resolve_as_mergekit_resolves_them(models):
     assert kw["weight"][0]("model.layers.1.mlp.up_proj.weight") == 1
 
 
+@pytest.mark.isolated  # imports mergekit: a child process (tests/conftest.py)
 def test_method_table_is_mergekits():
     _, registry, _ = _mergekit()
 
@@ -175,13 +177,14 @@ def test_model_level_refusals(models):
     cfg["models"][1]["parameters"] = {"weight": 1, "density": [{"filter": "mlp", "value": 0.1}, {"value": 0.5}]}
     with pytest.raises(
         merges.ConfigError,
-        match=r"models\[1\]\.parameters\.density of models\[1\] .*tensor model\.layers\.0\.mlp\..*: epsilon 0\.15 "
-        r"with density 0\.1: mergekit requires density ± epsilon inside \(0, 1\)",
+        match=r"models\[1\]\.parameters\.density of models\[1\] .*tensor model\.layers\.0\.mlp\..*: .*epsilon=0\.15 "
+        r"with density=0\.1 for 'della': density ± epsilon must lie in \(0, 1\)",
     ):
         merges.check(merges.read(cfg))
     cfg = _config(models, "dare_ties")
     cfg["models"][0]["parameters"]["density"] = -0.1
-    with pytest.raises(merges.ConfigError, match=r"models\[0\].parameters.density .* density -0.1: .*Bernoulli"):
+    refused = r"models\[0\]\.parameters\.density .*density=-0\.1 for 'dare_ties': DARE keeps each entry"
+    with pytest.raises(merges.ConfigError, match=refused):
         merges.check(merges.read(cfg))
 
 
@@ -205,6 +208,7 @@ parameters:
 """
 
 
+@pytest.mark.isolated  # imports mergekit: a child process (tests/conftest.py)
 def test_shared_parameters_per_tensor_resolve_as_mergekit_resolves_them(models):
     """``lambda`` and ``normalize`` varying by filter and layer: mergekit accepts them; the plan
     passes one callable of the leaf name to the engine, equal to mergekit's resolution per tensor."""
@@ -240,7 +244,7 @@ def test_hub_models_are_located_config_only_before_any_weights(models, monkeypat
     monkeypatch.setattr(hub, "resolve", spy)
     cfg = _config(models, "della")
     cfg["models"][1]["parameters"] = {"weight": 1, "density": 0.9, "epsilon": 0.2}
-    with pytest.raises(merges.ConfigError, match="epsilon 0.2 with density 0.9"):
+    with pytest.raises(merges.ConfigError, match="epsilon=0.2 with density=0.9"):
         merges.check(merges.read(cfg))
     assert calls and not any(w for _, w in calls)
     assert {r for r, _ in calls} >= {str(models / "base"), str(models / "ft0"), str(models / "ft1")}
