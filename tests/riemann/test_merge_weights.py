@@ -11,6 +11,8 @@ from jax.flatten_util import ravel_pytree
 
 from riemann import merge_weights as mw
 
+pytestmark = pytest.mark.isolated  # a child pytest process (tests/conftest.py)
+
 
 def _quadratic_tasks(n: int = 3, dim: int = 12, seed: int = 0):
     """Task i's loss ½ wᵀA_i w + c_iᵀw (scaled per batch), fine-tunes base + τ_i; float64."""

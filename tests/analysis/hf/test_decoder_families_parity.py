@@ -17,7 +17,10 @@ from analysis.hf.models._common import ConfigError
 from analysis.pairs.data import causal_lm_loss
 from tests.analysis.hf.parity import IDS, TINY_DECODER, assert_lm_loss_and_gradients_match, randomize_
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
+    pytest.mark.isolated,  # a child pytest process (tests/conftest.py)
+]
 
 TINY = TINY_DECODER
 LLAMA3_ROPE = {  # Llama-3.2's scaling, with an original context short enough to matter at 12 tokens

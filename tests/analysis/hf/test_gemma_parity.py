@@ -14,7 +14,10 @@ from analysis.hf.models._common import ConfigError
 from analysis.pairs.data import causal_lm_loss
 from tests.analysis.hf.parity import assert_lm_loss_and_gradients_match, randomize_
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning"),
+    pytest.mark.isolated,  # a child pytest process (tests/conftest.py)
+]
 
 TINY = dict(
     vocab_size=96,

@@ -21,6 +21,8 @@ from analysis.pairs.user import from_checkpoints
 from tests.analysis.helpers import finish_processes, free_port, hosts_env, results, start_process
 from tests.analysis.hf.fake_hub import FakeHub
 
+pytestmark = pytest.mark.isolated  # a child pytest process (tests/conftest.py)
+
 BASE = "a" * 40
 INSTRUCT = "b" * 40
 OLDER = "c" * 40

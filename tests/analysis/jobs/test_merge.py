@@ -19,6 +19,8 @@ from analysis.jobs import merge
 from analysis.study import artefact, merges
 from tests.analysis.merge_helpers import garble, make_models
 
+pytestmark = pytest.mark.isolated  # a child pytest process (tests/conftest.py)
+
 FAST = ["--batch-size", "2", "--calibration-batches", "2", "--quiet"]
 
 

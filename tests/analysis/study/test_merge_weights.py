@@ -11,6 +11,8 @@ import pytest
 from analysis.pairs.pair import Pair
 from analysis.study.merge_weights import choose_weights
 
+pytestmark = pytest.mark.isolated  # a child pytest process (tests/conftest.py)
+
 
 def _loss(params, batch):
     x, y = batch

@@ -10,6 +10,8 @@ import yaml
 from analysis.study import merges
 from tests.analysis.merge_helpers import garble, make_models
 
+pytestmark = pytest.mark.isolated  # a child pytest process (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):

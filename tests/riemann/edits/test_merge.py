@@ -8,6 +8,8 @@ import pytest
 from riemann import edits
 from riemann.edits import merge as M
 
+pytestmark = pytest.mark.isolated  # a child pytest process (tests/conftest.py)
+
 RANDOM = ("dare_ties", "dare_linear", "della", "della_linear")
 DETERMINISTIC = tuple(m for m in M.METHODS if m not in RANDOM)
 
