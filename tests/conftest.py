@@ -29,6 +29,16 @@ def mini_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop JAX's compiled-program caches after each test module. Clean-clone runs of the whole
+    suite in one process crashed XLA (SIGABRT / SIGSEGV while compiling) after several hundred
+    modules' worth of programs, at points that moved from run to run, while every file passes alone;
+    a module's programs are not reused by the next one, so keeping them only grows the process."""
+    yield
+    jax.clear_caches()
+
+
 # Tests marked ``isolated`` run in a child pytest process, one per module: mergekit (which loads
 # sentencepiece, accelerate and PEFT) run in the suite's own process was followed, several hundred
 # tests later, by XLA crashing while compiling (SIGABRT, then SIGSEGV on a rerun), while every file
