@@ -503,7 +503,7 @@ def check_ranges(method: str, values: Mapping[str, float], fail: Callable[[str],
       >>> check_ranges("della", {"weight": 1.0, "density": 0.5, "epsilon": 0.6}, ValueError)
       Traceback (most recent call last):
       ...
-      ValueError: epsilon 0.6 with density 0.5: mergekit requires density ± epsilon inside (0, 1)
+      ValueError: merge: epsilon=0.6 with density=0.5 for 'della': density ± epsilon must lie in (0, 1)
     """
     from riemann.edits import merge as engine
 
