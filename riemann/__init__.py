@@ -3,6 +3,7 @@
 Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path integrals of the
 gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
+the shared surrogate's trust region and the ``auto`` estimate that measures where it does not hold,
 and the competitive / decreased / improved classification.
 Edit operators live in :mod:`riemann.edits`; closed forms of whole edit families (DARE over ``p × k``,
 DELLA, EXPO over ``α``) in :mod:`riemann.closed_form`; task-arithmetic weights chosen from one
@@ -45,5 +46,8 @@ from riemann._src.stepwise import advance_path as advance_path
 from riemann._src.stepwise import path_result as path_result
 from riemann._src.stepwise import path_state as path_state
 from riemann._src.trees import leaf_names as leaf_names
+from riemann._src.trust import TrustRegion as TrustRegion
+from riemann._src.trust import auto_estimate as auto_estimate
+from riemann._src.trust import trust_region as trust_region
 
 __version__ = "0.1.0"

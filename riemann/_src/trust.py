@@ -1,0 +1,225 @@
+"""How far the shared quadratic can be trusted, and the ``auto`` estimate that measures where it
+cannot.
+
+The shared-curvature surrogate ``q(x) = ⟨g, x⟩ + ½ Σ diag(H)·x²`` (:mod:`riemann._src.curvature`)
+is a local model: its error grows with the step. Trust-region methods judge a local model the
+same way (Nocedal & Wright, *Numerical Optimization*, 2nd ed., §4.1): compare the actual change
+with the model's along steps of growing length. Here the steps are ``±s·ΔW`` from ``W_post`` for a
+few relative lengths ``s`` (``s = 1`` backwards is ``W_pre``), on the data the curvature was
+computed from, and the model's error at relative length ``s`` is
+
+    e(s) = max over ± of | L(W_post ± s·ΔW) − L(W_post) − q(±s·ΔW) |,
+
+made non-decreasing in ``s`` (a running maximum). An edit whose change has relative length
+``ρ = ‖ΔW~‖ / ‖ΔW‖`` is given the error ``ê(ρ)``: the envelope at the first grid length ``≥ ρ``, and
+beyond the last grid length or below the first, that value scaled by ``(ρ/s)³`` (the remainder of
+a quadratic model is third order in the step).
+
+An edit's **validity score** is ``v = ê(ρ) / margin``, where ``margin`` is the distance from the
+shared prediction to the nearest class boundary ``±tolerance``: ``v < 1`` means the prediction's
+class survives an error of the size the model makes at that step length. :func:`auto_estimate`
+returns the shared prediction when ``v < 1`` and measures the edit otherwise.
+
+The assumption, stated rather than guaranteed: in the edit's own direction the model errs no more
+than along ``±ΔW`` at the same relative length. A direction of high curvature that ``ΔW`` does not
+visit (a scale that moves a sensitive matrix, say) can break it; the measured fraction and the
+class agreement ``auto`` reaches say how often it held (``docs/theory.md``, §5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from riemann._src import trees
+from riemann._src.curvature import SharedCurvature
+from riemann._src.estimate import Estimate, estimate
+from riemann._src.pacing import pace
+
+PyTree = Any
+DEFAULT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrustRegion:
+    """The shared quadratic's error along ``±s·ΔW``, as a function of the relative step length.
+
+    Attributes:
+      steps: the relative lengths ``s`` (increasing).
+      errors: the envelope ``e(s)`` (non-decreasing), one per step.
+      forward, backward: ``L(W_post ± s·ΔW) − L(W_post)`` measured at each step, batch mean.
+      model_forward, model_backward: the quadratic's prediction at the same points.
+      scale: ``‖ΔW‖``, the length a relative step is measured against.
+      cost: passes per batch spent once (``forward``).
+    """
+
+    steps: np.ndarray
+    errors: np.ndarray
+    forward: np.ndarray
+    backward: np.ndarray
+    model_forward: np.ndarray
+    model_backward: np.ndarray
+    scale: float
+    cost: dict[str, int]
+
+    def error(self, relative_step: float) -> float:
+        """``ê(ρ)``: the envelope at the first grid length ``≥ ρ``; outside the grid, the nearest
+        end's value scaled by ``(ρ/s)³``."""
+        rho = float(relative_step)
+        if not np.isfinite(rho) or rho < 0:
+            raise ValueError(f"relative_step={relative_step!r}; expected a finite length ≥ 0")
+        s, e = self.steps, self.errors
+        if rho <= s[0]:
+            return float(e[0] * (rho / s[0]) ** 3)
+        if rho > s[-1]:
+            return float(e[-1] * (rho / s[-1]) ** 3)
+        return float(e[int(np.searchsorted(s, rho))])
+
+    def validity(self, change_norm: float, value: float, tolerance: float) -> float:
+        """``v = ê(‖ΔW~‖/‖ΔW‖) / margin``, ``margin = min(|value − tolerance|, |value + tolerance|)``:
+        below 1 the shared prediction's class survives the model's error at this step (``inf``
+        when the prediction sits on a class boundary)."""
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance={tolerance!r}; expected a number ≥ 0")
+        err = self.error(change_norm / self.scale if self.scale > 0 else np.inf)
+        margin = min(abs(value - tolerance), abs(value + tolerance))
+        return float(err / margin) if margin > 0 else float("inf")
+
+    def record(self) -> dict[str, Any]:
+        """What ``results.json`` keeps of it."""
+        return {
+            "steps": self.steps.tolist(),
+            "errors": self.errors.tolist(),
+            "forward": self.forward.tolist(),
+            "backward": self.backward.tolist(),
+            "model_forward": self.model_forward.tolist(),
+            "model_backward": self.model_backward.tolist(),
+            "scale": self.scale,
+            "cost": dict(self.cost),
+        }
+
+
+def _loss_at_step(loss_fn: Any, params: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> jax.Array:
+    return trees.widen(loss_fn(trees.move_along(params, direction, t), batch))
+
+
+_loss_at_jit = jax.jit(_loss_at_step, static_argnums=0)
+
+
+@jax.jit
+def _norm(tree: PyTree) -> jax.Array:
+    return jnp.sqrt(trees.tree_vdot(tree, tree))
+
+
+def trust_region(
+    loss_fn: Any,
+    params: PyTree,
+    direction: PyTree,
+    batches: Iterable[Any],
+    curvature: SharedCurvature,
+    *,
+    steps: Sequence[float] = DEFAULT_STEPS,
+) -> TrustRegion:
+    """Measure the shared quadratic's error along ``±s·direction`` from ``params``.
+
+    ``curvature`` must have been computed at ``params`` on the same ``batches`` (its per-batch
+    losses are the reference ``L(params)``). Costs ``2·len(steps)`` forward passes per batch, once.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar``.
+      params: the point the curvature was computed at (``W_post``).
+      direction: the step's direction and unit of length (``ΔW``).
+      batches: the curvature's batches (calibration data).
+      curvature: a :class:`riemann.SharedCurvature` with its Hessian diagonal.
+      steps: relative lengths ``s > 0``, increasing.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import riemann
+      >>> loss = lambda p, x: jnp.sum(x * p["w"] ** 4)           # quartic: the quadratic errs
+      >>> w, d, b = {"w": jnp.array([1.0])}, {"w": jnp.array([1.0])}, [jnp.array([1.0])]
+      >>> sc = riemann.shared_curvature(loss, w, b, probes=1, key=jax.random.key(0))
+      >>> tr = trust_region(loss, w, d, b, sc, steps=[0.5, 1.0])
+      >>> [round(float(e), 4) for e in tr.errors]           # |(1±s)⁴ − 1 − (±4s + 6s²)| = 4s³ + s⁴ at worst
+      [0.5625, 5.0]
+    """
+    if curvature.diagonal is None:
+        raise ValueError("trust_region needs the Hessian diagonal: compute shared_curvature with probes >= 1")
+    s = np.asarray(list(steps), np.float64)
+    if s.ndim != 1 or len(s) == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(np.diff(s) <= 0):
+        raise ValueError(f"steps={list(steps)!r}; expected increasing relative lengths > 0")
+    batches = list(batches)
+    if len(batches) != curvature.num_batches:
+        raise ValueError(
+            f"{len(batches)} batches but the curvature was computed on {curvature.num_batches}; "
+            "pass the curvature's own batches"
+        )
+    scale = float(_norm(direction))
+    if not np.isfinite(scale) or scale == 0:
+        raise ValueError(f"direction has norm {scale}; expected a finite, non-zero step (ΔW = W_post − W_pre)")
+    terms = curvature.estimate(direction).terms
+    b, c = terms["first"], terms["curvature"]  # ⟨g, ΔW⟩ and Σ diag(H)·ΔW²
+    losses = {}
+    for sign in (1.0, -1.0):
+        out = [
+            [pace(_loss_at_jit(loss_fn, params, direction, trees.scalar(sign * t), batch)) for batch in batches]
+            for t in s
+        ]
+        got = np.asarray(jax.device_get(out), np.float64)
+        if not np.all(np.isfinite(got)):
+            i = int(np.argwhere(~np.isfinite(got))[0, 0])
+            raise FloatingPointError(f"non-finite loss at W_post {'+' if sign > 0 else '−'} {s[i]:g}·ΔW")
+        losses[sign] = got.mean(axis=1) - curvature.batch_losses.mean()
+    model = {sign: sign * s * b + 0.5 * s**2 * c for sign in (1.0, -1.0)}
+    raw = np.maximum(np.abs(losses[1.0] - model[1.0]), np.abs(losses[-1.0] - model[-1.0]))
+    return TrustRegion(
+        steps=s,
+        errors=np.maximum.accumulate(raw),
+        forward=losses[1.0],
+        backward=losses[-1.0],
+        model_forward=model[1.0],
+        model_backward=model[-1.0],
+        scale=scale,
+        cost={"forward": 2 * len(s)},
+    )
+
+
+def auto_estimate(
+    curvature: SharedCurvature,
+    trust: TrustRegion,
+    loss_fn: Any,
+    post: PyTree,
+    change: PyTree,
+    batches: Iterable[Any],
+    *,
+    tolerance: float,
+    loss_post: Any = None,
+) -> Estimate:
+    """The shared-curvature prediction where its validity score is below 1, else the measurement.
+
+    The returned estimate's ``method`` is ``"auto"``; ``settings["source"]`` says which it is
+    (``"shared"`` or ``"measured"``) and ``terms`` carry ``validity``, ``relative_step`` (``ρ``),
+    ``model_error`` (``ê(ρ)``) and ``shared`` (the shared prediction, whichever was returned).
+    ``loss_post``: the per-batch ``L(post)`` on ``batches`` when known (the measurement then costs
+    one forward per batch).
+    """
+    shared = curvature.estimate(change)
+    norm = float(_norm(change))
+    rho = norm / trust.scale
+    v = trust.validity(norm, shared.value, tolerance)
+    info = {"validity": v, "relative_step": rho, "model_error": trust.error(rho), "shared": shared.value}
+    if v < 1:
+        chosen, source = shared, "shared"
+    else:
+        chosen, source = estimate(loss_fn, post, change, batches, method="measured", loss_post=loss_post), "measured"
+    return dataclasses.replace(
+        chosen,
+        method="auto",
+        terms={**chosen.terms, **info},
+        settings={**chosen.settings, "source": source, "tolerance": float(tolerance)},
+    )
