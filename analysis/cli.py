@@ -40,7 +40,7 @@ def _run_settings(args: argparse.Namespace) -> Any:
         pairs: tuple[str, ...] = (f"{Path(args.pre).name}→{Path(args.post).name}",)
     else:
         pairs = registry.check_names(args.pair or run.DEFAULT_PAIRS)
-    names = tuple(estimators.check_names(tuple(args.estimators or estimators.ESTIMATORS)))
+    names = tuple(estimators.check_names(tuple(args.estimators or estimators.DEFAULT_ESTIMATORS)))
     if args.probes < 1:
         raise ValueError(f"--probes {args.probes}: expected at least 1 Hutchinson probe per batch")
     if args.seeds < 1:
@@ -542,7 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     from analysis.pairs import registry
     from analysis.pairs.split import DEFAULT_CALIBRATION, MIN_TEST
     from analysis.perf.bench import BENCHMARKS
-    from analysis.study.estimators import DEFAULT_PROBES, DEFAULT_SEEDS, DEFAULT_SWEEP_SEEDS, ESTIMATORS
+    from analysis.study.estimators import (
+        DEFAULT_ESTIMATORS,
+        DEFAULT_PROBES,
+        DEFAULT_SEEDS,
+        DEFAULT_SWEEP_SEEDS,
+        ESTIMATORS,
+    )
 
     parser = argparse.ArgumentParser(
         prog="riemann",
@@ -598,7 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimators",
         nargs="+",
         metavar="NAME",
-        help="subset of: " + "; ".join(f"{n} ({e.cost})" for n, e in ESTIMATORS.items()),
+        help=f"default: {' '.join(DEFAULT_ESTIMATORS)}; 'all' for every one of: "
+        + "; ".join(f"{n} ({e.cost})" for n, e in ESTIMATORS.items()),
     )
     run.add_argument(
         "--probes",

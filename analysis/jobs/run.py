@@ -31,7 +31,7 @@ from analysis import files, hosts
 from analysis.pairs import registry, split
 from analysis.pairs.pair import Pair
 from analysis.study import claims, suite
-from analysis.study.estimators import DEFAULT_SEEDS, ESTIMATORS
+from analysis.study.estimators import DEFAULT_ESTIMATORS, DEFAULT_SEEDS, ESTIMATORS
 
 DEFAULT_PAIRS = registry.DEFAULT
 TOLERANCE_RULE = (
@@ -50,7 +50,7 @@ class RunSettings:
     seeds: int = DEFAULT_SEEDS
     calibration: int = split.DEFAULT_CALIBRATION
     probes: int = suite.DEFAULT_PROBES
-    estimators: tuple[str, ...] = dataclasses.field(default_factory=lambda: tuple(ESTIMATORS))
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     size: str = "full"
     checkpoints: dict[str, Any] | None = (
         None  # {"pre", "post", "data", "batch_size", "max_len", "max_batches", "dtype", "remat"}
@@ -265,7 +265,8 @@ def execute(
 
 def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per estimator, across pairs: Spearman per pair (min and mean), class agreement pooled over
-    every edit of every pair, seconds spent; and the best estimator by mean Spearman."""
+    every edit of every pair, seconds spent, and for ``auto`` the share of edits it measured; and
+    the best estimator by mean Spearman among those that measure nothing."""
     import numpy as np
 
     from analysis.study import stats
@@ -293,6 +294,13 @@ def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seconds": float(sum(p["agreement"][n]["seconds"] for p in per_pair)),
             "edits": len(agree),
         }
+        fractions = [p["agreement"][n].get("measured_fraction") for p in per_pair]
+        if fractions and all(f is not None for f in fractions):
+            sizes = [p["agreement"][n]["edits"] for p in per_pair]
+            out[n]["measured_fraction"] = float(np.average(fractions, weights=sizes))
+            out[n]["measured_fraction_by_pair"] = {p["pair"]["name"]: f for p, f in zip(per_pair, fractions)}
     measured_s = float(sum(r["seconds"]["measured"] for p in per_pair for r in p["edits"]))
-    best = max(names, key=lambda n: (out[n]["spearman_mean"], out[n]["class_agreement"])) if names else None
+    # An estimator that measures some edits (auto) is not a prediction: it does not compete for best.
+    predictors = [n for n in names if not out[n].get("measured_fraction")]
+    best = max(predictors, key=lambda n: (out[n]["spearman_mean"], out[n]["class_agreement"])) if predictors else None
     return {"estimators": out, "best": best, "measured_seconds": measured_s}

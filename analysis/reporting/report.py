@@ -193,6 +193,17 @@ def pair_section(res: dict[str, Any], prefix: str) -> list[str]:
             f"{_ci(a['spearman'], a.get('spearman_ci95'))}, "
             f"{_ci(a['class_agreement'], a.get('class_agreement_ci95'))}).",
         ]
+    for n in names:
+        a = res["agreement"][n]
+        if "measured_fraction" in a:
+            tr = res["shared"].get("trust_region") or {}
+            errs = ", ".join(f"{s:g}: {_f(e, 3)}" for s, e in zip(tr.get("steps", []), tr.get("errors", [])))
+            lines += [
+                "",
+                f"`{n}` measured {a['measured_fraction']:.0%} of the edits (validity score ≥ 1): "
+                + (", ".join(f"`{s}`" for s in a["measured_edits"]) or "none")
+                + f". The shared surrogate's error along ±ΔW on the calibration batches, by relative step: {errs}.",
+            ]
     measured_s = sum(r["seconds"]["measured"] for r in res["edits"])
     lines += [
         "",
@@ -304,6 +315,17 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(_ci(e["spearman_by_pair"][p["pair"]["name"]], cis.get(p["pair"]["name"])) for p in pairs)
             + f" | {_ci(e['class_agreement'], e.get('class_agreement_ci95'))} | {e['seconds']:.0f} |"
         )
+    for n in names:
+        e = summ["estimators"][n]
+        if "measured_fraction" in e:
+            by_pair = ", ".join(f"`{k}` {v:.0%}" for k, v in e["measured_fraction_by_pair"].items())
+            lines += [
+                "",
+                f"`{n}` measured {e['measured_fraction']:.0%} of the edits ({by_pair}) — those whose validity "
+                "score (the shared surrogate's error at the edit's step length, measured once along ±ΔW on the "
+                "calibration batches, over the distance to a class boundary) was 1 or more — and returned the "
+                f"shared prediction for the rest; class agreement {_f(e['class_agreement'], 3)}.",
+            ]
     best = summ["best"]
     if best is not None:
         b = summ["estimators"][best]

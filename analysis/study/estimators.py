@@ -20,6 +20,11 @@ DEFAULT_PROBES = 8  # Hutchinson probes per batch for the shared curvature
 DEFAULT_SEEDS = 3  # masks per random edit in the main job (measured, and scored by the shared estimators, on each)
 DEFAULT_SWEEP_SEEDS = 5  # masks per measured random point of `riemann sweep` (a standard error needs several)
 
+# What the bare `riemann run` computes: the paper's term, the shared predictors and `auto` (with the
+# measurement every run makes). The per-edit quadratures and second order cost 3–5× the whole run on
+# their own; `--estimators all` adds them.
+DEFAULT_ESTIMATORS = ("riemann", "first-order", "shared-curvature", "auto")
+
 if TYPE_CHECKING:
     import riemann
     from analysis.pairs.pair import Pair
@@ -31,11 +36,16 @@ PyTree = Any
 class Shared:
     """What is computed once per pair and shared by every edit's estimators: the gradient at
     ``W_post`` (``riemann.shared_curvature(..., probes=0)``, which also holds the per-batch
-    ``L(W_post)``) and, when an estimator needs it, the Hutchinson Hessian diagonal."""
+    ``L(W_post)``) and, when an estimator needs them, the Hutchinson Hessian diagonal, the
+    surrogate's trust region (:func:`riemann.trust_region`, on the same calibration batches), the
+    pair's classification tolerance and the per-batch ``L(W_post)`` on the test batches."""
 
     pair: Pair
     gradient: riemann.SharedCurvature
     curvature: riemann.SharedCurvature | None = None
+    trust: riemann.TrustRegion | None = None
+    tolerance: float | None = None
+    loss_post: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +59,9 @@ class Estimator:
       description: one line for the report.
       cost: the cost model in words, per batch (for the command line and the README).
       marker: the Matplotlib marker of its points.
-      needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal)
-        or ``None`` (nothing shared: passes are spent per edit).
+      needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal),
+        ``"trust"`` (the diagonal, its trust region and the tolerance: it measures the edits it
+        does not trust) or ``None`` (nothing shared: passes are spent per edit).
       score: ``score(shared, change) -> riemann.Estimate``.
     """
 
@@ -74,15 +85,16 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {}
+NEEDS = (None, "gradient", "curvature", "trust")
 
 
 def register_estimator(estimator: Estimator) -> Estimator:
     """Add ``estimator`` to :data:`ESTIMATORS`; refuses a name already taken or an unknown ``needs``."""
     if estimator.name in ESTIMATORS:
         raise ValueError(f"an estimator named {estimator.name!r} is already registered")
-    if estimator.needs not in (None, "gradient", "curvature"):
+    if estimator.needs not in NEEDS:
         raise ValueError(
-            f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected None, 'gradient' or 'curvature'"
+            f"estimator {estimator.name!r}: needs={estimator.needs!r}; expected one of {', '.join(map(repr, NEEDS))}"
         )
     ESTIMATORS[estimator.name] = estimator
     return estimator
@@ -90,7 +102,9 @@ def register_estimator(estimator: Estimator) -> Estimator:
 
 def check_names(names: list[str] | tuple[str, ...]) -> list[str]:
     """``names`` if every one is registered (and there is at least one), else a ``ValueError``
-    listing the unknown and the accepted names."""
+    listing the unknown and the accepted names. ``["all"]`` is every registered estimator."""
+    if list(names) == ["all"]:
+        return list(ESTIMATORS)
     unknown = [n for n in names if n not in ESTIMATORS]
     if unknown or not names:
         raise ValueError(f"unknown estimator(s) {unknown}; accepted: {', '.join(ESTIMATORS)}")
@@ -112,6 +126,24 @@ def per_edit(name: str, description: str, cost: str, marker: str, **method: Any)
 
 def _first_order(shared: Shared, change: PyTree) -> riemann.Estimate:
     return shared.gradient.first_order(change)
+
+
+def _auto(shared: Shared, change: PyTree) -> riemann.Estimate:
+    import riemann
+
+    if shared.curvature is None or shared.trust is None or shared.tolerance is None:
+        raise ValueError("the auto estimator needs the Hutchinson diagonal, its trust region and the tolerance")
+    p = shared.pair
+    return riemann.auto_estimate(
+        shared.curvature,
+        shared.trust,
+        p.loss_fn,
+        p.post,
+        change,
+        p.batches,
+        tolerance=shared.tolerance,
+        loss_post=shared.loss_post,
+    )
 
 
 def _shared_curvature(shared: Shared, change: PyTree) -> riemann.Estimate:
@@ -190,5 +222,17 @@ register_estimator(
         rtol=1e-2,
         max_evaluations=105,
         mode="forward",
+    )
+)
+register_estimator(
+    Estimator(
+        "auto",
+        {"method": "auto"},
+        "the shared-curvature prediction where its validity score (the surrogate's error at this step "
+        "length, measured once along ±ΔW, over the distance to a class boundary) is below 1; else measured",
+        "probes HVPs + 12 forwards per batch once per pair; 1 forward per batch per edit it measures",
+        "*",
+        "trust",
+        _auto,
     )
 )

@@ -153,7 +153,8 @@ class Scorer:
         progress: bool = False,
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
-        needs_curvature = any(ESTIMATORS[n].needs == "curvature" for n in names)
+        needs_trust = any(ESTIMATORS[n].needs == "trust" for n in names)
+        needs_curvature = needs_trust or any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
             raise ValueError(f"probes={probes}; the shared-curvature estimator needs at least 1 probe per batch")
         if seeds < 1:
@@ -176,7 +177,11 @@ class Scorer:
                     pair.loss_fn, pair.post, cal, probes=probes, key=key, progress=progress
                 )
             )
-        self.shared = Shared(pair, gradient, curvature)
+        trust, self.trust_seconds = None, 0.0
+        if needs_trust:
+            trust, self.trust_seconds = _timed(
+                lambda: riemann.trust_region(pair.loss_fn, pair.post, self.delta, cal, curvature)
+            )
         n_test = len(pair.batches)
         ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
@@ -190,7 +195,13 @@ class Scorer:
         # Per-batch L(W_post) on the test batches: measuring each edit then costs one forward.
         self.loss_post = batch_losses(pair.loss_fn, pair.post, pair.batches)
         self.accuracy_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
+        self.shared = Shared(pair, gradient, curvature, trust, self.tolerance["value"], self.loss_post)
         self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
+
+    def keep_tolerances(self, tolerance: dict[str, Any], accuracy_tolerance: dict[str, Any] | None) -> None:
+        """Classify with tolerances fixed earlier (a resumed study keeps its first edits' ones)."""
+        self.tolerance, self.accuracy_tolerance = tolerance, accuracy_tolerance
+        self.shared = dataclasses.replace(self.shared, tolerance=tolerance["value"])
 
     def calibration_record(self) -> dict[str, Any]:
         """What was fixed before any edit was scored: the split, the tolerances and their parts."""
@@ -202,16 +213,22 @@ class Scorer:
 
     def shared_record(self) -> dict[str, Any]:
         """What was computed once for the suite, per shared estimator: passes per batch and seconds."""
-        g, c = self.shared.gradient, self.shared.curvature
+        g, c, tr = self.shared.gradient, self.shared.curvature, self.shared.trust
         spent = {"gradient": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
         if c is not None:
             spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
+        if tr is not None:
+            spent["trust"] = {
+                "passes_per_batch": {**c.cost, **tr.cost},
+                "seconds": self.curvature_seconds + self.trust_seconds,
+            }
         rec = {n: spent[e.needs] for n, e in ESTIMATORS.items() if e.needs in spent}
         return {
             "probes": self.probes if c is not None else 0,
             "data": "calibration",
             "loss_post": g.loss,
             "estimators": rec,
+            "trust_region": None if tr is None else tr.record(),
         }
 
     def masks(self, edit: edits.Edit) -> int:
@@ -358,6 +375,7 @@ def record(
         "class_accuracy": None
         if acc_delta is None or accuracy_tolerance is None
         else riemann.classify(-acc_delta, accuracy_tolerance),
+        "auto": _auto_record(scored.estimates),
         "unmoved_fraction": float(np.mean(scored.unmoved)),
         "first_order_test": e0["riemann"].terms.get("first") if "riemann" in e0 else None,
         "low_precision": low_precision,
@@ -367,6 +385,23 @@ def record(
         "seconds": scored.seconds,
         "change_norm": scored.change_norm,
     }
+
+
+def _auto_record(estimates: dict[str, list[riemann.Estimate]]) -> dict[str, Any] | None:
+    """Per mask, what each ``auto``-like estimator (one whose estimates say their ``source``) did:
+    returned the shared prediction or measured, with the validity score that decided it."""
+    out = {}
+    for name, es in estimates.items():
+        if es and "source" in es[0].settings:
+            out[name] = {
+                "source": [e.settings["source"] for e in es],
+                "validity": [e.terms["validity"] for e in es],
+                "relative_step": [e.terms["relative_step"] for e in es],
+                "model_error": [e.terms["model_error"] for e in es],
+                "shared": [e.terms["shared"] for e in es],
+                "measured_fraction": float(np.mean([e.settings["source"] == "measured" for e in es])),
+            }
+    return out or None
 
 
 class Store(Protocol):
@@ -436,7 +471,7 @@ def analyse(
         checks |= scorer.calibration_record()
         store.save_checks(checks)
     else:  # a resumed study keeps the tolerances its first edits were classified with
-        scorer.tolerance, scorer.accuracy_tolerance = checks["tolerance"], checks["accuracy_tolerance"]
+        scorer.keep_tolerances(checks["tolerance"], checks["accuracy_tolerance"])
     done = {k: v for k, v in store.records().items() if k in {e.spec for e in parsed}}
     if done:
         log(f"[{pair.name}] resuming: {len(done)} of {len(parsed)} edits already scored")
@@ -523,6 +558,11 @@ def agreement_of(
         "seconds": seconds,
         "mean_abs_error": float(np.mean(np.abs(pred - meas))) if records else float("nan"),
     }
+    autos = [(r.get("auto") or {}).get(estimator) for r in records]
+    if records and all(a is not None for a in autos):
+        # Over edits, each counted by the share of its masks that were measured.
+        out["measured_fraction"] = float(np.mean([a["measured_fraction"] for a in autos]))
+        out["measured_edits"] = [r["spec"] for r, a in zip(records, autos) if a["measured_fraction"] > 0]
     ident = [r["identity"][estimator] for r in records if estimator in r.get("identity", {})]
     if ident:
         gaps = np.abs([i["gap"] for i in ident])

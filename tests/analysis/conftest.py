@@ -16,7 +16,8 @@ from tests.analysis.helpers import MLP_EDITS, llama
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    assert main(["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--quiet"]) == 0
+    args = ["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--estimators", "all", "--out", str(out), "--quiet"]
+    assert main(args) == 0
     return out
 
 

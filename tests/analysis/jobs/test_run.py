@@ -28,6 +28,7 @@ def test_run_writes_results_report_and_figures(mlp_run):
             "second-order",
             "gauss-legendre",
             "gauss-kronrod",
+            "auto",
         }
         assert set(r["class"]) == set(r["estimates"]) | {"measured"}
         same_mask = r["identity"]["gauss-legendre"]  # the first mask's estimate and measurement
@@ -98,6 +99,8 @@ def test_killed_run_resumes_to_the_same_numbers(mlp_run, tmp_path):
         "mlp-teacher",
         "--edits",
         *MLP_EDITS,
+        "--estimators",
+        "all",
         "--out",
         str(out),
         "--quiet",
@@ -120,7 +123,7 @@ def test_killed_run_resumes_to_the_same_numbers(mlp_run, tmp_path):
     assert (
         main(["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--seed", "1", "--quiet"]) == 2
     )
-    assert main(["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--out", str(out), "--quiet"]) == 0
+    assert main(cmd[3:]) == 0
     assert numbers(results(out)) == numbers(results(mlp_run))
 
 

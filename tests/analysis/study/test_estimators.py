@@ -28,7 +28,8 @@ def test_every_estimator_scores_a_change_by_its_method():
     pair = _pair()
     g = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
     c = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=1, key=jax.random.key(0))
-    shared = Shared(pair, g, c)
+    tr = riemann.trust_region(pair.loss_fn, pair.post, {"w": jnp.array([1.0, 0.0, 0.0])}, pair.batches, c)
+    shared = Shared(pair, g, c, tr, tolerance=0.01)
     change = {"w": jnp.array([0.5, 1.0, -1.0])}
     exact = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
     first = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="first-order").value
@@ -39,6 +40,7 @@ def test_every_estimator_scores_a_change_by_its_method():
         "second-order": exact,
         "gauss-legendre": exact,
         "gauss-kronrod": exact,
+        "auto": exact,  # the quadratic is exact here, so auto trusts it
     }
     assert set(ESTIMATORS) == set(want)
     for name, est in ESTIMATORS.items():
@@ -70,3 +72,5 @@ def test_the_suite_plots_and_command_line_read_the_registry(monkeypatch):
         estimators.register_estimator(dataclasses.replace(new, name="x", needs="hessian"))
     with pytest.raises(ValueError, match=r"unknown estimator\(s\) \['magic'\]"):
         estimators.check_names(["riemann", "magic"])
+    assert estimators.check_names(["all"]) == list(ESTIMATORS)
+    assert set(estimators.DEFAULT_ESTIMATORS) < set(ESTIMATORS)

@@ -61,6 +61,21 @@ def test_suite_records_and_agreement(pair):
             r["terms"]["second-order"]["first"] + r["terms"]["second-order"]["second"], rel=1e-6
         )
     assert res["agreement"]["gauss-legendre"]["spearman"] == pytest.approx(1.0)
+    # auto: the shared prediction where its validity score is below 1, else this very measurement.
+    for r in res["edits"]:
+        a = r["auto"]["auto"]
+        for source, v, shared, meas, est in zip(
+            a["source"], a["validity"], a["shared"], r["measured_seeds"], r["estimates_seeds"]["auto"]
+        ):
+            assert source == ("shared" if v < 1 else "measured")
+            assert est == pytest.approx(shared if source == "shared" else meas, rel=1e-6, abs=1e-9)
+    sources = [s for r in res["edits"] for s in r["auto"]["auto"]["source"]]
+    assert res["agreement"]["auto"]["measured_fraction"] == pytest.approx(
+        np.mean([r["auto"]["auto"]["measured_fraction"] for r in res["edits"]])
+    )
+    assert {"shared", "measured"} == set(sources)  # this suite has steps on both sides of the boundary
+    tr = res["shared"]["trust_region"]
+    assert tr["errors"] == sorted(tr["errors"]) and tr["cost"] == {"forward": 12}
     again = suite.analyse(pair, specs[:2], seed=3, progress=False, log=lambda s: None)
     assert again["edits"][1]["measured"] == res["edits"][1]["measured"]  # same seed, same numbers
     assert again["edits"][1]["estimates"] == res["edits"][1]["estimates"]
