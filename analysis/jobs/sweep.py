@@ -15,7 +15,9 @@ per point:
 - low rank's ``ΔL`` over the fraction of each matrix's rank kept (:func:`riemann.closed_form.lowrank_curve`:
   one SVD per matrix, then every rank from suffix sums, against the gradient and diagonal);
 - BitDelta's over its magnitude bits ``B = 0 … 8`` (:func:`riemann.closed_form.bitdelta_bits_curve`:
-  the edit itself, a pass over the parameters per point, against the gradient and diagonal).
+  the edit itself, a pass over the parameters per point, against the gradient and diagonal);
+- DARE's drop rate per module at a fixed budget of kept entries
+  (:func:`riemann.closed_form.dare_allocation`), measured against the uniform rate on the same masks.
 
 It then measures, on the test batches, a handful of DARE, drop-only and DELLA points over
 ``seeds`` masks each (keyed as the main job keys them, so masks nest across ``p``) and every EXPO
@@ -60,6 +62,8 @@ LOWRANK_FRACTION = tuple(float(f) for f in np.round(np.linspace(0.0, 1.0, 21), 4
 BITDELTA_BITS = tuple(range(9))
 MEASURED_LOWRANK = (0.1, 0.25, 0.5, 0.75)
 MEASURED_BITS = (0, 1, 2, 4, 8)
+# Kept fractions at which DARE's per-module allocation is measured against the uniform rate.
+ALLOCATION_KEEP = (0.1, 0.3)
 
 
 def _timed(f: Callable[[], Any]) -> tuple[Any, float]:
@@ -88,6 +92,55 @@ def _measure(scorer: suite.Scorer, spec: str, seeds: int) -> dict[str, Any]:
         "measured_std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
         "measured_se": se,
     }
+
+
+def _measure_edit(scorer: suite.Scorer, edit: Callable[[jax.Array], Any], seeds: int) -> dict[str, Any]:
+    """The measured ``ΔL`` of ``edit(key)`` (an edited ``ΔW``) over ``seeds`` masks, keyed as the main
+    job keys DARE (:func:`analysis.study.suite.edit_key`), so it shares the uniform rate's masks."""
+    from analysis.study import artefact as artefacts
+
+    pair = scorer.pair
+    values = []
+    for mask in range(seeds):
+        out = artefacts.stored(pair.pre, pair.post, scorer.delta, edit(suite.edit_key(scorer.seed, "dare", mask)))
+        m = riemann.estimate(
+            pair.loss_fn, pair.post, out.change, pair.batches, method="measured", loss_post=scorer.loss_post
+        )
+        values.append(m.value)
+    v = np.asarray(values)
+    return {
+        "measured_seeds": v.tolist(),
+        "measured": float(v.mean()),
+        "measured_std": float(v.std(ddof=1)),
+        "measured_se": float(v.std(ddof=1) / np.sqrt(len(v))),
+    }
+
+
+def _allocations(scorer: suite.Scorer, curvature: riemann.SharedCurvature, seeds: int) -> list[dict[str, Any]]:
+    """DARE's per-module allocation (:func:`riemann.closed_form.dare_allocation`) at each kept
+    fraction of :data:`ALLOCATION_KEEP`, measured against the uniform rate on the same masks."""
+    rows = []
+    for keep in ALLOCATION_KEEP:
+        al = closed_form.dare_allocation(curvature, scorer.delta, keep)
+        allocated = _measure_edit(scorer, lambda key, a=al: edits.dare(scorer.delta, a.p, key=key), seeds)
+        uniform = _measure_edit(scorer, lambda key, q=keep: edits.dare(scorer.delta, 1.0 - q, key=key), seeds)
+        diff = np.subtract(allocated["measured_seeds"], uniform["measured_seeds"])  # paired: same masks
+        rates = np.array(list(al.p.values()))
+        rows.append(
+            {
+                "keep": keep,
+                "p": al.p,
+                "p_range": [float(rates.min()), float(rates.max())],
+                "predicted": al.predicted,
+                "predicted_uniform": al.uniform_predicted,
+                "allocated": allocated,
+                "uniform": uniform,
+                "difference": float(diff.mean()),
+                "difference_se": float(diff.std(ddof=1) / np.sqrt(len(diff))),
+                "allocation_better": bool(diff.mean() < 0),
+            }
+        )
+    return rows
 
 
 def _check(point: dict[str, Any], predicted: float, sd: float) -> dict[str, Any]:
@@ -249,6 +302,7 @@ def sweep_pair(
     measured_best = EXPO_ALPHA[best_i] if expo_measured[best_i] < 0 else 0.0
     step = EXPO_ALPHA[1] - EXPO_ALPHA[0]
     helps = measured_best != 0.0
+    allocation, allocation_s = _timed(lambda: _allocations(scorer, curvature, seeds))
     checked = [pt["within_2se"] for pt in points if pt["within_2se"] is not None]
     per_measurement = measure_s / max(masks, 1)
     return {
@@ -283,6 +337,7 @@ def sweep_pair(
             "measured_best_multiple": bit_best,
             "best_within_one_step": bool(abs(predicted["bitdelta"]["best_multiple"] - bit_best) <= bit_step + 1e-9),
         },
+        "allocation": allocation,
         "within_2se": {"hits": int(sum(checked)), "of": len(checked)},
         "seconds": {
             "shared": shared_s,
@@ -296,6 +351,7 @@ def sweep_pair(
             "dare_grid_points": len(DARE_P) * len(DARE_K),
             "points_predicted": n_predicted,
             "measure": measure_s,
+            "allocation": allocation_s,
             "measurements": masks,
             "per_measurement": per_measurement,
             "ten_measurements": 10 * per_measurement,
@@ -353,6 +409,26 @@ def markdown(record: dict[str, Any]) -> str:
             )
             + ".",
             "",
+        ]
+        if r.get("allocation"):
+            lines += [
+                "DARE's drop rate per module at a fixed budget (`riemann.closed_form.dare_allocation`: keep ∝ "
+                "√(Σ diag(H)·ΔW² per entry), from the shared diagonal) against the uniform rate, on the same masks; "
+                "difference = allocated − uniform, paired over masks.",
+                "",
+                "| kept | rates | predicted allocated / uniform | measured allocated | measured uniform "
+                "| difference ± SE |",
+                "|---|---|---|---|---|---|",
+            ]
+            for a in r["allocation"]:
+                lo, hi = a["p_range"]
+                lines.append(
+                    f"| {a['keep']:g} | p {lo:.3g}–{hi:.3g} | {a['predicted']:+.4g} / {a['predicted_uniform']:+.4g} | "
+                    f"{a['allocated']['measured']:+.4g} | {a['uniform']['measured']:+.4g} | "
+                    f"{a['difference']:+.4g} ± {a['difference_se']:.2g} |"
+                )
+            lines.append("")
+        lines += [
             "| edit | predicted | ± sd | measured mean | ± SE | predicted / measured | within 2 SE |",
             "|---|---|---|---|---|---|---|",
         ]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -19,8 +21,8 @@ from riemann.edits import _common as c
 PyTree = Any
 
 
-def check_dare(p: float, k: float = 0.0, **_: Any) -> None:
-    c.check_range("dare", "p", p, 0.0, 1.0, hi_open=True)
+def check_dare(p: float, k: float = 0.0, leaf: str | None = None, **_: Any) -> None:
+    c.check_range("dare" if leaf is None else f"dare (leaf {leaf!r})", "p", p, 0.0, 1.0, hi_open=True)
     c.check_range("dare", "k", k, -math.inf, math.inf)
 
 
@@ -35,7 +37,7 @@ def _dare_leaf(x: jax.Array, key: jax.Array, p: jax.Array, k: jax.Array, rescale
 
 def dare(
     delta: PyTree,
-    p: float,
+    p: float | Mapping[str, float],
     *,
     k: float = 0.0,
     key: Any = None,
@@ -56,7 +58,9 @@ def dare(
 
     Args:
       delta: pytree of floating arrays ``ΔW``.
-      p: drop probability in [0, 1).
+      p: drop probability in [0, 1), or one per leaf: a mapping from dotted leaf name to its
+        probability (e.g. :func:`riemann.closed_form.dare_allocation`'s), leaves it does not name
+        left unchanged; a leaf draws the same uniforms either way, so masks nest across rates.
       k: factor for dropped entries.
       key: JAX PRNG key; each leaf uses ``fold_in(key, crc32(leaf name))`` (:func:`leaf_key`).
       rescale: rescale kept entries (True) or not ("drop only").
@@ -69,9 +73,26 @@ def dare(
       >>> round(float(jnp.mean(out["w"] == 0)), 2), round(float(jnp.mean(out["w"])), 1)  # 90 % dropped, mean kept
       (0.9, 1.0)
     """
-    check_dare(p, k)
     key = c.as_key(key, "dare")
-    pa, ka = trees.scalar(p), trees.scalar(k)
+    ka = trees.scalar(k)
+    if isinstance(p, Mapping):
+        names = {n for n, _ in c.check_delta(delta, "dare")}
+        unknown = sorted(set(p) - names)
+        if unknown:
+            raise ValueError(
+                f"dare: p names leaves {unknown[:5]} that delta does not have; leaves: {sorted(names)[:5]}…"
+            )
+        for name, pn in p.items():
+            check_dare(pn, k, leaf=name)
+        rates = {n: trees.scalar(v) for n, v in p.items()}
+        return c.map_leaves(
+            delta,
+            "dare",
+            lambda name, x: _dare_leaf(x, c.leaf_key(key, name), rates[name], ka, bool(rescale)),
+            include="^(" + "|".join(re.escape(n) for n in rates) + ")$" if rates else "(?!)",
+        )
+    check_dare(p, k)
+    pa = trees.scalar(p)
     return c.map_leaves(
         delta,
         "dare",

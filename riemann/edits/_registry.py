@@ -94,13 +94,9 @@ REGISTRY: dict[str, EditInfo] = {}
 def _types_of(hint: Any) -> tuple[type, ...] | None:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        out: list[type] = []
-        for arg in typing.get_args(hint):
-            sub = _types_of(arg)
-            if sub is None:
-                return None
-            out.extend(sub)
-        return tuple(out)
+        # The scalar members are what a spec can set; the others (a per-leaf mapping) are Python's.
+        out = [t for arg in typing.get_args(hint) for t in (_types_of(arg) or ())]
+        return tuple(out) if out else None
     if hint is type(None) or hint in _SCALARS:
         return (hint,)
     return None

@@ -331,3 +331,70 @@ def test_lowrank_and_bits_curves_on_bfloat16_weights_accumulate_in_float32():
     assert values[1] == pytest.approx(sc.estimate(change).value, rel=2e-2)  # the edit rounds its output to bfloat16
     bits, _ = cf.bitdelta_bits_curve(sc, delta, [0, 2])
     assert np.all(np.isfinite(bits))
+
+
+def _allocation_problem():
+    """Three leaves with different curvature per entry; the loss is ½ Σ h_i w_i² (diagonal Hessian),
+    so the shared diagonal is exact and the quadratic model is the loss itself."""
+    rng = np.random.default_rng(3)
+    h = {"a": rng.uniform(5.0, 9.0, 300), "b": rng.uniform(0.5, 1.5, 500), "c": rng.uniform(0.01, 0.05, 200)}
+    hj = {n: jnp.asarray(v) for n, v in h.items()}
+
+    def loss(p, s):
+        return s * sum(0.5 * jnp.sum(hj[n] * p[n] ** 2) for n in hj)
+
+    post = {n: jnp.zeros_like(v) for n, v in hj.items()}
+    delta = {n: jnp.asarray(rng.normal(size=v.shape)) for n, v in hj.items()}
+    sc = riemann.shared_curvature(loss, post, [1.0], probes=1, key=jax.random.key(0))
+    return loss, post, delta, sc
+
+
+def test_dare_allocation_keeps_the_budget_and_beats_every_other_split_of_it():
+    loss, post, delta, sc = _allocation_problem()
+    al = cf.dare_allocation(sc, delta, keep=0.3)
+    sizes = np.array([al.sizes[n] for n in "abc"])
+    q = 1.0 - np.array([al.p[n] for n in "abc"])
+    assert float(sizes @ q) == pytest.approx(0.3 * sizes.sum(), rel=1e-9)
+    assert q[0] > q[1] > q[2]  # more curvature per entry, more kept
+    s = np.array([al.curvature[n] for n in "abc"])
+    assert al.predicted == pytest.approx(0.5 * float(s @ ((1 - q) / q)), rel=1e-9)
+    assert al.uniform_predicted == pytest.approx(0.5 * (0.7 / 0.3) * s.sum(), rel=1e-9)
+    # Brute force over the budget's plane: no feasible split predicts less.
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        qa, qb = rng.uniform(0.01, 1.0, 2)
+        qc = (0.3 * sizes.sum() - sizes[0] * qa - sizes[1] * qb) / sizes[2]
+        if 0.01 <= qc <= 1.0:
+            assert 0.5 * float(s @ ((1 - np.array([qa, qb, qc])) / np.array([qa, qb, qc]))) >= al.predicted - 1e-9
+
+
+def test_dare_allocation_predicts_the_mean_over_many_masks_of_the_allocated_edit():
+    loss, post, delta, sc = _allocation_problem()
+    al = cf.dare_allocation(sc, delta, keep=0.4, k=-0.5)
+    draws = []
+    for i in range(400):
+        out = edits.dare(delta, al.p, k=-0.5, key=jax.random.key(i))
+        change = jax.tree.map(lambda f, d: f - d, out, delta)
+        draws.append(float(loss(jax.tree.map(jnp.add, post, change), 1.0)))
+    mean, se = np.mean(draws), np.std(draws, ddof=1) / np.sqrt(len(draws))
+    assert abs(mean - al.predicted) < 4 * se
+    assert al.predicted < al.uniform_predicted
+
+
+def test_dare_with_per_leaf_rates_draws_the_uniform_rates_masks():
+    _, _, delta, _ = _allocation_problem()
+    key = jax.random.key(7)
+    same = edits.dare(delta, {"a": 0.5, "b": 0.5, "c": 0.5}, key=key)
+    assert all(np.array_equal(same[n], v) for n, v in edits.dare(delta, 0.5, key=key).items())
+    part = edits.dare(delta, {"a": 0.9}, key=key)
+    assert np.array_equal(part["b"], delta["b"]) and np.array_equal(part["c"], delta["c"])
+    assert np.array_equal(part["a"] == 0, edits.dare(delta, 0.9, key=key)["a"] == 0)
+    with pytest.raises(ValueError, match=r"dare: p names leaves \['z'\]"):
+        edits.dare(delta, {"z": 0.5}, key=key)
+    with pytest.raises(ValueError, match=r"dare \(leaf 'b'\): p=1.0 is outside"):
+        edits.dare(delta, {"a": 0.5, "b": 1.0}, key=key)
+    _, _, _, sc = _allocation_problem()
+    with pytest.raises(ValueError, match="keep=0.001"):
+        cf.dare_allocation(sc, delta, keep=0.001)
+    with pytest.raises(ValueError, match="no leaf of delta is selected"):
+        cf.dare_allocation(sc, delta, keep=0.5, include="^nothing$")

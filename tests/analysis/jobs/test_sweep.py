@@ -78,6 +78,24 @@ def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
     assert r["expo"]["measured_best_alpha"] == (measured_best if min(r["expo"]["measured"]) < 0 else 0.0)
 
 
+def test_the_allocation_is_measured_against_the_uniform_rate_on_the_same_masks(swept):
+    r = json.loads((swept / "sweep.json").read_text())["pairs"][0]
+    assert [a["keep"] for a in r["allocation"]] == list(sweep.ALLOCATION_KEEP)
+    points = {pt["spec"]: pt["measured_seeds"] for pt in r["points"]}
+    for a in r["allocation"]:
+        assert a["predicted"] <= a["predicted_uniform"]  # the allocation minimises the prediction
+        rates = np.array(list(a["p"].values()))
+        assert a["p_range"] == [rates.min(), rates.max()] and 0 <= rates.min() <= rates.max() < 1
+        diff = np.subtract(a["allocated"]["measured_seeds"], a["uniform"]["measured_seeds"])
+        assert a["difference"] == pytest.approx(diff.mean(), rel=1e-9)
+        assert a["allocation_better"] == (diff.mean() < 0)
+        # The uniform rate's masks are the main job's and the sweep's own DARE points'.
+        spec = f"dare:p={1 - a['keep']:g},k=0"
+        if spec in points:
+            np.testing.assert_allclose(a["uniform"]["measured_seeds"], points[spec], rtol=1e-6)
+    assert "DARE's drop rate per module" in (swept / "sweep.md").read_text()
+
+
 def test_measured_points_are_the_main_jobs_measurements(swept, mlp_run):
     # Same seed, same split, same edit keys: the main job's three masks of dare:p=0.99 are the
     # sweep's first three (the sweep measures its points exactly as the main job measures edits);
