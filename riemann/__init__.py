@@ -16,6 +16,7 @@ Models", arXiv 2410.13841 (2024).
 """
 
 from riemann import closed_form as closed_form
+from riemann import kfac as kfac
 from riemann import merge_weights as merge_weights
 from riemann import tree_utils as tree_utils
 from riemann._src.classify import CLASSES as CLASSES

@@ -46,6 +46,10 @@ class Shared:
     trust: riemann.TrustRegion | None = None
     tolerance: float | None = None
     loss_post: Any = None
+    # K-FAC / EK-FAC factors of the Linear weights (analysis.study.kfac.Factors), or None with the
+    # reason in kfac_note when the pair's model or loss does not allow them.
+    kfac: Any = None
+    kfac_note: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +65,8 @@ class Estimator:
       marker: the Matplotlib marker of its points.
       needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal),
         ``"trust"`` (the diagonal, its trust region and the tolerance: it measures the edits it
-        does not trust) or ``None`` (nothing shared: passes are spent per edit).
+        does not trust), ``"kfac"`` (K-FAC factors of the Linear weights with the Hessian diagonal
+        for every other leaf) or ``None`` (nothing shared: passes are spent per edit).
       score: ``score(shared, change) -> riemann.Estimate``.
     """
 
@@ -85,7 +90,7 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {}
-NEEDS = (None, "gradient", "curvature", "trust")
+NEEDS = (None, "gradient", "curvature", "trust", "kfac")
 
 
 def register_estimator(estimator: Estimator) -> Estimator:
@@ -185,6 +190,34 @@ register_estimator(
         _shared_curvature,
     )
 )
+
+
+def _structured(which: str) -> Callable[[Shared, PyTree], riemann.Estimate]:
+    def score(shared: Shared, change: PyTree) -> riemann.Estimate:
+        from riemann.kfac import StructuredCurvature
+
+        if shared.curvature is None:
+            raise ValueError(f"the {which} estimator needs the Hutchinson diagonal (its fallback); none was computed")
+        f = shared.kfac
+        factors = {} if f is None else (f.kronecker if which == "kfac" else f.eigen)
+        if f is not None and not factors:
+            raise ValueError(f"the {which} estimator needs its factors; the shared K-FAC collection did not make them")
+        settings = {"factored": f is not None, "layers": len(factors), "probes": shared.curvature.probes}
+        if f is None:
+            settings["note"] = shared.kfac_note
+        else:
+            settings |= {k: f.info[k] for k in ("kind", "fisher", "draws")}
+        return StructuredCurvature(
+            grad=shared.gradient.grad,
+            factors=factors,
+            diagonal=shared.curvature.diagonal,
+            name=which,
+            settings=settings,
+        ).estimate(change)
+
+    return score
+
+
 register_estimator(
     per_edit(
         "second-order",
@@ -234,5 +267,30 @@ register_estimator(
         "*",
         "trust",
         _auto,
+    )
+)
+# Run when named (or with all): the Gauss–Newton quadratic with Kronecker-factored blocks for every Linear
+# weight, the Hutchinson diagonal elsewhere (analysis.study.kfac; riemann.kfac).
+register_estimator(
+    Estimator(
+        "kfac",
+        {"method": "kfac"},
+        "first order + ½⟨ΔW~, GΔW~⟩ with G ≈ A ⊗ S (K-FAC, sampled Fisher) per Linear weight, diag(H) elsewhere",
+        "1 gradient per batch (sampled labels) + the diagonal's probes, once per pair",
+        "<",
+        "kfac",
+        _structured("kfac"),
+    )
+)
+register_estimator(
+    Estimator(
+        "ekfac",
+        {"method": "ekfac"},
+        "first order + ½ Σ λ·(Q_Sᵀ ΔW~ Q_A)² (EK-FAC: K-FAC's eigenbasis, diagonal re-fitted per example) per "
+        "Linear weight, diag(H) elsewhere",
+        "2 gradients per batch (sampled labels) + the diagonal's probes, once per pair",
+        ">",
+        "kfac",
+        _structured("ekfac"),
     )
 )

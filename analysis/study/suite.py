@@ -35,6 +35,8 @@ from riemann.tree_utils import move_along, tree_vdot, widen
 PyTree = Any
 # The Hutchinson probes' key is folded from the seed with this constant, apart from every edit key.
 _PROBE_SALT = 0x48757463
+# The K-FAC collection's sampled labels are keyed by the seed with this constant.
+_KFAC_SALT = 0x4B464143
 
 
 def default_suite() -> list[str]:
@@ -154,7 +156,8 @@ class Scorer:
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_trust = any(ESTIMATORS[n].needs == "trust" for n in names)
-        needs_curvature = needs_trust or any(ESTIMATORS[n].needs == "curvature" for n in names)
+        needs_kfac = any(ESTIMATORS[n].needs == "kfac" for n in names)
+        needs_curvature = needs_trust or needs_kfac or any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
             raise ValueError(f"probes={probes}; the shared-curvature estimator needs at least 1 probe per batch")
         if seeds < 1:
@@ -182,6 +185,21 @@ class Scorer:
             trust, self.trust_seconds = _timed(
                 lambda: riemann.trust_region(pair.loss_fn, pair.post, self.delta, cal, curvature)
             )
+        kfac_factors, kfac_note, self.kfac_seconds = None, None, {}
+        if needs_kfac:
+            from analysis.study import kfac
+
+            kind, kfac_note = kfac.output_kind(pair)
+            if kind is not None:
+                kfac_factors = kfac.collect(
+                    pair.template,
+                    pair.post,
+                    cal,
+                    kind,
+                    key=jax.random.fold_in(jax.random.key(seed), _KFAC_SALT),
+                    ekfac=any(ESTIMATORS[n].needs == "kfac" and n != "kfac" for n in names),
+                )
+                self.kfac_seconds = kfac_factors.info["seconds"]
         n_test = len(pair.batches)
         ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
@@ -195,7 +213,16 @@ class Scorer:
         # Per-batch L(W_post) on the test batches: measuring each edit then costs one forward.
         self.loss_post = batch_losses(pair.loss_fn, pair.post, pair.batches)
         self.accuracy_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
-        self.shared = Shared(pair, gradient, curvature, trust, self.tolerance["value"], self.loss_post)
+        self.shared = Shared(
+            pair,
+            gradient,
+            curvature,
+            trust=trust,
+            tolerance=self.tolerance["value"],
+            loss_post=self.loss_post,
+            kfac=kfac_factors,
+            kfac_note=kfac_note,
+        )
         self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
 
     def keep_tolerances(self, tolerance: dict[str, Any], accuracy_tolerance: dict[str, Any] | None) -> None:
@@ -222,7 +249,16 @@ class Scorer:
                 "passes_per_batch": {**c.cost, **tr.cost},
                 "seconds": self.curvature_seconds + self.trust_seconds,
             }
-        rec = {n: spent[e.needs] for n, e in ESTIMATORS.items() if e.needs in spent}
+        if c is not None and self.shared.kfac is not None:  # the diagonal (the fallback) plus the collection
+            for n, passes in (("kfac", 1), ("ekfac", 2)):
+                secs = sum(v for k, v in self.kfac_seconds.items() if passes == 2 or k == "kfac")
+                spent[n] = {
+                    "passes_per_batch": {**c.cost, "gradient": c.cost.get("gradient", 0) + passes},
+                    "seconds": self.curvature_seconds + secs,
+                }
+        elif c is not None:
+            spent["kfac"] = spent["curvature"]
+        rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
         return {
             "probes": self.probes if c is not None else 0,
             "data": "calibration",

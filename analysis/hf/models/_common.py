@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -31,6 +33,25 @@ def along_last(v: jax.Array, x: jax.Array) -> jax.Array:
     return v.reshape((1,) * (x.ndim - 1) + v.shape)
 
 
+# The K-FAC collection's tap (analysis.study.kfac): while one is installed, every Linear hands it its
+# input (2-D, rows × in) and its output and uses what it returns as the output (the output plus a zero
+# perturbation whose gradient is the output gradient). Read at trace time only: with no tap the traced
+# computation is exactly what it was.
+_LINEAR_TAP: contextvars.ContextVar[Callable[[nnx.Module, jax.Array, jax.Array], jax.Array] | None] = (
+    contextvars.ContextVar("linear_tap", default=None)
+)
+
+
+@contextlib.contextmanager
+def linear_tap(tap: Callable[[nnx.Module, jax.Array, jax.Array], jax.Array]) -> Iterator[None]:
+    """Install ``tap(linear, inputs_2d, outputs) -> outputs`` for every :class:`Linear` traced inside."""
+    token = _LINEAR_TAP.set(tap)
+    try:
+        yield
+    finally:
+        _LINEAR_TAP.reset(token)
+
+
 class Linear(nnx.Module):
     """``y = x Wᵀ + b`` with ``W`` stored as HF does, shape (out, in)."""
 
@@ -46,7 +67,8 @@ class Linear(nnx.Module):
         y = (x.reshape(-1, x.shape[-1]) @ self.weight[...].T).reshape(*lead, -1)
         if self.bias is not None:
             y = y + along_last(self.bias[...], y)
-        return y
+        tap = _LINEAR_TAP.get()
+        return y if tap is None else tap(self, x.reshape(-1, x.shape[-1]), y)
 
 
 class RMSNorm(nnx.Module):

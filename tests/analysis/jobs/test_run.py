@@ -29,6 +29,8 @@ def test_run_writes_results_report_and_figures(mlp_run):
             "gauss-legendre",
             "gauss-kronrod",
             "auto",
+            "kfac",
+            "ekfac",
         }
         assert set(r["class"]) == set(r["estimates"]) | {"measured"}
         same_mask = r["identity"]["gauss-legendre"]  # the first mask's estimate and measurement
