@@ -320,9 +320,12 @@ def dare_allocation(
         q_m = clip(√(s_m / n_m) / μ, 1 − max_p, 1),
 
     with ``μ`` set by bisection so that the budget holds: leaves with more curvature per entry keep
-    more. A negative ``s_m`` (Hutchinson noise on a flat leaf) counts as 0. Only the model's mean is
-    minimised; where the loss is not quadratic over the step, measure the result
-    (``riemann sweep`` does, against the uniform rate).
+    more. A leaf whose ``s_m`` is not positive (Hutchinson noise, or a direction of negative
+    curvature) gives the model no minimum to aim at, and dropping it at ``max_p`` would be
+    predicted to *lower* the loss by ``|s_m|·p/(1 − p)``: such leaves keep the uniform rate
+    ``1 − keep``, and the budget is allocated among the others. Only the model's mean is minimised;
+    where the loss is not quadratic over the step, measure the result (``riemann sweep`` does,
+    against the uniform rate).
 
     Example:
       >>> import jax.numpy as jnp, numpy as np
@@ -352,26 +355,25 @@ def dare_allocation(
     )
     s, r = s_all[chosen], r_all[chosen]
     n = np.array([np.size(leaves[i]) for i in chosen], np.float64)
-    budget = keep * n.sum()
     lo = 1.0 - max_p
-    root = np.sqrt(np.maximum(s, 0.0) / n)
+    q = np.full(len(n), float(keep))
+    pos = s > 0  # only these leaves' curvature gives the model something to allocate by
+    if pos.any():
+        n_pos, root = n[pos], np.sqrt(s[pos] / n[pos])
+        budget = keep * n_pos.sum()
 
-    def kept(mu: float) -> np.ndarray:
-        return np.clip(root / mu, lo, 1.0)
+        def kept(mu: float) -> np.ndarray:
+            return np.clip(root / mu, lo, 1.0)
 
-    if not np.any(root > 0):
-        q = np.full(len(n), keep)
-    else:
-        a, b = root.max() / 1.0 * 1e-12, root.max() / lo * 1e12  # Σ n·q is ≥ budget at a, ≤ at b
+        a, b = root.min() * 1e-12, root.max() / lo * 1e12  # Σ n·q is ≥ budget at a, ≤ at b
         for _ in range(200):  # bisection in log μ: Σ n·q(μ) is non-increasing in μ
             mid = np.sqrt(a * b)
-            a, b = (mid, b) if float(n @ kept(mid)) > budget else (a, mid)
-        q = kept(np.sqrt(a * b))
-        # Leaves at the floor (s = 0) cannot absorb rounding; spread what is left over the free ones.
-        free = (q > lo) & (q < 1.0)
+            a, b = (mid, b) if float(n_pos @ kept(mid)) > budget else (a, mid)
+        qp = kept(np.sqrt(a * b))
+        free = (qp > lo) & (qp < 1.0)  # leaves at a bound cannot absorb the bisection's rounding
         if free.any():
-            q[free] += (budget - float(n @ q)) / n[free].sum()
-            q = np.clip(q, lo, 1.0)
+            qp[free] = np.clip(qp[free] + (budget - float(n_pos @ qp)) / n_pos[free].sum(), lo, 1.0)
+        q[pos] = qp
     p = 1.0 - q
     factor = (1.0 - k) ** 2
     with np.errstate(divide="ignore"):

@@ -398,3 +398,13 @@ def test_dare_with_per_leaf_rates_draws_the_uniform_rates_masks():
         cf.dare_allocation(sc, delta, keep=0.001)
     with pytest.raises(ValueError, match="no leaf of delta is selected"):
         cf.dare_allocation(sc, delta, keep=0.5, include="^nothing$")
+
+
+def test_a_leaf_without_positive_curvature_keeps_the_uniform_rate():
+    g = {"a": jnp.zeros(4), "b": jnp.zeros(4), "c": jnp.zeros(4)}
+    diag = {"a": jnp.full(4, 9.0), "b": jnp.full(4, 1.0), "c": jnp.full(4, -2.0)}  # c: negative (noise)
+    sc = riemann.SharedCurvature(g, diag, 0.0, np.zeros(1), 1, 1, {})
+    al = cf.dare_allocation(sc, {n: jnp.ones(4) for n in "abc"}, keep=0.5)
+    assert al.p["c"] == pytest.approx(0.5)  # not dropped at max_p for a predicted gain
+    assert (al.p["a"], al.p["b"]) == pytest.approx((0.25, 0.75))  # a and b share their own budget
+    assert al.predicted == pytest.approx(0.5 * (36 / 3 + 4 * 3 - 8 * 1))
