@@ -301,6 +301,6 @@ def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
             out[n]["measured_fraction_by_pair"] = {p["pair"]["name"]: f for p, f in zip(per_pair, fractions)}
     measured_s = float(sum(r["seconds"]["measured"] for p in per_pair for r in p["edits"]))
     # An estimator that measures some edits (auto) is not a prediction: it does not compete for best.
-    predictors = [n for n in names if not out[n].get("measured_fraction")]
+    predictors = [n for n in names if "measured_fraction" not in out[n]]
     best = max(predictors, key=lambda n: (out[n]["spearman_mean"], out[n]["class_agreement"])) if predictors else None
     return {"estimators": out, "best": best, "measured_seconds": measured_s}

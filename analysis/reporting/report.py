@@ -321,7 +321,8 @@ def markdown(results: dict[str, Any]) -> str:
             by_pair = ", ".join(f"`{k}` {v:.0%}" for k, v in e["measured_fraction_by_pair"].items())
             lines += [
                 "",
-                f"`{n}` measured {e['measured_fraction']:.0%} of the edits ({by_pair}) — those whose validity "
+                f"`{n}` measured {e['measured_fraction']:.0%} of the edits ({by_pair}; a random edit counts by "
+                "the share of its masks measured) — those whose validity "
                 "score (the shared surrogate's error at the edit's step length, measured once along ±ΔW on the "
                 "calibration batches, over the distance to a class boundary) was 1 or more — and returned the "
                 f"shared prediction for the rest; class agreement {_f(e['class_agreement'], 3)}.",

@@ -342,7 +342,7 @@ def dare_allocation(
         raise ValueError("dare_allocation needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
     if not 0.0 < max_p < 1.0:
         raise ValueError(f"max_p={max_p!r}; expected a drop rate in (0, 1)")
-    if not (1.0 - max_p) <= keep <= 1.0:
+    if not (1.0 - max_p) * (1 - 1e-12) <= keep <= 1.0:  # 1 − 0.99 is 0.010000000000000009 in floats
         raise ValueError(f"keep={keep!r}; expected a kept fraction in [1 − max_p, 1] = [{1.0 - max_p:g}, 1]")
     trees.check_compatible(shared.grad, delta, ("the shared gradient", "delta"), wide=True)
     names = trees.leaf_names(delta)

@@ -11,9 +11,11 @@ computed from, and the model's error at relative length ``s`` is
     e(s) = max over ± of | L(W_post ± s·ΔW) − L(W_post) − q(±s·ΔW) |,
 
 made non-decreasing in ``s`` (a running maximum). An edit whose change has relative length
-``ρ = ‖ΔW~‖ / ‖ΔW‖`` is given the error ``ê(ρ)``: the envelope at the first grid length ``≥ ρ``, and
-beyond the last grid length or below the first, that value scaled by ``(ρ/s)³`` (the remainder of
-a quadratic model is third order in the step).
+``ρ = ‖ΔW~‖ / ‖ΔW‖`` is given the error ``ê(ρ)``: the envelope at the first grid length ``≥ ρ``;
+beyond the last grid length, the last value scaled by ``(ρ/s)³`` (the exact quadratic's remainder
+is third order in the step); below the first, the first value scaled by ``(ρ/s)²`` only, because
+the surrogate is not the exact quadratic: the off-diagonal curvature it drops and the noise of
+its diagonal are errors of second order, which a cubic would shrink too fast.
 
 An edit's **validity score** is ``v = ê(ρ) / margin``, where ``margin`` is the distance from the
 shared prediction to the nearest class boundary ``±tolerance``: ``v < 1`` means the prediction's
@@ -68,14 +70,14 @@ class TrustRegion:
     cost: dict[str, int]
 
     def error(self, relative_step: float) -> float:
-        """``ê(ρ)``: the envelope at the first grid length ``≥ ρ``; outside the grid, the nearest
-        end's value scaled by ``(ρ/s)³``."""
+        """``ê(ρ)``: the envelope at the first grid length ``≥ ρ``; below the grid the first value
+        scaled by ``(ρ/s)²``, beyond it the last value scaled by ``(ρ/s)³``."""
         rho = float(relative_step)
-        if not np.isfinite(rho) or rho < 0:
-            raise ValueError(f"relative_step={relative_step!r}; expected a finite length ≥ 0")
+        if not rho >= 0:
+            raise ValueError(f"relative_step={relative_step!r}; expected a length ≥ 0")
         s, e = self.steps, self.errors
         if rho <= s[0]:
-            return float(e[0] * (rho / s[0]) ** 3)
+            return float(e[0] * (rho / s[0]) ** 2)
         if rho > s[-1]:
             return float(e[-1] * (rho / s[-1]) ** 3)
         return float(e[int(np.searchsorted(s, rho))])
@@ -86,9 +88,11 @@ class TrustRegion:
         when the prediction sits on a class boundary)."""
         if not tolerance >= 0:
             raise ValueError(f"tolerance={tolerance!r}; expected a number ≥ 0")
-        err = self.error(change_norm / self.scale if self.scale > 0 else np.inf)
+        rho = change_norm / self.scale
         margin = min(abs(value - tolerance), abs(value + tolerance))
-        return float(err / margin) if margin > 0 else float("inf")
+        if not (np.isfinite(rho) and np.isfinite(value) and margin > 0):
+            return float("inf")  # nothing to trust: a non-finite step or prediction, or on a boundary
+        return float(self.error(rho) / margin)
 
     def record(self) -> dict[str, Any]:
         """What ``results.json`` keeps of it."""
@@ -212,7 +216,8 @@ def auto_estimate(
     norm = float(_norm(change))
     rho = norm / trust.scale
     v = trust.validity(norm, shared.value, tolerance)
-    info = {"validity": v, "relative_step": rho, "model_error": trust.error(rho), "shared": shared.value}
+    err = trust.error(rho) if np.isfinite(rho) else float("inf")
+    info = {"validity": v, "relative_step": rho, "model_error": err, "shared": shared.value}
     if v < 1:
         chosen, source = shared, "shared"
     else:

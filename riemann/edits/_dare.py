@@ -76,6 +76,8 @@ def dare(
     key = c.as_key(key, "dare")
     ka = trees.scalar(k)
     if isinstance(p, Mapping):
+        if include is not None or exclude is not None or ndim is not None:
+            raise ValueError("dare: per-leaf rates name their leaves; include, exclude and ndim do not apply")
         names = {n for n, _ in c.check_delta(delta, "dare")}
         unknown = sorted(set(p) - names)
         if unknown:

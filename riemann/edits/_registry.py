@@ -94,8 +94,14 @@ REGISTRY: dict[str, EditInfo] = {}
 def _types_of(hint: Any) -> tuple[type, ...] | None:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        # The scalar members are what a spec can set; the others (a per-leaf mapping) are Python's.
-        out = [t for arg in typing.get_args(hint) for t in (_types_of(arg) or ())]
+        out: list[type] = []
+        for arg in typing.get_args(hint):
+            sub = _types_of(arg)
+            if sub is not None:
+                out.extend(sub)
+            elif typing.get_origin(arg) is not Mapping:
+                return None  # e.g. ndim's tuples: the whole parameter is Python's
+        # Scalars beside a mapping (DARE's per-leaf rates): a spec sets the scalar, Python either.
         return tuple(out) if out else None
     if hint is type(None) or hint in _SCALARS:
         return (hint,)

@@ -396,6 +396,9 @@ def test_dare_with_per_leaf_rates_draws_the_uniform_rates_masks():
     _, _, _, sc = _allocation_problem()
     with pytest.raises(ValueError, match="keep=0.001"):
         cf.dare_allocation(sc, delta, keep=0.001)
+    assert set(cf.dare_allocation(sc, delta, keep=0.01).p.values()) == {0.99}  # the budget's closed end
+    with pytest.raises(ValueError, match="include, exclude and ndim do not apply"):
+        edits.dare(delta, {"a": 0.5}, key=key, include="a")
     with pytest.raises(ValueError, match="no leaf of delta is selected"):
         cf.dare_allocation(sc, delta, keep=0.5, include="^nothing$")
 

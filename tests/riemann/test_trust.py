@@ -39,16 +39,32 @@ def test_errors_are_the_quartic_remainder_made_monotone():
     assert tr.cost == {"forward": 8}
 
 
-def test_error_reads_the_envelope_and_extrapolates_cubically():
+def test_error_reads_the_envelope_and_extrapolates_conservatively():
     tr = riemann.trust_region(_quartic, W, D, BATCHES, _curvature(_quartic), steps=[0.5, 1.0])
     e_half, e_one = tr.errors
     assert tr.error(0.5) == pytest.approx(e_half)
     assert tr.error(0.7) == pytest.approx(e_one)  # the first grid length ≥ ρ: conservative
-    assert tr.error(2.0) == pytest.approx(e_one * 8)
-    assert tr.error(0.25) == pytest.approx(e_half / 8)
+    assert tr.error(2.0) == pytest.approx(e_one * 8)  # beyond: the exact quadratic's cubic remainder
+    assert tr.error(0.25) == pytest.approx(e_half / 4)  # below: the surrogate's own second-order error
     assert tr.error(0.0) == 0.0
     with pytest.raises(ValueError, match="relative_step"):
         tr.error(-1.0)
+
+
+def test_below_the_grid_the_error_bound_holds_when_the_diagonal_drops_cross_terms():
+    # L = ½ xᵀHx with off-diagonal curvature the diagonal surrogate drops: its error along ΔW is
+    # second order, so scaling the first grid value down by (ρ/s)² still covers it at small steps.
+    h = jnp.array([[1.0, 0.9], [0.9, 1.0]])
+
+    def loss(p, _):
+        return 0.5 * p["w"] @ h @ p["w"]
+
+    w, d = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
+    exact = riemann.SharedCurvature({"w": jnp.zeros(2)}, {"w": jnp.ones(2)}, 0.0, np.zeros(1), 1, 1, {})
+    tr = riemann.trust_region(loss, w, d, [None], exact, steps=[0.1, 0.5])
+    for rho in (0.01, 0.05):
+        true_error = 0.5 * rho**2 * (float(d["w"] @ h @ d["w"]) - 2.0)  # ½ρ²(ΔWᵀHΔW − Σ diag·ΔW²)
+        assert tr.error(rho) >= true_error * (1 - 1e-5)
 
 
 def test_validity_is_error_over_the_margin_to_a_class_boundary():
@@ -57,6 +73,8 @@ def test_validity_is_error_over_the_margin_to_a_class_boundary():
     assert tr.validity(0.5, 3.0, 1.0) == pytest.approx(e / 2.0)  # nearest boundary +1
     assert tr.validity(0.5, -0.25, 1.0) == pytest.approx(e / 0.75)  # inside the band
     assert tr.validity(0.5, 1.0, 1.0) == float("inf")  # on a boundary: never trusted
+    assert tr.validity(float("nan"), 3.0, 1.0) == float("inf")  # a non-finite step: measured
+    assert tr.validity(0.5, float("inf"), 1.0) == float("inf")
     with pytest.raises(ValueError, match="tolerance"):
         tr.validity(0.5, 0.0, float("nan"))
 

@@ -93,3 +93,13 @@ def test_register_checks_annotations_and_names():
         edits.register("Bad Name", reference="x", paper_class="decreased")
     with pytest.raises(ValueError, match="paper_class"):
         edits.register("x_test", reference="x", paper_class="neutral")
+
+
+def test_only_scalars_beside_a_mapping_reach_specs():
+    # dare's p is a float or a per-leaf mapping: a spec sets the float. lowrank's ndim (int or a
+    # tuple of ints) stays Python's: a spec cannot set half of it.
+    assert edits.parse("dare:p=0.3").params["p"] == 0.3
+    with pytest.raises(ValueError, match=r"lowrank: unknown parameter\(s\) \['ndim'\]"):
+        edits.parse("lowrank:fraction=0.5,ndim=2")
+    with pytest.raises(ValueError, match=r"bitdelta: unknown parameter\(s\) \['ndim'\]"):
+        edits.parse("bitdelta:ndim=none")
