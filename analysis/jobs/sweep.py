@@ -31,7 +31,7 @@ Writes ``sweep.json``, ``sweep.md`` and one ``<pair>-sweep.png`` per pair.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,26 +72,32 @@ def _timed(f: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t
 
 
-def _measure(scorer: suite.Scorer, spec: str, seeds: int) -> dict[str, Any]:
-    """The measured ``ΔL`` of ``spec`` on the test batches over ``seeds`` masks (one if deterministic)."""
-    edit = edits.parse(spec)
+def _measured(scorer: suite.Scorer, changes: Iterable[Any]) -> dict[str, Any]:
+    """The measured ``ΔL`` of each change on the test batches, and their mean, spread and standard
+    error (NaN for a single change)."""
     pair = scorer.pair
-    values = []
-    for mask in range(seeds if edit.random else 1):
-        change = scorer.artefact(edit, mask).change
-        m = riemann.estimate(
-            pair.loss_fn, pair.post, change, pair.batches, method="measured", loss_post=scorer.loss_post
-        )
-        values.append(m.value)
-    v = np.asarray(values)
-    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    v = np.asarray(
+        [
+            riemann.estimate(
+                pair.loss_fn, pair.post, c, pair.batches, method="measured", loss_post=scorer.loss_post
+            ).value
+            for c in changes
+        ]
+    )
+    std = float(v.std(ddof=1)) if len(v) > 1 else float("nan")
     return {
-        "spec": edit.spec,
         "measured_seeds": v.tolist(),
         "measured": float(v.mean()),
-        "measured_std": float(v.std(ddof=1)) if len(v) > 1 else float("nan"),
-        "measured_se": se,
+        "measured_std": std,
+        "measured_se": std / float(np.sqrt(len(v))),
     }
+
+
+def _measure(scorer: suite.Scorer, spec: str, seeds: int) -> dict[str, Any]:
+    """The measured ``ΔL`` of ``spec`` over ``seeds`` masks (one if deterministic)."""
+    edit = edits.parse(spec)
+    masks = range(seeds if edit.random else 1)
+    return {"spec": edit.spec, **_measured(scorer, (scorer.artefact(edit, m).change for m in masks))}
 
 
 def _measure_edit(scorer: suite.Scorer, edit: Callable[[jax.Array], Any], seeds: int) -> dict[str, Any]:
@@ -100,20 +106,8 @@ def _measure_edit(scorer: suite.Scorer, edit: Callable[[jax.Array], Any], seeds:
     from analysis.study import artefact as artefacts
 
     pair = scorer.pair
-    values = []
-    for mask in range(seeds):
-        out = artefacts.stored(pair.pre, pair.post, scorer.delta, edit(suite.edit_key(scorer.seed, "dare", mask)))
-        m = riemann.estimate(
-            pair.loss_fn, pair.post, out.change, pair.batches, method="measured", loss_post=scorer.loss_post
-        )
-        values.append(m.value)
-    v = np.asarray(values)
-    return {
-        "measured_seeds": v.tolist(),
-        "measured": float(v.mean()),
-        "measured_std": float(v.std(ddof=1)),
-        "measured_se": float(v.std(ddof=1) / np.sqrt(len(v))),
-    }
+    keys = (suite.edit_key(scorer.seed, "dare", m) for m in range(seeds))
+    return _measured(scorer, (artefacts.stored(pair.pre, pair.post, scorer.delta, edit(k)).change for k in keys))
 
 
 def _allocations(scorer: suite.Scorer, curvature: riemann.SharedCurvature, seeds: int) -> list[dict[str, Any]]:

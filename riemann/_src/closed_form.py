@@ -65,10 +65,16 @@ class DeltaStatistics:
 
 
 @jax.jit
-def _weighted_squares(grad: PyTree, diagonal: PyTree, delta: PyTree) -> tuple[jax.Array, jax.Array]:
+def _leaf_squares(grad: PyTree, diagonal: PyTree, delta: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
+    """Per leaf, ``Σ diag(H)·ΔW²`` and ``Σ g²·ΔW²``."""
     sq = jax.tree.map(lambda d: jnp.square(trees.widen(d)), delta)
     g2 = jax.tree.map(lambda g: jnp.square(trees.widen(g)), grad)
-    return trees.tree_vdot(diagonal, sq), trees.tree_vdot(g2, sq)
+    return trees.leaf_vdots(diagonal, sq), trees.leaf_vdots(g2, sq)
+
+
+def _squares_by_leaf(shared: SharedCurvature, delta: PyTree) -> tuple[np.ndarray, np.ndarray]:
+    s, r = _leaf_squares(shared.grad, shared.diagonal, delta)
+    return np.asarray(jax.device_get(s), np.float64), np.asarray(jax.device_get(r), np.float64)
 
 
 def delta_statistics(
@@ -99,7 +105,7 @@ def delta_statistics(
         raise ValueError("delta_statistics needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
     trees.check_compatible(post, delta, ("post", "delta"), wide=True)  # a float32 ΔW on 16-bit weights
     second = estimate(loss_fn, post, delta, list(batches), method="second-order")
-    s, r = _weighted_squares(shared.grad, shared.diagonal, delta)
+    s, r = (float(v.sum()) for v in _squares_by_leaf(shared, delta))
     gain = None if loss_pre is None else float(loss_pre) - second.terms["loss_post"]
     return DeltaStatistics(
         b=second.terms["first"],
@@ -290,13 +296,6 @@ class DareAllocation:
     sizes: dict[str, int]
 
 
-@jax.jit
-def _leaf_squares(grad: PyTree, diagonal: PyTree, delta: PyTree) -> tuple[list[jax.Array], list[jax.Array]]:
-    sq = jax.tree.map(lambda d: jnp.square(trees.widen(d)), delta)
-    g2 = jax.tree.map(lambda g: jnp.square(trees.widen(g)), grad)
-    return trees.leaf_vdots(diagonal, sq), trees.leaf_vdots(g2, sq)
-
-
 def dare_allocation(
     shared: SharedCurvature,
     delta: PyTree,
@@ -350,9 +349,7 @@ def dare_allocation(
     chosen = [i for i, (n, x) in enumerate(zip(names, leaves)) if _common.selected(n, x, include, exclude, ndim)]
     if not chosen:
         raise ValueError(f"dare_allocation: no leaf of delta is selected by include={include!r}, exclude={exclude!r}")
-    s_all, r_all = (
-        np.asarray(jax.device_get(v), np.float64) for v in _leaf_squares(shared.grad, shared.diagonal, delta)
-    )
+    s_all, r_all = _squares_by_leaf(shared, delta)
     s, r = s_all[chosen], r_all[chosen]
     n = np.array([np.size(leaves[i]) for i in chosen], np.float64)
     lo = 1.0 - max_p
@@ -376,8 +373,7 @@ def dare_allocation(
         q[pos] = qp
     p = 1.0 - q
     factor = (1.0 - k) ** 2
-    with np.errstate(divide="ignore"):
-        odds = p / q
+    odds = p / q  # q ≥ 1 − max_p > 0
     u = (1.0 - keep) / keep
     return DareAllocation(
         p={names[i]: float(pi) for i, pi in zip(chosen, p)},

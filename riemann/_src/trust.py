@@ -95,17 +95,8 @@ class TrustRegion:
         return float(self.error(rho) / margin)
 
     def record(self) -> dict[str, Any]:
-        """What ``results.json`` keeps of it."""
-        return {
-            "steps": self.steps.tolist(),
-            "errors": self.errors.tolist(),
-            "forward": self.forward.tolist(),
-            "backward": self.backward.tolist(),
-            "model_forward": self.model_forward.tolist(),
-            "model_backward": self.model_backward.tolist(),
-            "scale": self.scale,
-            "cost": dict(self.cost),
-        }
+        """What ``results.json`` keeps of it: every field, arrays as lists."""
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _loss_at_step(loss_fn: Any, params: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> jax.Array:

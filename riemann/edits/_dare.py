@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,12 +86,11 @@ def dare(
         for name, pn in p.items():
             check_dare(pn, k, leaf=name)
         rates = {n: trees.scalar(v) for n, v in p.items()}
-        return c.map_leaves(
-            delta,
-            "dare",
-            lambda name, x: _dare_leaf(x, c.leaf_key(key, name), rates[name], ka, bool(rescale)),
-            include="^(" + "|".join(re.escape(n) for n in rates) + ")$" if rates else "(?!)",
-        )
+
+        def per_leaf(name: str, x: jax.Array) -> jax.Array:
+            return _dare_leaf(x, c.leaf_key(key, name), rates[name], ka, bool(rescale)) if name in rates else x
+
+        return c.map_leaves(delta, "dare", per_leaf)
     check_dare(p, k)
     pa = trees.scalar(p)
     return c.map_leaves(
