@@ -7,7 +7,8 @@ output gradients ``δ`` (the gradient of a zero perturbation the tap adds to its
 backward pass is seeded with labels *sampled from the model's own predictive distribution*, so
 that ``E[δδᵀ]`` is the Fisher, which for softmax cross-entropy equals the Gauss–Newton matrix:
 the cotangent on the logits of position ``t`` with loss weight ``w_t`` is ``√w_t (p_t − e_y)``,
-``y ~ p_t``. Then, with ``P`` the rows (tokens) that reach the loss,
+``y ~ p_t`` — with the top class's share kept exactly and the label drawn among the other classes
+(:func:`_cotangents`), which is unbiased and does not starve on a confident model. Then, with ``P`` the rows (tokens) that reach the loss,
 
     A = (1/P) Σ_rows a aᵀ,   S = Σ_rows δ δᵀ,   G_W ≈ A ⊗ S          (K-FAC)
     λ = Σ_examples (Q_Sᵀ G_n Q_A)²,  G_n = Σ_{rows of n} δ aᵀ        (EK-FAC, a second pass)
@@ -127,7 +128,15 @@ def _row_weights(kind: str, w: jax.Array) -> jax.Array:
 
 
 def _cotangents(logits: jax.Array, w: jax.Array, key: jax.Array, fisher: str, draws: int) -> jax.Array:
-    """``[K, *logits.shape]``: K cotangents whose outer products average to ``w·(diag p − ppᵀ)``."""
+    """``[K, *logits.shape]``: K cotangents whose outer products average to ``w·(diag p − ppᵀ)``.
+
+    ``"sampled"`` splits the Fisher ``F = Σ_k p_k (p − e_k)(p − e_k)ᵀ`` at the top class ``m``: its
+    term ``p_m (p − e_m)(p − e_m)ᵀ`` is kept exactly (one cotangent ``√p_m (p − e_m)``), and the rest,
+    ``(1 − p_m)·E_{k ≠ m, k ∝ p_k}[(p − e_k)(p − e_k)ᵀ]``, is sampled ``draws`` times from the other
+    classes (cotangents ``√((1 − p_m)/draws) (p − e_k)``). Unbiased, like one label drawn from ``p``,
+    but every draw lands where the Fisher's mass is: on a confident model (``p_m → 1``) a plain draw
+    is almost always ``m``, whose cotangent is nearly zero, so a few hundred positions may draw no
+    other class at all and the factors come out an order of magnitude low."""
     p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     sw = jnp.sqrt(w)[..., None]
     c = p.shape[-1]
@@ -135,10 +144,15 @@ def _cotangents(logits: jax.Array, w: jax.Array, key: jax.Array, fisher: str, dr
         eye = jnp.eye(c, dtype=jnp.float32)
         cts = jnp.sqrt(jnp.moveaxis(p, -1, 0))[..., None] * (p[None] - eye.reshape((c,) + (1,) * (p.ndim - 1) + (c,)))
         return (sw[None] * cts).astype(logits.dtype)
+    top = jnp.argmax(p, axis=-1)
+    p_top = jnp.take_along_axis(p, top[..., None], axis=-1)
+    rest = jnp.where(jax.nn.one_hot(top, c, dtype=jnp.bool_), -jnp.inf, jnp.log(jnp.maximum(p, 1e-30)))
     keys = jax.random.split(key, draws)
-    labels = jax.vmap(lambda k: jax.random.categorical(k, jnp.log(jnp.maximum(p, 1e-30)), axis=-1))(keys)
-    cts = p[None] - jax.nn.one_hot(labels, c, dtype=jnp.float32)
-    return (sw[None] * cts / jnp.sqrt(jnp.float32(draws))).astype(logits.dtype)
+    labels = jax.vmap(lambda k: jax.random.categorical(k, rest, axis=-1))(keys)
+    others = jnp.sqrt(jnp.maximum(1.0 - p_top, 0.0) / draws)[None] * (p[None] - jax.nn.one_hot(labels, c, dtype=jnp.float32))
+    first = jnp.sqrt(p_top) * (p - jax.nn.one_hot(top, c, dtype=jnp.float32))
+    cts = jnp.concatenate([first[None], others], axis=0)
+    return (sw[None] * cts).astype(logits.dtype)
 
 
 def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: jax.Array, fisher: str, draws: int):
@@ -231,9 +245,10 @@ def collect(
       key: PRNG key for the sampled labels (batch ``b`` uses ``fold_in(key, b)``; the EK-FAC pass
         reuses the same labels).
       ekfac: also run the second pass that re-fits the diagonal in the Kronecker eigenbasis.
-      fisher: ``"sampled"`` (``draws`` labels per position) or ``"exact"`` (every class, weighted by
+      fisher: ``"sampled"`` (the top class exactly, plus ``draws`` labels per position drawn among
+        the other classes: ``1 + draws`` backward products) or ``"exact"`` (every class, weighted by
         its probability: the exact Fisher for one output per example; ``C`` backward products).
-      draws: sampled labels per position.
+      draws: sampled labels per position (besides the top class).
 
     Returns:
       :class:`Factors`.

@@ -13,7 +13,7 @@ from analysis.pairs.workbench import corpus
 from tests.analysis.helpers import MLP_EDITS, llama
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
     args = ["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--estimators", "all", "--out", str(out), "--quiet"]
@@ -21,7 +21,7 @@ def mlp_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def user_pair(tmp_path_factory):
     """Two tiny Llama checkpoints (post = pre + a seeded perturbation) with a byte tokenizer, and
     JSONL files of each kind."""
