@@ -1,6 +1,7 @@
 """Strict JAX settings for the whole suite (as Equinox does): implicit dtype promotion and rank
 promotion are errors, and 8 CPU devices are simulated for sharding tests."""
 
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -51,16 +52,26 @@ def pytest_configure(config):
 
 
 class _Isolated(pytest.Item):
-    """One module's ``isolated`` tests, run together in a child ``python -m pytest``."""
+    """One module's ``isolated`` tests, run together in a child ``python -m pytest``.
+
+    The children start as soon as collection ends, one at a time on a background thread, so that
+    they overlap the rest of the suite (which is mostly single-threaded compilation); this item
+    only waits for its own child's result."""
 
     def __init__(self, *, nodeids, **kwargs):
         super().__init__(**kwargs)
         self.nodeids = nodeids
+        self.result: concurrent.futures.Future | None = None
 
-    def runtest(self):
+    def start(self, pool: concurrent.futures.Executor) -> None:
         env = {**os.environ, ISOLATED_CHILD: "1"}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *self.nodeids]
-        r = subprocess.run(cmd, cwd=self.config.rootpath, env=env, capture_output=True, text=True)
+        self.result = pool.submit(
+            subprocess.run, cmd, cwd=self.config.rootpath, env=env, capture_output=True, text=True
+        )
+
+    def runtest(self):
+        r = self.result.result()
         if r.returncode != 0:
             raise AssertionError(f"child pytest exited with {r.returncode}:\n{r.stdout[-12000:]}\n{r.stderr[-4000:]}")
 
@@ -78,6 +89,17 @@ def pytest_collection_modifyitems(session, config, items):
             groups.setdefault(item.parent, []).append(item)
         else:
             keep.append(item)
-    for parent, group in groups.items():
-        keep.append(_Isolated.from_parent(parent, name="isolated", nodeids=[i.nodeid for i in group]))
-    items[:] = keep
+    isolated = [
+        _Isolated.from_parent(parent, name="isolated", nodeids=[i.nodeid for i in g]) for parent, g in groups.items()
+    ]
+    items[:] = keep + isolated
+
+
+def pytest_collection_finish(session):
+    """Start the children of the isolated groups that survived selection (``-k``, ``-m``)."""
+    isolated = [item for item in session.items if isinstance(item, _Isolated)]
+    if isolated and not session.config.option.collectonly:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="isolated-tests")
+        for item in isolated:
+            item.start(pool)
+        pool.shutdown(wait=False)

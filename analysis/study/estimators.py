@@ -50,6 +50,9 @@ class Shared:
     # reason in kfac_note when the pair's model or loss does not allow them.
     kfac: Any = None
     kfac_note: str | None = None
+    # The pair's logit-space saturation curve (analysis.study.saturation.SaturationCurve), or None
+    # (then kfac_note says why: the same pairs have logits to read as have K-FAC factors).
+    saturation: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +93,7 @@ class Estimator:
 
 
 ESTIMATORS: dict[str, Estimator] = {}
-NEEDS = (None, "gradient", "curvature", "trust", "kfac")
+NEEDS = (None, "gradient", "curvature", "trust", "kfac", "saturation")
 
 
 def register_estimator(estimator: Estimator) -> Estimator:
@@ -192,6 +195,22 @@ register_estimator(
 )
 
 
+def _fisher_diagonal(shared: Shared) -> PyTree:
+    """The curvature diagonal for the leaves without a Kronecker factor: the sampled Fisher's
+    (collected with the factors) where there is one, else the Hutchinson Hessian diagonal."""
+    import jax
+
+    import riemann
+
+    hutchinson = shared.curvature.diagonal
+    fisher = {} if shared.kfac is None else shared.kfac.diagonal
+    if not fisher:
+        return hutchinson
+    leaves, treedef = jax.tree_util.tree_flatten(hutchinson)
+    names = riemann.leaf_names(hutchinson)
+    return treedef.unflatten([fisher[n].astype(x.dtype) if n in fisher else x for n, x in zip(names, leaves)])
+
+
 def _structured(which: str) -> Callable[[Shared, PyTree], riemann.Estimate]:
     def score(shared: Shared, change: PyTree) -> riemann.Estimate:
         from riemann.kfac import StructuredCurvature
@@ -210,7 +229,7 @@ def _structured(which: str) -> Callable[[Shared, PyTree], riemann.Estimate]:
         return StructuredCurvature(
             grad=shared.gradient.grad,
             factors=factors,
-            diagonal=shared.curvature.diagonal,
+            diagonal=_fisher_diagonal(shared),
             name=which,
             settings=settings,
         ).estimate(change)
@@ -292,5 +311,48 @@ register_estimator(
         ">",
         "kfac",
         _structured("ekfac"),
+    )
+)
+
+
+def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
+    import dataclasses as dc
+
+    import numpy as np
+
+    est = _structured("kfac")(shared, change)
+    curve = shared.saturation
+    settings = {**est.settings, "saturated": curve is not None}
+    if curve is None:
+        return dc.replace(est, method="kfac-saturated", settings={**settings, "note": shared.kfac_note})
+    firsts = shared.gradient.first_order(change).modules
+    second = est.terms["second"]
+    phi = curve(second)
+    scale = phi / second if second > 0 else 1.0
+    modules = {n: firsts[n] + (v - firsts[n]) * scale for n, v in est.modules.items()}
+    value = est.terms["first"] + phi
+    return dc.replace(
+        est,
+        method="kfac-saturated",
+        value=value,
+        batch_values=np.array([value]),
+        modules=modules,
+        terms={**est.terms, "second_saturated": phi, "saturation": scale},
+        settings={**settings, "saturation_probes": curve.probes},
+    )
+
+
+# The shared predictor the main job leads with: K-FAC's quadratic, read through how cross-entropy
+# actually grows along logit changes of that size (analysis.study.saturation).
+register_estimator(
+    Estimator(
+        "kfac-saturated",
+        {"method": "kfac-saturated"},
+        "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
+        "saturation curve φ — the exact even part of cross-entropy along random-sign copies of ΔW in logit space",
+        "1 gradient per batch (sampled labels) + 4 jvps per batch + the diagonal's probes, once per pair",
+        "X",
+        "saturation",
+        _saturated,
     )
 )

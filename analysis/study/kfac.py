@@ -8,13 +8,18 @@ backward pass is seeded with labels *sampled from the model's own predictive dis
 that ``E[δδᵀ]`` is the Fisher, which for softmax cross-entropy equals the Gauss–Newton matrix:
 the cotangent on the logits of position ``t`` with loss weight ``w_t`` is ``√w_t (p_t − e_y)``,
 ``y ~ p_t`` — with the top class's share kept exactly and the label drawn among the other classes
-(:func:`_cotangents`), which is unbiased and does not starve on a confident model. Then, with ``P`` the rows (tokens) that reach the loss,
+(:func:`_cotangents`), which is unbiased and does not starve on a confident model, and with a random
+sign per position, so that products of different positions cancel in expectation. Then, with ``P``
+the rows (tokens) that reach the loss,
 
     A = (1/P) Σ_rows a aᵀ,   S = Σ_rows δ δᵀ,   G_W ≈ A ⊗ S          (K-FAC)
     λ = Σ_examples (Q_Sᵀ G_n Q_A)²,  G_n = Σ_{rows of n} δ aᵀ        (EK-FAC, a second pass)
 
 each averaged over batches (the loss is the mean of the batch losses). Leaves that are not a Linear
-weight (norms, embeddings, biases, CLIP's patch convolution) keep the Hutchinson diagonal.
+weight (norms, embeddings, biases, CLIP's patch convolution) get the diagonal of the same sampled
+Fisher, from the parameter gradient of the same backward pass (:func:`_taps`): positive, where a
+Hutchinson estimate of the Hessian diagonal is not (DARE at ``p = 0.99`` multiplies those leaves'
+noise tenfold, and negative diagonal entries then turned whole predictions negative).
 
 What it supports: pairs whose ``template`` is a loaded checkpoint of this toolkit and whose loss
 is the mean next-token cross-entropy of :func:`analysis.pairs.data.causal_lm_loss` (decoders) or
@@ -51,11 +56,13 @@ FISHER = ("sampled", "exact")
 @dataclasses.dataclass(frozen=True)
 class Factors:
     """What a collection produced: K-FAC factors per Linear weight (``{leaf name: KroneckerFactor}``),
-    EK-FAC factors (``{leaf name: EigenFactor}``, empty unless asked), and how they were made."""
+    EK-FAC factors (``{leaf name: EigenFactor}``, empty unless asked), how they were made, and the
+    Fisher diagonal of every other leaf (``{leaf name: array}``, from the same backward pass)."""
 
     kronecker: dict[str, KroneckerFactor]
     eigen: dict[str, EigenFactor]
     info: dict[str, Any]
+    diagonal: dict[str, jax.Array] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -149,7 +156,8 @@ def _cotangents(logits: jax.Array, w: jax.Array, key: jax.Array, fisher: str, dr
     rest = jnp.where(jax.nn.one_hot(top, c, dtype=jnp.bool_), -jnp.inf, jnp.log(jnp.maximum(p, 1e-30)))
     keys = jax.random.split(key, draws)
     labels = jax.vmap(lambda k: jax.random.categorical(k, rest, axis=-1))(keys)
-    others = jnp.sqrt(jnp.maximum(1.0 - p_top, 0.0) / draws)[None] * (p[None] - jax.nn.one_hot(labels, c, dtype=jnp.float32))
+    spread = jnp.sqrt(jnp.maximum(1.0 - p_top, 0.0) / draws)[None]
+    others = spread * (p[None] - jax.nn.one_hot(labels, c, dtype=jnp.float32))
     first = jnp.sqrt(p_top) * (p - jax.nn.one_hot(top, c, dtype=jnp.float32))
     cts = jnp.concatenate([first[None], others], axis=0)
     return (sw[None] * cts).astype(logits.dtype)
@@ -157,16 +165,30 @@ def _cotangents(logits: jax.Array, w: jax.Array, key: jax.Array, fisher: str, dr
 
 def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: jax.Array, fisher: str, draws: int):
     """Per Linear weight name: inputs ``a`` [rows, in], output gradients ``δ`` [K, rows, out], and the
-    rows' lead shape; plus the loss weights."""
-    module = graph.ckpt.module(params)
-    if hasattr(module, "remat"):
-        module.remat = False  # the taps record inside this trace; a scan or checkpoint would hide them
-    graph_nodes = nnx.iter_graph(module)
-    names = {id(m): riemann.tree_utils.path_name(p) + ".weight" for p, m in graph_nodes if isinstance(m, Linear)}
+    rows' lead shape and row weights; and per other leaf, the Fisher diagonal of this batch.
+
+    The diagonal of a leaf without a factor is ``Σ_k (Σ_t ξ_t J_tᵀ c_{k,t})²`` over the K cotangent
+    sets ``c_k``, with an independent sign ``ξ_t = ±1`` per position: the signs make every
+    cross-position product vanish in expectation (the stratified cotangents do not have mean zero),
+    so it is unbiased for ``diag(Σ_t J_tᵀ F_t J_t)`` and, unlike a Hutchinson estimate of the Hessian
+    diagonal, never negative."""
+    flat, treedef = jax.tree_util.tree_flatten(params)
+    leaf_names = riemann.leaf_names(params)
+    module0 = graph.ckpt.module(params)
+    linear = {riemann.tree_utils.path_name(p) + ".weight" for p, m in nnx.iter_graph(module0) if isinstance(m, Linear)}
+    free = [i for i, n in enumerate(leaf_names) if n not in linear]
 
     leads: dict[str, tuple[int, ...]] = {}
 
-    def run(eps: dict[str, jax.Array] | None) -> tuple[tuple[jax.Array, jax.Array], dict[str, jax.Array]]:
+    def run(eps: dict[str, jax.Array] | None, others: list[jax.Array]):
+        leaves = list(flat)
+        for i, x in zip(free, others):
+            leaves[i] = x
+        module = graph.ckpt.module(jax.tree_util.tree_unflatten(treedef, leaves))
+        if hasattr(module, "remat"):
+            module.remat = False  # the taps record inside this trace; a scan or checkpoint would hide them
+        graph_nodes = nnx.iter_graph(module)
+        names = {id(m): riemann.tree_utils.path_name(p) + ".weight" for p, m in graph_nodes if isinstance(m, Linear)}
         seen: dict[str, jax.Array] = {}
 
         def tap(m: nnx.Module, x2d: jax.Array, y: jax.Array) -> jax.Array:
@@ -183,11 +205,14 @@ def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: 
             out = _logits_and_weights(module, kind, batch)
         return out, seen
 
-    shapes = jax.eval_shape(lambda: run(None)[1])
+    others = [flat[i] for i in free]
+    shapes = jax.eval_shape(lambda: run(None, others)[1])
     eps = {n: jnp.zeros(s.shape, s.dtype) for n, s in shapes.items()}
-    (logits, w), vjp_fn, seen = jax.vjp(lambda e: run(e), eps, has_aux=True)
-    cts = _cotangents(logits, w, key, fisher, draws)
-    (deltas,) = jax.vmap(lambda ct: vjp_fn((ct, jnp.zeros_like(w))))(cts)
+    (logits, w), vjp_fn, seen = jax.vjp(run, eps, others, has_aux=True)
+    label_key, sign_key = jax.random.split(key)
+    cts = _cotangents(logits, w, label_key, fisher, draws)
+    signs = jax.random.rademacher(sign_key, w.shape, jnp.float32)[None, ..., None].astype(cts.dtype)
+    deltas, grads = jax.vmap(lambda ct: vjp_fn((ct, jnp.zeros_like(w))))(cts * signs)
     rows = _row_weights(kind, w)
     out = {}
     for n, a in seen.items():
@@ -195,23 +220,26 @@ def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: 
         d = deltas[n].reshape(deltas[n].shape[0], -1, deltas[n].shape[-1])
         rw = rows.reshape(-1) if tuple(lead) == rows.shape else jnp.ones((a.shape[0],), jnp.float32)
         out[n] = (a.astype(jnp.float32), d.astype(jnp.float32), rw, lead)
-    return out
+    diagonal = {leaf_names[i]: jnp.sum(jnp.square(g.astype(jnp.float32)), axis=0) for i, g in zip(free, grads)}
+    return out, diagonal
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 5, 6))
 def _kfac_step(graph, params, kind, batch, key, fisher, draws):
     out = {}
-    for n, (a, d, rw, _) in _taps(graph, params, kind, batch, key, fisher, draws).items():
+    taps, diagonal = _taps(graph, params, kind, batch, key, fisher, draws)
+    for n, (a, d, rw, _) in taps.items():
         a_cov = (a * rw[:, None]).T @ a / jnp.maximum(jnp.sum(rw), 1.0)
         s_cov = jnp.einsum("kro,krp->op", d, d)
         out[n] = (a_cov, s_cov)
-    return out
+    return out, diagonal
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 5, 6))
 def _ekfac_step(graph, params, kind, batch, key, fisher, draws, bases):
     out = {}
-    for n, (a, d, rw, lead) in _taps(graph, params, kind, batch, key, fisher, draws).items():
+    taps, _ = _taps(graph, params, kind, batch, key, fisher, draws)
+    for n, (a, d, rw, lead) in taps.items():
         qa, qs = bases[n]
         b = lead[0] if lead else 1
         at = (a * rw[:, None]) @ qa  # rows that do not reach the loss carry no gradient anyway
@@ -266,15 +294,19 @@ def collect(
     graph = _Graph(ckpt)
     t0 = time.perf_counter()
     sums: dict[str, list[jax.Array]] = {}
+    diag_sums: dict[str, jax.Array] = {}
     for b, batch in enumerate(batches):
-        step = _kfac_step(graph, params, kind, batch, jax.random.fold_in(key, b), fisher, int(draws))
+        step, diag = _kfac_step(graph, params, kind, batch, jax.random.fold_in(key, b), fisher, int(draws))
         for n, (a, s) in step.items():
             if n in sums:
                 sums[n] = [sums[n][0] + a, sums[n][1] + s]
             else:
                 sums[n] = [a, s]
+        for n, v in diag.items():
+            diag_sums[n] = diag_sums[n] + v if n in diag_sums else v
     kron = {n: KroneckerFactor(a=a / nb, s=s / nb) for n, (a, s) in sums.items()}
-    jax.block_until_ready(kron)
+    diagonal = {n: v / nb for n, v in diag_sums.items()}
+    jax.block_until_ready((kron, diagonal))
     seconds = {"kfac": time.perf_counter() - t0}
     eig: dict[str, EigenFactor] = {}
     if ekfac:
@@ -297,4 +329,4 @@ def collect(
         "seconds": seconds,
         "passes_per_batch": {"gradient": 2 if ekfac else 1},
     }
-    return Factors(kron, eig, info)
+    return Factors(kron, eig, info, diagonal)

@@ -37,6 +37,7 @@ PyTree = Any
 _PROBE_SALT = 0x48757463
 # The K-FAC collection's sampled labels are keyed by the seed with this constant.
 _KFAC_SALT = 0x4B464143
+_SATURATION_SALT = 0x53415455
 
 
 def default_suite() -> list[str]:
@@ -156,7 +157,8 @@ class Scorer:
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_trust = any(ESTIMATORS[n].needs == "trust" for n in names)
-        needs_kfac = any(ESTIMATORS[n].needs == "kfac" for n in names)
+        needs_saturation = any(ESTIMATORS[n].needs == "saturation" for n in names)
+        needs_kfac = needs_saturation or any(ESTIMATORS[n].needs == "kfac" for n in names)
         needs_curvature = needs_trust or needs_kfac or any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
             raise ValueError(f"probes={probes}; the shared-curvature estimator needs at least 1 probe per batch")
@@ -186,6 +188,7 @@ class Scorer:
                 lambda: riemann.trust_region(pair.loss_fn, pair.post, self.delta, cal, curvature)
             )
         kfac_factors, kfac_note, self.kfac_seconds = None, None, {}
+        curve, self.saturation_seconds = None, 0.0
         if needs_kfac:
             from analysis.study import kfac
 
@@ -200,6 +203,19 @@ class Scorer:
                     ekfac=any(ESTIMATORS[n].needs == "kfac" and n != "kfac" for n in names),
                 )
                 self.kfac_seconds = kfac_factors.info["seconds"]
+                if needs_saturation:
+                    from analysis.study import saturation
+
+                    curve, self.saturation_seconds = _timed(
+                        lambda: saturation.collect(
+                            pair.template,
+                            pair.post,
+                            self.delta,
+                            cal,
+                            kind,
+                            key=jax.random.fold_in(jax.random.key(seed), _SATURATION_SALT),
+                        )
+                    )
         n_test = len(pair.batches)
         ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
@@ -222,6 +238,7 @@ class Scorer:
             loss_post=self.loss_post,
             kfac=kfac_factors,
             kfac_note=kfac_note,
+            saturation=curve,
         )
         self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
 
@@ -256,8 +273,16 @@ class Scorer:
                     "passes_per_batch": {**c.cost, "gradient": c.cost.get("gradient", 0) + passes},
                     "seconds": self.curvature_seconds + secs,
                 }
+            if self.shared.saturation is not None:
+                curve = self.shared.saturation.info["passes_per_batch"]
+                spent["kfac-saturated"] = {
+                    "passes_per_batch": {**spent["kfac"]["passes_per_batch"], **curve},
+                    "seconds": spent["kfac"]["seconds"] + self.saturation_seconds,
+                }
         elif c is not None:
             spent["kfac"] = spent["curvature"]
+        if "kfac" in spent and "kfac-saturated" not in spent:  # no logits to read: K-FAC's own cost
+            spent["kfac-saturated"] = spent["kfac"]
         rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
         return {
             "probes": self.probes if c is not None else 0,
@@ -265,6 +290,7 @@ class Scorer:
             "loss_post": g.loss,
             "estimators": rec,
             "trust_region": None if tr is None else tr.record(),
+            "saturation": None if self.shared.saturation is None else self.shared.saturation.record(),
         }
 
     def masks(self, edit: edits.Edit) -> int:

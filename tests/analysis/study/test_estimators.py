@@ -43,6 +43,7 @@ def test_every_estimator_scores_a_change_by_its_method():
         "auto": exact,  # the quadratic is exact here, so auto trusts it
         "kfac": exact,  # no model checkpoint: the Hessian diagonal serves every leaf
         "ekfac": exact,
+        "kfac-saturated": exact,  # and no logits to read a saturation curve from: K-FAC's own value
     }
     assert set(ESTIMATORS) == set(want)
     for name, est in ESTIMATORS.items():

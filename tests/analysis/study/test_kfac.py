@@ -163,3 +163,31 @@ def test_sampled_cotangents_are_unbiased_and_a_single_draw_holds_a_confident_mod
         cts = np.asarray(kfac._cotangents(sharp, jnp.ones((64,)), jax.random.key(seed), "sampled", 1), np.float64)
         per_position = np.sum(cts**2, axis=(0, 2))
         np.testing.assert_allclose(per_position, trace, rtol=0.01)
+
+
+def test_leaves_without_a_factor_get_the_fisher_diagonal_of_the_same_pass():
+    """One example: the sampled-sign Fisher diagonal of the exact cotangents is the exact GGN
+    diagonal of every leaf that is not a Linear weight (no cross-example terms to cancel); with
+    sampled labels it is positive and unbiased over keys."""
+    model = checkpoints.from_config(CLIP, seed=0)
+    batch = _images(1, seed=3)
+    f = kfac.collect(model, model.params, [batch], "classification", key=jax.random.key(0), fisher="exact", ekfac=False)
+    names = riemann.leaf_names(model.params)
+    others = [n for n in names if n not in f.kronecker]
+    assert set(f.diagonal) == set(others) and "vision_model.embeddings.patch_embedding.weight" in others
+
+    def logits(p):
+        return model.classify(p, batch["pixel_values"]).astype(jnp.float32)
+
+    jac = dict(zip(names, jax.tree_util.tree_leaves(jax.jacrev(logits)(model.params))))
+    p = jax.nn.softmax(logits(model.params), axis=-1)[0]
+    h = jnp.diag(p) - jnp.outer(p, p)
+    for n in others:
+        j = jac[n].reshape(jac[n].shape[1], -1)  # [C, params of the leaf]
+        exact = np.asarray(jnp.einsum("ci,cd,di->i", j, h, j))
+        np.testing.assert_allclose(np.asarray(f.diagonal[n]).reshape(-1), exact, rtol=1e-4, atol=1e-9)
+    # 64 copies of the example: each copy draws its own labels and signs (the key is folded per batch).
+    sampled = kfac.collect(model, model.params, [batch] * 64, "classification", key=jax.random.key(1), ekfac=False)
+    n = "vision_model.embeddings.patch_embedding.weight"
+    assert float(np.min(sampled.diagonal[n])) >= 0.0
+    np.testing.assert_allclose(np.asarray(sampled.diagonal[n]).sum(), np.asarray(f.diagonal[n]).sum(), rtol=0.1)
