@@ -23,7 +23,7 @@ DEFAULT_SWEEP_SEEDS = 5  # masks per measured random point of `riemann sweep` (a
 # What the bare `riemann run` computes: the paper's term, the shared predictors and `auto` (with the
 # measurement every run makes). The per-edit quadratures and second order cost 3–5× the whole run on
 # their own; `--estimators all` adds them.
-DEFAULT_ESTIMATORS = ("riemann", "first-order", "shared-curvature", "auto")
+DEFAULT_ESTIMATORS = ("riemann", "first-order", "shared-curvature", "kfac-saturated", "auto")
 
 if TYPE_CHECKING:
     import riemann
@@ -151,7 +151,14 @@ def _auto(shared: Shared, change: PyTree) -> riemann.Estimate:
         p.batches,
         tolerance=shared.tolerance,
         loss_post=shared.loss_post,
+        surrogate=auto_surrogate(shared),
     )
+
+
+def auto_surrogate(shared: Shared) -> Callable[[PyTree], riemann.Estimate]:
+    """The shared prediction ``auto`` judges and returns: ``kfac-saturated``'s (which is K-FAC's,
+    or the diagonal quadratic's, where the pair has no factors or logits)."""
+    return lambda change: _saturated(shared, change)
 
 
 def _shared_curvature(shared: Shared, change: PyTree) -> riemann.Estimate:
@@ -280,9 +287,9 @@ register_estimator(
     Estimator(
         "auto",
         {"method": "auto"},
-        "the shared-curvature prediction where its validity score (the surrogate's error at this step "
+        "the kfac-saturated prediction where its validity score (that predictor's error at this step "
         "length, measured once along ±ΔW, over the distance to a class boundary) is below 1; else measured",
-        "probes HVPs + 12 forwards per batch once per pair; 1 forward per batch per edit it measures",
+        "kfac-saturated's passes + 12 forwards per batch once per pair; 1 forward per batch per edit it measures",
         "*",
         "trust",
         _auto,
@@ -295,7 +302,7 @@ register_estimator(
         "kfac",
         {"method": "kfac"},
         "first order + ½⟨ΔW~, GΔW~⟩ with G ≈ A ⊗ S (K-FAC, sampled Fisher) per Linear weight, diag(H) elsewhere",
-        "1 gradient per batch (sampled labels) + the diagonal's probes, once per pair",
+        "2 gradients per batch (the top class and a sampled label) + the diagonal's probes, once per pair",
         "<",
         "kfac",
         _structured("kfac"),
@@ -307,7 +314,7 @@ register_estimator(
         {"method": "ekfac"},
         "first order + ½ Σ λ·(Q_Sᵀ ΔW~ Q_A)² (EK-FAC: K-FAC's eigenbasis, diagonal re-fitted per example) per "
         "Linear weight, diag(H) elsewhere",
-        "2 gradients per batch (sampled labels) + the diagonal's probes, once per pair",
+        "4 gradients per batch (K-FAC's, twice) + the diagonal's probes, once per pair",
         ">",
         "kfac",
         _structured("ekfac"),
@@ -350,7 +357,7 @@ register_estimator(
         {"method": "kfac-saturated"},
         "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
         "saturation curve φ — the exact even part of cross-entropy along random-sign copies of ΔW in logit space",
-        "1 gradient per batch (sampled labels) + 4 jvps per batch + the diagonal's probes, once per pair",
+        "K-FAC's 2 gradients + 4 jvps per batch + the diagonal's probes, once per pair",
         "X",
         "saturation",
         _saturated,

@@ -327,6 +327,6 @@ def collect(
         "batches": nb,
         "layers": len(kron),
         "seconds": seconds,
-        "passes_per_batch": {"gradient": 2 if ekfac else 1},
+        "passes_per_batch": {"gradient": (1 + int(draws)) * (2 if ekfac else 1)},  # backward products
     }
     return Factors(kron, eig, info, diagonal)

@@ -157,7 +157,8 @@ class Scorer:
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_trust = any(ESTIMATORS[n].needs == "trust" for n in names)
-        needs_saturation = any(ESTIMATORS[n].needs == "saturation" for n in names)
+        # auto judges (and returns) the kfac-saturated prediction, so it needs what that one needs.
+        needs_saturation = needs_trust or any(ESTIMATORS[n].needs == "saturation" for n in names)
         needs_kfac = needs_saturation or any(ESTIMATORS[n].needs == "kfac" for n in names)
         needs_curvature = needs_trust or needs_kfac or any(ESTIMATORS[n].needs == "curvature" for n in names)
         if needs_curvature and probes < 1:
@@ -181,11 +182,6 @@ class Scorer:
                 lambda: riemann.shared_curvature(
                     pair.loss_fn, pair.post, cal, probes=probes, key=key, progress=progress
                 )
-            )
-        trust, self.trust_seconds = None, 0.0
-        if needs_trust:
-            trust, self.trust_seconds = _timed(
-                lambda: riemann.trust_region(pair.loss_fn, pair.post, self.delta, cal, curvature)
             )
         kfac_factors, kfac_note, self.kfac_seconds = None, None, {}
         curve, self.saturation_seconds = None, 0.0
@@ -233,13 +229,22 @@ class Scorer:
             pair,
             gradient,
             curvature,
-            trust=trust,
             tolerance=self.tolerance["value"],
             loss_post=self.loss_post,
             kfac=kfac_factors,
             kfac_note=kfac_note,
             saturation=curve,
         )
+        self.trust_seconds = 0.0
+        if needs_trust:
+            from analysis.study.estimators import auto_surrogate
+
+            trust, self.trust_seconds = _timed(
+                lambda: riemann.trust_region(
+                    pair.loss_fn, pair.post, self.delta, cal, curvature, surrogate=auto_surrogate(self.shared)
+                )
+            )
+            self.shared = dataclasses.replace(self.shared, trust=trust)
         self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
 
     def keep_tolerances(self, tolerance: dict[str, Any], accuracy_tolerance: dict[str, Any] | None) -> None:
@@ -261,14 +266,12 @@ class Scorer:
         spent = {"gradient": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
         if c is not None:
             spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
-        if tr is not None:
-            spent["trust"] = {
-                "passes_per_batch": {**c.cost, **tr.cost},
-                "seconds": self.curvature_seconds + self.trust_seconds,
-            }
         if c is not None and self.shared.kfac is not None:  # the diagonal (the fallback) plus the collection
-            for n, passes in (("kfac", 1), ("ekfac", 2)):
-                secs = sum(v for k, v in self.kfac_seconds.items() if passes == 2 or k == "kfac")
+            # One forward and 1 + draws backward products per batch (the top class and the sampled
+            # labels), counted as 1 + draws gradients; EK-FAC runs the collection twice.
+            per = 1 + self.shared.kfac.info["draws"]
+            for n, passes in (("kfac", per), ("ekfac", 2 * per)):
+                secs = sum(v for k, v in self.kfac_seconds.items() if n == "ekfac" or k == "kfac")
                 spent[n] = {
                     "passes_per_batch": {**c.cost, "gradient": c.cost.get("gradient", 0) + passes},
                     "seconds": self.curvature_seconds + secs,
@@ -283,6 +286,11 @@ class Scorer:
             spent["kfac"] = spent["curvature"]
         if "kfac" in spent and "kfac-saturated" not in spent:  # no logits to read: K-FAC's own cost
             spent["kfac-saturated"] = spent["kfac"]
+        if tr is not None:  # auto: what kfac-saturated costs, and the forwards along ±s·ΔW
+            spent["trust"] = {
+                "passes_per_batch": {**spent["kfac-saturated"]["passes_per_batch"], **tr.cost},
+                "seconds": spent["kfac-saturated"]["seconds"] + self.trust_seconds,
+            }
         rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
         return {
             "probes": self.probes if c is not None else 0,

@@ -31,7 +31,7 @@ class agreement ``auto`` reaches say how often it held (``docs/theory.md``, §5)
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
@@ -119,11 +119,14 @@ def trust_region(
     curvature: SharedCurvature,
     *,
     steps: Sequence[float] = DEFAULT_STEPS,
+    surrogate: Callable[[PyTree], Estimate] | None = None,
 ) -> TrustRegion:
     """Measure the shared quadratic's error along ``±s·direction`` from ``params``.
 
     ``curvature`` must have been computed at ``params`` on the same ``batches`` (its per-batch
     losses are the reference ``L(params)``). Costs ``2·len(steps)`` forward passes per batch, once.
+    ``surrogate`` replaces the quadratic by any shared predictor (``change -> Estimate``, no passes
+    over data), whose error is then the one measured.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar``.
@@ -132,6 +135,7 @@ def trust_region(
       batches: the curvature's batches (calibration data).
       curvature: a :class:`riemann.SharedCurvature` with its Hessian diagonal.
       steps: relative lengths ``s > 0``, increasing.
+      surrogate: the model judged (default: ``curvature.estimate``, the diagonal quadratic).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -157,8 +161,6 @@ def trust_region(
     scale = float(_norm(direction))
     if not np.isfinite(scale) or scale == 0:
         raise ValueError(f"direction has norm {scale}; expected a finite, non-zero step (ΔW = W_post − W_pre)")
-    terms = curvature.estimate(direction).terms
-    b, c = terms["first"], terms["curvature"]  # ⟨g, ΔW⟩ and Σ diag(H)·ΔW²
     losses = {}
     for sign in (1.0, -1.0):
         out = [
@@ -170,7 +172,15 @@ def trust_region(
             i = int(np.argwhere(~np.isfinite(got))[0, 0])
             raise FloatingPointError(f"non-finite loss at W_post {'+' if sign > 0 else '−'} {s[i]:g}·ΔW")
         losses[sign] = got.mean(axis=1) - curvature.batch_losses.mean()
-    model = {sign: sign * s * b + 0.5 * s**2 * c for sign in (1.0, -1.0)}
+    if surrogate is None:
+        terms = curvature.estimate(direction).terms
+        b, c = terms["first"], terms["curvature"]  # ⟨g, ΔW⟩ and Σ diag(H)·ΔW²
+        model = {sign: sign * s * b + 0.5 * s**2 * c for sign in (1.0, -1.0)}
+    else:
+        model = {
+            sign: np.array([surrogate(jax.tree.map(lambda x, a=sign * t: x * a, direction)).value for t in s])
+            for sign in (1.0, -1.0)
+        }
     raw = np.maximum(np.abs(losses[1.0] - model[1.0]), np.abs(losses[-1.0] - model[-1.0]))
     return TrustRegion(
         steps=s,
@@ -194,8 +204,10 @@ def auto_estimate(
     *,
     tolerance: float,
     loss_post: Any = None,
+    surrogate: Callable[[PyTree], Estimate] | None = None,
 ) -> Estimate:
-    """The shared-curvature prediction where its validity score is below 1, else the measurement.
+    """The shared-curvature prediction (or ``surrogate``'s, the one ``trust`` was measured for)
+    where its validity score is below 1, else the measurement.
 
     The returned estimate's ``method`` is ``"auto"``; ``settings["source"]`` says which it is
     (``"shared"`` or ``"measured"``) and ``terms`` carry ``validity``, ``relative_step`` (``ρ``),
@@ -203,7 +215,7 @@ def auto_estimate(
     ``loss_post``: the per-batch ``L(post)`` on ``batches`` when known (the measurement then costs
     one forward per batch).
     """
-    shared = curvature.estimate(change)
+    shared = (curvature.estimate if surrogate is None else surrogate)(change)
     norm = float(_norm(change))
     rho = norm / trust.scale
     v = trust.validity(norm, shared.value, tolerance)

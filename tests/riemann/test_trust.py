@@ -119,3 +119,22 @@ def test_trust_region_refuses_what_it_cannot_use():
         riemann.trust_region(_quartic, W, {"w": jnp.zeros(2)}, BATCHES, c)
     with pytest.raises(ValueError, match="1 batches but the curvature was computed on 2"):
         riemann.trust_region(_quartic, W, D, BATCHES[:1], c)
+
+
+def test_a_surrogate_is_judged_and_returned_in_place_of_the_quadratic():
+    """A cubic surrogate of the quartic errs only by its s⁴ term; auto returns its value."""
+    c = _curvature(_quartic)
+    x = float(np.mean([b[0] for b in BATCHES]))
+
+    def cubic(change):
+        t = float(change["w"][0])  # only w[0] moves
+        return riemann.Estimate("cubic", x * (4 * t + 6 * t**2 + 4 * t**3), np.array([0.0]), {}, {}, {}, {})
+
+    steps = [0.1, 0.3, 0.6, 1.0]
+    tr = riemann.trust_region(_quartic, W, D, BATCHES, c, steps=steps, surrogate=cubic)
+    s = np.array(steps)
+    np.testing.assert_allclose(tr.model_forward, x * (4 * s + 6 * s**2 + 4 * s**3), rtol=1e-5)
+    np.testing.assert_allclose(tr.errors, x * s**4, rtol=1e-3, atol=1e-6)
+    step = {"w": jnp.array([0.3, 0.0])}
+    got = riemann.auto_estimate(c, tr, _quartic, W, step, BATCHES, tolerance=100.0, surrogate=cubic)
+    assert got.settings["source"] == "shared" and got.value == pytest.approx(cubic(step).value)

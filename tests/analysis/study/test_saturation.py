@@ -75,7 +75,8 @@ def test_the_causal_lm_curve_runs_through_the_decoder_and_its_loss_weights():
     model = checkpoints.from_config(LLAMA, seed=0)
     ids = np.random.default_rng(0).integers(0, 32, (2, 8)).astype(np.int32)
     batch = {"input_ids": ids, "loss_mask": np.concatenate([np.zeros((2, 3)), np.ones((2, 5))], 1).astype(np.float32)}
-    curve = saturation.collect(model, model.params, _delta(model.params, 2), [batch], "causal-lm", key=jax.random.key(0))
+    delta = _delta(model.params, 2)
+    curve = saturation.collect(model, model.params, delta, [batch], "causal-lm", key=jax.random.key(0))
     assert curve.info["passes_per_batch"] == {"jvp": 4} and curve.quadratic[-1] > 0
     assert curve.loss[0] == pytest.approx(curve.quadratic[0], rel=1e-2)
     assert curve.loss[-1] < curve.quadratic[-1]  # saturated far out
@@ -90,7 +91,8 @@ def test_kfac_saturated_reads_kfacs_quadratic_through_the_curve_and_falls_back_w
     scorer = suite.Scorer(pair, estimators=["kfac", "kfac-saturated"], calibration=2, probes=2)
     assert scorer.shared.saturation is not None
     record = scorer.shared_record()
-    assert record["saturation"]["probes"] == 4 and record["estimators"]["kfac-saturated"]["passes_per_batch"]["jvp"] == 4
+    assert record["saturation"]["probes"] == 4
+    assert record["estimators"]["kfac-saturated"]["passes_per_batch"]["jvp"] == 4
     change = jax.tree.map(lambda a, b: 0.3 * (a - b), pre.params, post.params)
     k = suite.ESTIMATORS["kfac"].score(scorer.shared, change)
     s = suite.ESTIMATORS["kfac-saturated"].score(scorer.shared, change)
