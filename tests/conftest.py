@@ -2,7 +2,9 @@
 promotion are errors, and 8 CPU devices are simulated for sharding tests."""
 
 import concurrent.futures
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 
@@ -51,6 +53,37 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "isolated: run in a child pytest process (third-party reference libraries)")
 
 
+class _Children:
+    """The isolated groups' child processes: run one at a time on a background thread, and stopped
+    (queued ones cancelled, the running one killed with its process group) when the session ends
+    early — ``-x``, a collection error, Ctrl-C, ``--setup-plan`` — so that nothing outlives it."""
+
+    def __init__(self):
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="isolated-tests")
+        self.running: set[subprocess.Popen] = set()
+        self.stopped = False
+
+    def run(self, cmd, **kwargs) -> subprocess.CompletedProcess:
+        if self.stopped:
+            raise RuntimeError("the session ended before this child started")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+        )
+        self.running.add(proc)
+        try:
+            out, err = proc.communicate()
+        finally:
+            self.running.discard(proc)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(self.running):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
 class _Isolated(pytest.Item):
     """One module's ``isolated`` tests, run together in a child ``python -m pytest``.
 
@@ -63,12 +96,10 @@ class _Isolated(pytest.Item):
         self.nodeids = nodeids
         self.result: concurrent.futures.Future | None = None
 
-    def start(self, pool: concurrent.futures.Executor) -> None:
+    def start(self, children: _Children) -> None:
         env = {**os.environ, ISOLATED_CHILD: "1"}
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *self.nodeids]
-        self.result = pool.submit(
-            subprocess.run, cmd, cwd=self.config.rootpath, env=env, capture_output=True, text=True
-        )
+        self.result = children.pool.submit(children.run, cmd, cwd=self.config.rootpath, env=env)
 
     def runtest(self):
         r = self.result.result()
@@ -96,10 +127,21 @@ def pytest_collection_modifyitems(session, config, items):
 
 
 def pytest_collection_finish(session):
-    """Start the children of the isolated groups that survived selection (``-k``, ``-m``)."""
+    """Start the children of the isolated groups that survived selection (``-k``, ``-m``), unless
+    no test will run."""
+    opt = session.config.option
     isolated = [item for item in session.items if isinstance(item, _Isolated)]
-    if isolated and not session.config.option.collectonly:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="isolated-tests")
-        for item in isolated:
-            item.start(pool)
-        pool.shutdown(wait=False)
+    if not isolated or opt.collectonly or opt.setuponly or opt.setupplan or session.testsfailed:
+        return
+    children = session.config.stash.setdefault(_CHILDREN, _Children())
+    for item in isolated:
+        item.start(children)
+
+
+def pytest_sessionfinish(session):
+    children = session.config.stash.get(_CHILDREN, None)
+    if children is not None:
+        children.stop()
+
+
+_CHILDREN = pytest.StashKey[_Children]()

@@ -50,8 +50,8 @@ class Shared:
     # reason in kfac_note when the pair's model or loss does not allow them.
     kfac: Any = None
     kfac_note: str | None = None
-    # The pair's logit-space saturation curve (analysis.study.saturation.SaturationCurve), or None
-    # (then kfac_note says why: the same pairs have logits to read as have K-FAC factors).
+    # The pair's logit-space saturation curve (analysis.study.saturation.SaturationCurve), or None:
+    # not asked for, or no logits to read (the pairs without K-FAC factors; kfac_note says why).
     saturation: Any = None
 
 
@@ -301,7 +301,8 @@ register_estimator(
     Estimator(
         "kfac",
         {"method": "kfac"},
-        "first order + ½⟨ΔW~, GΔW~⟩ with G ≈ A ⊗ S (K-FAC, sampled Fisher) per Linear weight, diag(H) elsewhere",
+        "first order + ½⟨ΔW~, GΔW~⟩ with G ≈ A ⊗ S (K-FAC, sampled Fisher) per Linear weight, the Fisher "
+        "diagonal elsewhere (diag(H) where the pair has no factors)",
         "2 gradients per batch (the top class and a sampled label) + the diagonal's probes, once per pair",
         "<",
         "kfac",
@@ -313,7 +314,7 @@ register_estimator(
         "ekfac",
         {"method": "ekfac"},
         "first order + ½ Σ λ·(Q_Sᵀ ΔW~ Q_A)² (EK-FAC: K-FAC's eigenbasis, diagonal re-fitted per example) per "
-        "Linear weight, diag(H) elsewhere",
+        "Linear weight, the Fisher diagonal elsewhere",
         "4 gradients per batch (K-FAC's, twice) + the diagonal's probes, once per pair",
         ">",
         "kfac",

@@ -151,16 +151,26 @@ def _cotangents(logits: jax.Array, w: jax.Array, key: jax.Array, fisher: str, dr
         eye = jnp.eye(c, dtype=jnp.float32)
         cts = jnp.sqrt(jnp.moveaxis(p, -1, 0))[..., None] * (p[None] - eye.reshape((c,) + (1,) * (p.ndim - 1) + (c,)))
         return (sw[None] * cts).astype(logits.dtype)
-    top = jnp.argmax(p, axis=-1)
-    p_top = jnp.take_along_axis(p, top[..., None], axis=-1)
-    rest = jnp.where(jax.nn.one_hot(top, c, dtype=jnp.bool_), -jnp.inf, jnp.log(jnp.maximum(p, 1e-30)))
+    # In log space: on a confident token 1 − p_m is below float32's resolution near 1, and the
+    # other classes' probabilities below its smallest normal.
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    top = jnp.argmax(logp, axis=-1)
+    is_top = jax.nn.one_hot(top, c, dtype=jnp.bool_)
+    # 1 − p_m as the other classes' sum: log p_m itself rounds to 0 once 1 − p_m < 6e-8.
+    rest_mass = jnp.sum(jnp.where(is_top, 0.0, jnp.exp(logp)), axis=-1, keepdims=True)
     keys = jax.random.split(key, draws)
-    labels = jax.vmap(lambda k: jax.random.categorical(k, rest, axis=-1))(keys)
-    spread = jnp.sqrt(jnp.maximum(1.0 - p_top, 0.0) / draws)[None]
+    labels = jax.vmap(lambda k: jax.random.categorical(k, jnp.where(is_top, -jnp.inf, logp), axis=-1))(keys)
+    spread = jnp.sqrt(jnp.maximum(rest_mass, 0.0) / draws)[None]
     others = spread * (p[None] - jax.nn.one_hot(labels, c, dtype=jnp.float32))
-    first = jnp.sqrt(p_top) * (p - jax.nn.one_hot(top, c, dtype=jnp.float32))
+    first = jnp.sqrt(1.0 - rest_mass) * jnp.where(is_top, -rest_mass, p)  # √p_m (p − e_m)
     cts = jnp.concatenate([first[None], others], axis=0)
     return (sw[None] * cts).astype(logits.dtype)
+
+
+def _num_outputs(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any]) -> int:
+    """Classes (or vocabulary entries) per position: the exact Fisher's cotangent sets."""
+    shape = jax.eval_shape(lambda: _logits_and_weights(graph.ckpt.module(params), kind, batch)[0])
+    return int(shape.shape[-1])
 
 
 def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: jax.Array, fisher: str, draws: int):
@@ -305,6 +315,7 @@ def collect(
         for n, v in diag.items():
             diag_sums[n] = diag_sums[n] + v if n in diag_sums else v
     kron = {n: KroneckerFactor(a=a / nb, s=s / nb) for n, (a, s) in sums.items()}
+    backward = (1 + int(draws)) if fisher == "sampled" else _num_outputs(graph, params, kind, batches[0])
     diagonal = {n: v / nb for n, v in diag_sums.items()}
     jax.block_until_ready((kron, diagonal))
     seconds = {"kfac": time.perf_counter() - t0}
@@ -327,6 +338,8 @@ def collect(
         "batches": nb,
         "layers": len(kron),
         "seconds": seconds,
-        "passes_per_batch": {"gradient": (1 + int(draws)) * (2 if ekfac else 1)},  # backward products
+        # One forward and this many backward products per batch (the cotangent sets), twice for EK-FAC.
+        "backward_products": backward,
+        "passes_per_batch": {"gradient": backward * (2 if ekfac else 1)},
     }
     return Factors(kron, eig, info, diagonal)

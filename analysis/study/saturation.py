@@ -25,7 +25,9 @@ for other leaves) to a loss change is ``φ(Q_e) = C(α)`` at ``Q(α) = Q_e`` —
 that Gauss–Newton energy would see if its logit change were spread over tokens and classes as a
 random-sign copy of ``ΔW`` spreads it. That is exact for DARE's rescaled noise in the limit of many
 parameters (its logit change is such a copy, scaled by ``(1 − k)√(p/(1 − p))``) and an assumption
-for structured edits, which the validation on the test batches judges.
+for structured edits, which the validation on the test batches judges. The suite measures the
+``Q`` axis with K-FAC's own quadratic on each copy (``quadratic=``), so that an edit is placed on
+the curve by the same quadratic that scores it, whatever that quadratic's error.
 
 Only pairs whose loss is the model's own cross-entropy have logits to read (those K-FAC supports,
 :func:`analysis.study.kfac.output_kind`); any other pair gets no curve and the estimator says so.
@@ -36,7 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -47,7 +49,7 @@ from analysis.study import kfac
 
 PyTree = Any
 # Step multiples of the random-sign copy of ΔW: DARE's noise is the copy times (1 − k)√(p/(1 − p)),
-# 0.033 at p = 0.001 and 200 at p = 0.99999 with k = −1.
+# 0.032 at p = 0.001 and k = 0, 632 at p = 0.99999 and k = −1.
 ALPHAS = np.geomspace(1e-3, 1e3, 61)
 
 
@@ -101,11 +103,13 @@ class SaturationCurve:
 
 def _log_mean_exp(logp: jax.Array, x: jax.Array) -> jax.Array:
     """``log Σ_k p_k e^{x_k}`` per position, to full float32 precision for small ``x`` (where it is
-    ``log1p(Σ p_k expm1(x_k))``) as well as for large."""
+    ``log1p(Σ p_k expm1(x_k))``, used while every ``x_k < 30``) as well as for large."""
+    # log1p form while no term can overflow: logsumexp would lose everything below float32's
+    # resolution near 1, which on a confident token is the whole change.
     p = jnp.exp(logp)
     small = jnp.log1p(jnp.sum(p * jnp.expm1(jnp.minimum(x, 30.0)), axis=-1))
     large = jax.nn.logsumexp(logp + x, axis=-1)
-    return jnp.where(jnp.max(jnp.abs(x), axis=-1) < 1.0, small, large)
+    return jnp.where(jnp.max(x, axis=-1) < 30.0, small, large)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2))
@@ -120,13 +124,13 @@ def _curve_step(graph: Any, params: PyTree, kind: str, batch: dict[str, Any], di
     logp = jax.nn.log_softmax(z.astype(jnp.float32), axis=-1)
     u = u.astype(jnp.float32)
     p = jnp.exp(logp)
-    mean = jnp.sum(p * u, axis=-1)
-    q1 = 0.5 * jnp.sum(w * (jnp.sum(p * u * u, axis=-1) - mean**2))
+    # Centred on its mean under p: changes neither quantity, keeps the arguments small, and spares
+    # the variance a cancellation.
+    c = u - jnp.sum(p * u, axis=-1)[..., None]
+    q1 = 0.5 * jnp.sum(w * jnp.sum(p * c * c, axis=-1))
 
     def even(alpha: jax.Array) -> jax.Array:
         # ½[ℓ(z + αu) + ℓ(z − αu)] − ℓ(z) = ½[lme(αu) + lme(−αu)]: the target's logit cancels.
-        # Centring u on its mean under p first changes neither and keeps the arguments small.
-        c = u - mean[..., None]
         return jnp.sum(w * 0.5 * (_log_mean_exp(logp, alpha * c) + _log_mean_exp(logp, -alpha * c)))
 
     return q1, jax.lax.map(even, jnp.asarray(ALPHAS, jnp.float32))
@@ -141,6 +145,7 @@ def collect(
     *,
     key: jax.Array,
     probes: int = 4,
+    quadratic: Callable[[PyTree], float] | None = None,
 ) -> SaturationCurve:
     """The pair's saturation curve at ``params`` (``W_post``) along random-sign copies of ``delta``.
 
@@ -152,6 +157,10 @@ def collect(
       kind: ``"causal-lm"`` or ``"classification"`` (:func:`analysis.study.kfac.output_kind`).
       key: PRNG key of the signs (probe ``j`` uses ``fold_in(key, j)``).
       probes: random-sign copies per batch (one forward-mode product each).
+      quadratic: the shared quadratic ``½⟨x, G x⟩`` the curve will be read with (e.g. K-FAC's; no
+        passes over data). The curve's ``Q`` axis is then its value on each copy, averaged, so that
+        ``φ`` is read where that quadratic puts an edit, whatever its error against the exact
+        Gauss–Newton ``Q`` (recorded as ``quadratic_over_exact``). Default: the exact one.
 
     Returns:
       :class:`SaturationCurve`.
@@ -166,16 +175,26 @@ def collect(
     graph = kfac._Graph(ckpt)
     t0 = time.perf_counter()
     leaves, treedef = jax.tree_util.tree_flatten(delta)
-    q1, c = 0.0, np.zeros(ALPHAS.shape)
+    q1, qs, c = 0.0, 0.0, np.zeros(ALPHAS.shape)
     for j in range(probes):
         keys = jax.random.split(jax.random.fold_in(key, j), len(leaves))
         signs = [jax.random.rademacher(k, x.shape, jnp.float32).astype(x.dtype) for k, x in zip(keys, leaves)]
         direction = treedef.unflatten([x * s for x, s in zip(leaves, signs)])
+        if quadratic is not None:
+            qs += float(quadratic(direction))
         for batch in batches:
             qb, cb = _curve_step(graph, params, kind, batch, direction)
             q1 += float(qb)
             c += np.asarray(cb, np.float64)
     n = probes * len(batches)
-    q1, c = q1 / n, np.maximum.accumulate(c / n)  # convex and even in α: non-decreasing (rounding aside)
-    info = {"batches": len(batches), "seconds": time.perf_counter() - t0, "passes_per_batch": {"jvp": probes}}
+    q1, c = q1 / n, c / n
+    if not (np.isfinite(q1) and np.all(np.isfinite(c))):
+        raise FloatingPointError(f"the saturation curve is not finite (Q per unit step {q1}); the logits overflow")
+    info: dict[str, Any] = {"batches": len(batches), "passes_per_batch": {"jvp": probes}}
+    if quadratic is not None:
+        qs /= probes
+        info["quadratic_over_exact"] = qs / q1 if q1 > 0 else float("nan")
+        q1 = qs
+    info["seconds"] = time.perf_counter() - t0
+    c = np.maximum.accumulate(c)  # convex and even in α: non-decreasing (rounding aside)
     return SaturationCurve(quadratic=ALPHAS**2 * q1, loss=c, probes=probes, info=info)

@@ -184,7 +184,7 @@ class Scorer:
                 )
             )
         kfac_factors, kfac_note, self.kfac_seconds = None, None, {}
-        curve, self.saturation_seconds = None, 0.0
+        self.saturation_seconds = 0.0
         if needs_kfac:
             from analysis.study import kfac
 
@@ -199,19 +199,6 @@ class Scorer:
                     ekfac=any(ESTIMATORS[n].needs == "kfac" and n != "kfac" for n in names),
                 )
                 self.kfac_seconds = kfac_factors.info["seconds"]
-                if needs_saturation:
-                    from analysis.study import saturation
-
-                    curve, self.saturation_seconds = _timed(
-                        lambda: saturation.collect(
-                            pair.template,
-                            pair.post,
-                            self.delta,
-                            cal,
-                            kind,
-                            key=jax.random.fold_in(jax.random.key(seed), _SATURATION_SALT),
-                        )
-                    )
         n_test = len(pair.batches)
         ref = _move_along(pair.post, self.delta, np.float32(-tolerance.FRACTION))  # W_post − 0.05·ΔW
         pre_cal, ref_cal = (batch_losses(pair.loss_fn, p, cal) for p in (pair.pre, ref))
@@ -233,8 +220,24 @@ class Scorer:
             loss_post=self.loss_post,
             kfac=kfac_factors,
             kfac_note=kfac_note,
-            saturation=curve,
         )
+        if needs_saturation and kfac_factors is not None:
+            from analysis.study import saturation
+
+            kfac_only = self.shared  # placed on the curve by the quadratic that scores the edits
+
+            curve, self.saturation_seconds = _timed(
+                lambda: saturation.collect(
+                    pair.template,
+                    pair.post,
+                    self.delta,
+                    cal,
+                    kfac_factors.info["kind"],
+                    key=jax.random.fold_in(jax.random.key(seed), _SATURATION_SALT),
+                    quadratic=lambda d: ESTIMATORS["kfac"].score(kfac_only, d).terms["second"],
+                )
+            )
+            self.shared = dataclasses.replace(self.shared, saturation=curve)
         self.trust_seconds = 0.0
         if needs_trust:
             from analysis.study.estimators import auto_surrogate
@@ -267,9 +270,9 @@ class Scorer:
         if c is not None:
             spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
         if c is not None and self.shared.kfac is not None:  # the diagonal (the fallback) plus the collection
-            # One forward and 1 + draws backward products per batch (the top class and the sampled
-            # labels), counted as 1 + draws gradients; EK-FAC runs the collection twice.
-            per = 1 + self.shared.kfac.info["draws"]
+            # One forward and one backward product per cotangent set and batch (the top class and
+            # each sampled label), counted as gradients; EK-FAC runs the collection twice.
+            per = self.shared.kfac.info["backward_products"]
             for n, passes in (("kfac", per), ("ekfac", 2 * per)):
                 secs = sum(v for k, v in self.kfac_seconds.items() if n == "ekfac" or k == "kfac")
                 spent[n] = {

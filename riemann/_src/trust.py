@@ -178,7 +178,9 @@ def trust_region(
         model = {sign: sign * s * b + 0.5 * s**2 * c for sign in (1.0, -1.0)}
     else:
         model = {
-            sign: np.array([surrogate(jax.tree.map(lambda x, a=sign * t: x * a, direction)).value for t in s])
+            sign: np.array(
+                [surrogate(jax.tree.map(lambda x, a=sign * t: x * jnp.asarray(a, x.dtype), direction)).value for t in s]
+            )
             for sign in (1.0, -1.0)
         }
     raw = np.maximum(np.abs(losses[1.0] - model[1.0]), np.abs(losses[-1.0] - model[-1.0]))

@@ -163,6 +163,14 @@ def test_sampled_cotangents_are_unbiased_and_a_single_draw_holds_a_confident_mod
         cts = np.asarray(kfac._cotangents(sharp, jnp.ones((64,)), jax.random.key(seed), "sampled", 1), np.float64)
         per_position = np.sum(cts**2, axis=(0, 2))
         np.testing.assert_allclose(per_position, trace, rtol=0.01)
+    # Beyond float32's resolution near 1 (1 − p_m ≈ 2e-11): the rest mass is taken in log space.
+    sharper = jnp.asarray([[25.0, 0.0, 1.0, -1.0, 0.5, 0.2]] * 8, jnp.float32)
+    z = np.array([25.0, 0.0, 1.0, -1.0, 0.5, 0.2])
+    ps = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    rest = np.exp(z[1:] - z[0]).sum() / (1 + np.exp(z[1:] - z[0]).sum())
+    trace = float(ps[0] * rest + np.sum(ps[1:] * (1 - ps[1:])))  # Σ_k p_k (1 − p_k), with 1 − p_m = rest
+    cts = np.asarray(kfac._cotangents(sharper, jnp.ones((8,)), jax.random.key(0), "sampled", 1), np.float64)
+    np.testing.assert_allclose(np.sum(cts**2, axis=(0, 2)), trace, rtol=0.01)
 
 
 def test_leaves_without_a_factor_get_the_fisher_diagonal_of_the_same_pass():

@@ -106,3 +106,37 @@ def test_kfac_saturated_reads_kfacs_quadratic_through_the_curve_and_falls_back_w
     est = suite.ESTIMATORS["kfac-saturated"].score(fallback.shared, change)
     assert est.settings["saturated"] is False and "plain loss_fn" in est.settings["note"]
     assert est.value == pytest.approx(fallback.shared.curvature.estimate(change).value, rel=1e-6)
+
+
+def test_confident_tokens_keep_their_change_to_full_precision():
+    """p_m = 1 − 1.4e-8: logsumexp in float32 would round the whole change away."""
+    logits = jnp.asarray([[20.0, 0.0, 0.0]], jnp.float32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    u = jnp.asarray([[0.0, 1.0, -1.0]], jnp.float32)
+    z = np.array([20.0, 0.0, 0.0])
+    for a in (0.3, 1.0, 3.0):
+        want = np.log(np.sum(np.exp(z + a * np.array([0.0, 1.0, -1.0]))) / np.sum(np.exp(z)))
+        got = float(saturation._log_mean_exp(logp, a * u)[0])
+        assert got == pytest.approx(want, rel=1e-4), (a, got, want)
+
+
+def test_the_q_axis_can_be_the_quadratic_that_scores_the_edits():
+    model = checkpoints.from_config(CLIP, seed=0)
+    batch = _images(4, seed=2)
+    delta = _delta(model.params, 1)
+    key = jax.random.key(3)
+    exact = saturation.collect(model, model.params, delta, [batch], "classification", key=key, probes=2)
+    twice = saturation.collect(
+        model,
+        model.params,
+        delta,
+        [batch],
+        "classification",
+        key=key,
+        probes=2,
+        quadratic=lambda d: 2.0 * sum(float(jnp.vdot(x, x)) for x in jax.tree.leaves(d)),
+    )
+    np.testing.assert_array_equal(twice.loss, exact.loss)  # the same C, read at another Q
+    q1 = 2.0 * sum(float(jnp.vdot(x, x)) for x in jax.tree.leaves(delta))  # |ε ⊙ ΔW|² = |ΔW|²
+    np.testing.assert_allclose(twice.quadratic, saturation.ALPHAS**2 * q1, rtol=1e-5)
+    assert twice.info["quadratic_over_exact"] == pytest.approx(q1 / exact.quadratic[0] * saturation.ALPHAS[0] ** 2)
