@@ -5,8 +5,8 @@ change (the ``kfac-saturated`` estimator).
 A second-order model of softmax cross-entropy is exact only near ``W_post``. Far from it, two
 things happen, token by token: on a confident token (``p_y → 1``) the loss ``log(1 + Σ_{k≠y}
 e^{z_k − z_y})`` grows *exponentially* in the logit margin before it grows linearly, so the quadratic
-under-predicts moderate steps many times over (run ``all-2026-11-28``: along ``ΔW`` on
-``lm/arithmetic``, 0.075 predicted against 5.8 measured); once logits have moved by more than the
+under-predicts moderate steps many times over (on ``lm/arithmetic``, at ``W_pre = W_post − ΔW``, the
+diagonal quadratic predicts 0.075 and 5.9 is measured); once logits have moved by more than the
 margins, the loss grows linearly in them, so the quadratic over-predicts. Neither is visible in the
 curvature at ``W_post``; both are visible in logit space, where the loss is known exactly.
 
