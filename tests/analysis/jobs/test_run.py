@@ -31,6 +31,7 @@ def test_run_writes_results_report_and_figures(mlp_run):
             "auto",
             "kfac",
             "ekfac",
+            "kfac-saturated",
         }
         assert set(r["class"]) == set(r["estimates"]) | {"measured"}
         same_mask = r["identity"]["gauss-legendre"]  # the first mask's estimate and measurement
