@@ -13,6 +13,7 @@ This module imports nothing heavy, so that ``riemann --help`` can list the estim
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,12 @@ class Shared:
     # The pair's logit-space saturation curve (analysis.study.saturation.SaturationCurve), or None:
     # not asked for, or no logits to read (the pairs without K-FAC factors; kfac_note says why).
     saturation: Any = None
+
+    @functools.cached_property
+    def cache(self) -> dict[str, Any]:
+        """What is derived from these fields once and reused by every edit (the structured
+        curvatures); a :func:`dataclasses.replace` copy starts empty."""
+        return {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,44 +209,45 @@ register_estimator(
 )
 
 
-def _fisher_diagonal(shared: Shared) -> PyTree:
-    """The curvature diagonal for the leaves without a Kronecker factor: the sampled Fisher's
-    (collected with the factors) where there is one, else the Hutchinson Hessian diagonal."""
+def _structured_curvature(shared: Shared, which: str) -> Any:
+    """The pair's :class:`riemann.kfac.StructuredCurvature` for ``which`` (``"kfac"``, ``"ekfac"``):
+    the factors, and for every other leaf the sampled Fisher's diagonal collected with them (the
+    Hutchinson Hessian diagonal where the pair has no factors). Built once per :class:`Shared`."""
+    cache = shared.cache
+    if which in cache:
+        return cache[which]
     import jax
 
     import riemann
+    from riemann.kfac import StructuredCurvature
 
-    hutchinson = shared.curvature.diagonal
-    fisher = {} if shared.kfac is None else shared.kfac.diagonal
-    if not fisher:
-        return hutchinson
-    leaves, treedef = jax.tree_util.tree_flatten(hutchinson)
-    names = riemann.leaf_names(hutchinson)
-    return treedef.unflatten([fisher[n].astype(x.dtype) if n in fisher else x for n, x in zip(names, leaves)])
+    if shared.curvature is None:
+        raise ValueError(f"the {which} estimator needs the Hutchinson diagonal (its fallback); none was computed")
+    f = shared.kfac
+    factors = {} if f is None else (f.kronecker if which == "kfac" else f.eigen)
+    if f is not None and not factors:
+        raise ValueError(f"the {which} estimator needs its factors; the shared K-FAC collection did not make them")
+    diagonal = shared.curvature.diagonal
+    if f is not None and f.diagonal:
+        leaves, treedef = jax.tree_util.tree_flatten(diagonal)
+        names = riemann.leaf_names(diagonal)
+        diagonal = treedef.unflatten(
+            [f.diagonal[n].astype(x.dtype) if n in f.diagonal else x for n, x in zip(names, leaves)]
+        )
+    settings = {"factored": f is not None, "layers": len(factors), "probes": shared.curvature.probes}
+    if f is None:
+        settings["note"] = shared.kfac_note
+    else:
+        settings |= {k: f.info[k] for k in ("kind", "fisher", "draws")}
+    cache[which] = StructuredCurvature(
+        grad=shared.gradient.grad, factors=factors, diagonal=diagonal, name=which, settings=settings
+    )
+    return cache[which]
 
 
 def _structured(which: str) -> Callable[[Shared, PyTree], riemann.Estimate]:
     def score(shared: Shared, change: PyTree) -> riemann.Estimate:
-        from riemann.kfac import StructuredCurvature
-
-        if shared.curvature is None:
-            raise ValueError(f"the {which} estimator needs the Hutchinson diagonal (its fallback); none was computed")
-        f = shared.kfac
-        factors = {} if f is None else (f.kronecker if which == "kfac" else f.eigen)
-        if f is not None and not factors:
-            raise ValueError(f"the {which} estimator needs its factors; the shared K-FAC collection did not make them")
-        settings = {"factored": f is not None, "layers": len(factors), "probes": shared.curvature.probes}
-        if f is None:
-            settings["note"] = shared.kfac_note
-        else:
-            settings |= {k: f.info[k] for k in ("kind", "fisher", "draws")}
-        return StructuredCurvature(
-            grad=shared.gradient.grad,
-            factors=factors,
-            diagonal=_fisher_diagonal(shared),
-            name=which,
-            settings=settings,
-        ).estimate(change)
+        return _structured_curvature(shared, which).estimate(change)
 
     return score
 
@@ -326,28 +334,11 @@ register_estimator(
 def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
     import dataclasses as dc
 
-    import numpy as np
-
-    est = _structured("kfac")(shared, change)
     curve = shared.saturation
+    est = _structured_curvature(shared, "kfac").estimate(change, saturate=curve)
     settings = {**est.settings, "saturated": curve is not None}
-    if curve is None:
-        return dc.replace(est, method="kfac-saturated", settings={**settings, "note": shared.kfac_note})
-    firsts = shared.gradient.first_order(change).modules
-    second = est.terms["second"]
-    phi = curve(second)
-    scale = phi / second if second > 0 else 1.0
-    modules = {n: firsts[n] + (v - firsts[n]) * scale for n, v in est.modules.items()}
-    value = est.terms["first"] + phi
-    return dc.replace(
-        est,
-        method="kfac-saturated",
-        value=value,
-        batch_values=np.array([value]),
-        modules=modules,
-        terms={**est.terms, "second_saturated": phi, "saturation": scale},
-        settings={**settings, "saturation_probes": curve.probes},
-    )
+    settings |= {"note": shared.kfac_note} if curve is None else {"saturation_probes": curve.probes}
+    return dc.replace(est, method="kfac-saturated", settings=settings)
 
 
 # The shared predictor the main job leads with: K-FAC's quadratic, read through how cross-entropy

@@ -173,6 +173,13 @@ def _num_outputs(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any]
     return int(shape.shape[-1])
 
 
+def _linear_names(module: nnx.Module) -> dict[int, str]:
+    """``{id(layer): its weight's leaf name}`` for every Linear of ``module``."""
+    return {
+        id(m): riemann.tree_utils.path_name(p) + ".weight" for p, m in nnx.iter_graph(module) if isinstance(m, Linear)
+    }
+
+
 def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: jax.Array, fisher: str, draws: int):
     """Per Linear weight name: inputs ``a`` [rows, in], output gradients ``δ`` [K, rows, out], and the
     rows' lead shape and row weights; and per other leaf, the Fisher diagonal of this batch.
@@ -184,8 +191,7 @@ def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: 
     diagonal, never negative."""
     flat, treedef = jax.tree_util.tree_flatten(params)
     leaf_names = riemann.leaf_names(params)
-    module0 = graph.ckpt.module(params)
-    linear = {riemann.tree_utils.path_name(p) + ".weight" for p, m in nnx.iter_graph(module0) if isinstance(m, Linear)}
+    linear = set(_linear_names(graph.ckpt.module(params)).values())
     free = [i for i, n in enumerate(leaf_names) if n not in linear]
 
     leads: dict[str, tuple[int, ...]] = {}
@@ -197,8 +203,7 @@ def _taps(graph: _Graph, params: PyTree, kind: str, batch: dict[str, Any], key: 
         module = graph.ckpt.module(jax.tree_util.tree_unflatten(treedef, leaves))
         if hasattr(module, "remat"):
             module.remat = False  # the taps record inside this trace; a scan or checkpoint would hide them
-        graph_nodes = nnx.iter_graph(module)
-        names = {id(m): riemann.tree_utils.path_name(p) + ".weight" for p, m in graph_nodes if isinstance(m, Linear)}
+        names = _linear_names(module)
         seen: dict[str, jax.Array] = {}
 
         def tap(m: nnx.Module, x2d: jax.Array, y: jax.Array) -> jax.Array:

@@ -30,7 +30,7 @@ This module is pure JAX over arrays and pytrees; which leaves are linear weights
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -161,27 +161,40 @@ class StructuredCurvature:
         """The factor of each leaf in flattening order (``None`` where the diagonal serves)."""
         return [self.factors.get(n) for n in trees.leaf_names(self.grad)]
 
-    def estimate(self, change: PyTree) -> Estimate:
+    def estimate(self, change: PyTree, *, saturate: Callable[[float], float] | None = None) -> Estimate:
         """``⟨g, ΔW~⟩ + ½ Σ_leaves q(ΔW~_leaf)``: ``q`` the factor's quadratic where the leaf has one,
-        ``Σ diag(H) ΔW~²`` elsewhere. No passes over data."""
-        firsts, quads = _terms_jit(self.grad, self.diagonal, self.per_leaf(), change)
+        ``Σ diag(H) ΔW~²`` elsewhere. No passes over data.
+
+        ``saturate`` maps the whole second-order term ``Q = ½ Σ q`` to what replaces it, ``φ(Q)``
+        (a saturation curve): the value is then ``⟨g, ΔW~⟩ + φ(Q)``, each leaf's second-order part
+        is scaled by ``φ(Q)/Q``, and ``terms`` add ``second_saturated`` and ``saturation``
+        (``φ(Q)/Q``)."""
+        per_leaf = self.per_leaf()
+        firsts, quads = _terms_jit(self.grad, self.diagonal, per_leaf, change)
         first = np.asarray(jax.device_get(firsts), np.float64)
         quad = np.asarray(jax.device_get(quads), np.float64)
-        kinds = [f is not None for f in self.per_leaf()]
-        structured = float(quad[np.array(kinds, bool)].sum()) if any(kinds) else 0.0
+        kinds = np.array([f is not None for f in per_leaf], bool)
+        second = float(0.5 * quad.sum())
+        terms = {
+            "first": float(first.sum()),
+            "second": second,
+            "curvature": float(quad.sum()),
+            "curvature_factored": float(quad[kinds].sum()) if kinds.any() else 0.0,
+        }
         value_per_leaf = first + 0.5 * quad
         value = float(value_per_leaf.sum())
+        if saturate is not None:
+            phi = float(saturate(second))
+            scale = phi / second if second > 0 else 1.0
+            value_per_leaf = first + 0.5 * quad * scale
+            value = terms["first"] + phi
+            terms |= {"second_saturated": phi, "saturation": scale}
         return Estimate(
             method=self.name,
             value=value,
             batch_values=np.array([value]),
             modules=dict(zip(trees.leaf_names(self.grad), value_per_leaf.tolist())),
-            terms={
-                "first": float(first.sum()),
-                "second": float(0.5 * quad.sum()),
-                "curvature": float(quad.sum()),
-                "curvature_factored": structured,
-            },
+            terms=terms,
             cost={"gradient": 0, "hvp": 0, "forward": 0},
             settings={"shared": True, **self.settings},
         )

@@ -61,3 +61,20 @@ def test_structured_curvature_uses_factors_and_the_diagonal_elsewhere():
         kfac.StructuredCurvature(grad, {"b": f}, diag)
     with pytest.raises(ValueError, match="no diagonal"):
         kfac.StructuredCurvature(grad, {"w": f}, None)
+
+
+def test_a_saturation_map_replaces_the_second_order_term_and_scales_each_leaf():
+    f, _, _, rng = _factor(5)
+    grad = {"b": jnp.ones((3,), jnp.float32), "w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)}
+    diag = {"b": jnp.full((3,), 2.0, jnp.float32), "w": jnp.zeros((5, 4), jnp.float32)}
+    change = {"b": jnp.ones((3,), jnp.float32), "w": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)}
+    sc = kfac.StructuredCurvature(grad, {"w": f}, diag)
+    plain = sc.estimate(change)
+    got = sc.estimate(change, saturate=np.sqrt)
+    q = plain.terms["second"]
+    assert got.value == pytest.approx(plain.terms["first"] + np.sqrt(q), rel=1e-9)
+    assert got.terms["second_saturated"] == pytest.approx(np.sqrt(q)) and got.terms["saturation"] == pytest.approx(
+        q**-0.5
+    )
+    assert sum(got.modules.values()) == pytest.approx(got.value, rel=1e-9)
+    assert got.modules["b"] == pytest.approx(3.0 + 3.0 * q**-0.5)  # ⟨g, x⟩ = 3, ½ Σ 2·1² = 3, scaled
