@@ -3,6 +3,7 @@
 Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path integrals of the
 gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
+the saturation curves that say how the loss leaves a shared quadratic along ``ΔW`` and along noise,
 the shared surrogate's trust region and the ``auto`` estimate that measures where it does not hold,
 and the competitive / decreased / improved classification.
 Edit operators live in :mod:`riemann.edits`; closed forms of whole edit families (DARE over ``p × k``,
@@ -39,6 +40,9 @@ from riemann._src.quadrature import Quadrature as Quadrature
 from riemann._src.quadrature import degree as degree
 from riemann._src.quadrature import quadrature as quadrature
 from riemann._src.quadrature import refine as refine
+from riemann._src.saturation import Curve as Curve
+from riemann._src.saturation import Saturation as Saturation
+from riemann._src.saturation import saturation as saturation
 from riemann._src.steps import MODES as MODES
 from riemann._src.steps import lower_path_step as lower_path_step
 from riemann._src.stepwise import PathIntegral as PathIntegral

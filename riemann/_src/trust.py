@@ -42,6 +42,7 @@ from riemann._src import trees
 from riemann._src.curvature import SharedCurvature
 from riemann._src.estimate import Estimate, estimate
 from riemann._src.pacing import pace
+from riemann._src.saturation import Saturation
 
 PyTree = Any
 DEFAULT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
@@ -197,8 +198,8 @@ def trust_region(
 
 
 def auto_estimate(
-    curvature: SharedCurvature,
-    trust: TrustRegion,
+    curvature: SharedCurvature | None,
+    trust: TrustRegion | Saturation,
     loss_fn: Any,
     post: PyTree,
     change: PyTree,
@@ -207,23 +208,41 @@ def auto_estimate(
     tolerance: float,
     loss_post: Any = None,
     surrogate: Callable[[PyTree], Estimate] | None = None,
+    noise: bool = False,
 ) -> Estimate:
     """The shared-curvature prediction (or ``surrogate``'s, the one ``trust`` was measured for)
     where its validity score is below 1, else the measurement.
 
+    ``trust`` is a :class:`TrustRegion` (errors along ``±s·ΔW``) or a
+    :class:`riemann.Saturation` (errors along ``ΔW`` and random-sign copies of it, read by the
+    change's alignment; the prediction's ``terms["second"]`` is its quadratic). ``noise=True``
+    declares the change's component across ``ΔW`` to be independent per-parameter noise (DARE's
+    and DELLA's masks), judged by the noise envelope alone; a :class:`TrustRegion` ignores it.
+
     The returned estimate's ``method`` is ``"auto"``; ``settings["source"]`` says which it is
     (``"shared"`` or ``"measured"``) and ``terms`` carry ``validity``, ``relative_step`` (``ρ``),
-    ``model_error`` (``ê(ρ)``) and ``shared`` (the shared prediction, whichever was returned).
+    ``model_error`` (``ê``) and ``shared`` (the shared prediction, whichever was returned).
     ``loss_post``: the per-batch ``L(post)`` on ``batches`` when known (the measurement then costs
     one forward per batch).
     """
+    if surrogate is None and curvature is None:
+        raise ValueError("auto_estimate needs a curvature or a surrogate to predict with")
     shared = (curvature.estimate if surrogate is None else surrogate)(change)
-    norm = float(_norm(change))
-    rho = norm / trust.scale
-    v = trust.validity(norm, shared.value, tolerance)
-    err = trust.error(rho) if np.isfinite(rho) else float("inf")
-    info = {"validity": v, "relative_step": rho, "model_error": err, "shared": shared.value}
-    if v < 1:
+    if isinstance(trust, Saturation):
+        q = shared.terms.get("second")
+        if q is None:
+            raise ValueError("judging by a Saturation needs the prediction's quadratic, terms['second']")
+        info = trust.judge(change, shared.value, q, tolerance, noise=noise)
+    else:
+        norm = float(_norm(change))
+        rho = norm / trust.scale
+        info = {
+            "validity": trust.validity(norm, shared.value, tolerance),
+            "relative_step": rho,
+            "model_error": trust.error(rho) if np.isfinite(rho) else float("inf"),
+        }
+    info["shared"] = shared.value
+    if info["validity"] < 1:
         chosen, source = shared, "shared"
     else:
         chosen, source = estimate(loss_fn, post, change, batches, method="measured", loss_post=loss_post), "measured"

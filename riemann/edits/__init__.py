@@ -49,6 +49,7 @@ register(
     paper_class="competitive",
     random=True,
     validate=check_dare,
+    noise=True,
 )(dare)
 register("biased_sign", reference=_TANG + " (Table 1, Biased ΔW)", paper_class="competitive", validate=check_biased)(
     biased_sign
@@ -66,6 +67,7 @@ register(
     paper_class="competitive",
     random=True,
     validate=check_della,
+    noise=True,
 )(della)
 register(
     "magnitude",

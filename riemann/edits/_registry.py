@@ -86,6 +86,9 @@ class EditInfo:
     multi: bool
     validate: Callable[..., None] | None
     takes_key: bool
+    # The change is ΔW times independent per-parameter random factors (a mask): across ΔW it is
+    # noise, which riemann.Saturation's random-sign copies stand for.
+    noise: bool = False
 
 
 REGISTRY: dict[str, EditInfo] = {}
@@ -117,13 +120,16 @@ def register(
     needs_grad: bool = False,
     multi: bool = False,
     validate: Callable[..., None] | None = None,
+    noise: bool = False,
 ) -> Callable[[Callable[..., PyTree]], Callable[..., PyTree]]:
     """Decorator that registers an edit ``fn(delta, [grad,] *params, key=None, ...)``.
 
     Every parameter after ``delta`` (and ``grad`` when ``needs_grad``), other than ``key``, must be
     annotated with scalars (``float``, ``int``, ``bool``, ``str``, optionally ``| None``) so that
     specs can be parsed; parameters of other types (e.g. ``ndim`` tuples) are reachable from
-    Python but not from specs. ``validate(**params)`` checks values before any work.
+    Python but not from specs. ``validate(**params)`` checks values before any work. ``noise``
+    declares that the edit multiplies each entry of the delta by an independent random factor (a
+    mask, as DARE and DELLA do), so that across the delta its change is noise.
 
     Example:
       >>> import jax
@@ -168,6 +174,7 @@ def register(
             multi,
             validate,
             "key" in sig.parameters,
+            noise,
         )
         return fn
 
@@ -195,6 +202,11 @@ class Edit:
     @property
     def needs_grad(self) -> bool:
         return self.info.needs_grad
+
+    @property
+    def noise(self) -> bool:
+        """True when the change is the delta times independent per-parameter random factors."""
+        return self.info.noise
 
     @property
     def spec(self) -> str:

@@ -103,3 +103,16 @@ def test_only_scalars_beside_a_mapping_reach_specs():
         edits.parse("lowrank:fraction=0.5,ndim=2")
     with pytest.raises(ValueError, match=r"bitdelta: unknown parameter\(s\) \['ndim'\]"):
         edits.parse("bitdelta:ndim=none")
+
+
+def test_noise_edits_multiply_each_entry_of_the_delta_by_a_random_factor():
+    assert {n for n, info in edits.REGISTRY.items() if info.noise} == {"dare", "della"}
+    d = {"w": jax.random.normal(jax.random.key(0), (64, 64))}
+    dare = edits.parse("dare:p=0.7")
+    assert dare.noise and dare.random
+    ra, rb = (np.asarray(dare(d, key=jax.random.key(k))["w"] / d["w"]) for k in (1, 2))
+    np.testing.assert_allclose(np.unique(np.round(ra, 4)), [0.0, round(1 / 0.3, 4)])  # dropped or rescaled
+    assert not np.array_equal(ra, rb)  # another key, another mask of the same delta
+    della = edits.parse("della:density=0.3,epsilon=0.1")
+    assert della.noise and della.random
+    assert not edits.parse("bitdelta").noise and not edits.parse("lowrank:rank=2").noise

@@ -1,0 +1,357 @@
+"""How a loss leaves its shared quadratic as a step grows, measured once per pair with forward
+passes of the loss itself: the map ``φ`` from a quadratic prediction to a loss change, and how far
+the result can be trusted.
+
+A second-order model ``⟨g, x⟩ + Q(x)``, ``Q(x) = ½⟨x, Gx⟩``, is exact only near ``W_post``. How the
+loss grows beyond it depends on the direction. Two families of directions bracket what edits of a
+delta ``ΔW`` do:
+
+- **coherent**: ``ΔW`` itself (EXPO's steps, and the part of any change along ``ΔW``);
+- **noise**: random-sign copies ``ε ⊙ ΔW`` (``ε = ±1`` per parameter), which is what DARE's
+  rescaled masks are in the limit of many parameters, scaled by ``(1 − k)√(p/(1 − p))``.
+
+Along each, on the calibration batches, the *even part* of the measured change
+
+    C(s) = ½ [L(W_post + s·d) + L(W_post − s·d)] − L(W_post)
+
+is set against the shared quadratic of the same step, ``Q(s) = s²·Q(d)``, over a grid of step
+multiples ``s``; the odd orders are the gradient's business. The curve ``φ(Q(s)) = C(s)`` is then the
+loss change an edit of quadratic ``Q`` would see along that family. It holds what no curvature at
+``W_post`` can: a confident token's loss growing exponentially in its margin before it grows
+linearly, and the network's own non-linearity (layer norms, attention), which a logit-space curve of
+the linearised network misses. It needs nothing but ``loss_fn``: any loss works.
+
+An edit's change ``x`` with relative length ``ρ = ‖x‖/‖ΔW‖`` and alignment ``c = cos(x, ΔW)`` puts
+the share ``c²`` of its squared norm along ``ΔW`` and ``1 − c²`` across it. Its prediction reads the
+two curves in that proportion::
+
+    ⟨g, x⟩ + c²·φ_coherent(Q(x)) + (1 − c²)·φ_noise(Q(x)).
+
+**Trust.** Each measured direction also gives the model's error there, on the calibration batches,
+plus what the test batches may add: a band of ``band`` standard errors of the mean change, from its
+spread over calibration batches, ``sd·√(1/n_calibration + 1/n_held_out)``. An envelope ``e(s)``
+(the largest such error over directions and signs, non-decreasing in ``s``) gives an edit the error
+
+    ê = e_coherent(|c|·ρ) + e_noise(√(1 − c²)·ρ) + [not noise] max(c², 1 − c²)·|φ_coherent(Q) − φ_noise(Q)|
+
+where the last term is the doubt about an edit whose component across ``ΔW`` is *structured* (low rank,
+BitDelta, magnitude trim): it may saturate like ``ΔW`` or like noise, and the prediction, which
+blends the two, can be off by that much. Edits that *are* noise across ``ΔW`` (DARE, DELLA: each entry
+of ``ΔW`` times an independent random factor) are judged by the noise envelope alone.
+:func:`riemann.auto_estimate` trusts the prediction when ``ê`` is smaller than its distance to the
+nearest class boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from riemann._src import trees
+from riemann._src.curvature import rademacher
+from riemann._src.pacing import pace
+
+PyTree = Any
+# Relative lengths along ±ΔW (s = 1 backwards is W_pre; EXPO's α = ±1 is the suite's longest).
+DEFAULT_COHERENT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+# Multiples of a random-sign copy: DARE's noise is the copy times (1 − k)√(p/(1 − p)), 0.33 at
+# p = 0.1 and k = 0, 19 at p = 0.99 and k = −1.
+DEFAULT_NOISE_STEPS: tuple[float, ...] = tuple(float(s) for s in np.geomspace(0.01, 100.0, 21))
+DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to each measured error
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """The even part ``C`` of the measured change against the quadratic ``Q`` along one family of
+    directions, and the prediction's error there.
+
+    Attributes:
+      steps: step multiples ``s`` (increasing; relative to ``‖ΔW‖``).
+      quadratic: ``Q(s)``, the shared quadratic of the step, mean over directions.
+      loss: ``C(s)``, mean over directions and batches.
+      errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model| + band·se`` over
+        directions and signs at steps ``≤ s``.
+      directions: how many directions (one for ``ΔW``; the probes for noise).
+    """
+
+    steps: np.ndarray
+    quadratic: np.ndarray
+    loss: np.ndarray
+    errors: np.ndarray
+    directions: int
+
+    def __call__(self, q: float) -> float:
+        """``φ(q)``: the loss change along this family of a step whose quadratic is ``q``.
+
+        ``C/Q`` is interpolated linearly in ``log Q`` between grid points and held at its first
+        value below the grid (there ``C ≈ Q``); beyond the grid ``C`` follows the last segment's
+        log–log slope. A non-positive or non-finite ``q`` is returned as it is, and so is every
+        ``q`` when the quadratic of the family is not positive (a curvature that is not one)."""
+        q = float(q)
+        qs, cs = self.quadratic, self.loss
+        if not np.isfinite(q) or q <= 0.0 or not np.all(qs > 0):
+            return q
+        ratio = cs / qs
+        if q <= qs[0]:
+            return q * float(ratio[0])
+        if q >= qs[-1]:
+            if len(qs) >= 2 and cs[-1] > 0 and cs[-2] > 0:
+                slope = np.log(cs[-1] / cs[-2]) / np.log(qs[-1] / qs[-2])
+                return float(cs[-1] * (q / qs[-1]) ** slope)
+            return q * float(ratio[-1])
+        return q * float(np.interp(np.log(q), np.log(qs), ratio))
+
+    def error(self, step: float) -> float:
+        """``ê(s)``: the envelope at the first grid step ``≥ s``; below the grid the first value
+        scaled by ``(s/s₀)²`` (the quadratic's own error is second order in a step this short,
+        since it carries the shared curvature's noise); beyond it the last value scaled by
+        ``(s/s_last)³``."""
+        s = float(step)
+        if not s >= 0:
+            raise ValueError(f"step={step!r}; expected a length ≥ 0")
+        grid, e = self.steps, self.errors
+        if s <= grid[0]:
+            return float(e[0] * (s / grid[0]) ** 2)
+        if s > grid[-1]:
+            return float(e[-1] * (s / grid[-1]) ** 3)
+        return float(e[int(np.searchsorted(grid, s))])
+
+    def record(self) -> dict[str, Any]:
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Saturation:
+    """The pair's two saturation curves and what they were measured on (:func:`saturation`).
+
+    Attributes:
+      coherent: along ``±s·ΔW``.
+      noise: along ``±s·(ε ⊙ ΔW)``, random-sign copies.
+      delta: ``ΔW`` (a reference, for placing a change: its length and alignment).
+      scale: ``‖ΔW‖``.
+      band: standard errors of the held-out mean in each error.
+      cost: forward passes per calibration batch, spent once.
+    """
+
+    coherent: Curve
+    noise: Curve
+    delta: PyTree
+    scale: float
+    band: float
+    cost: dict[str, int]
+
+    def place(self, change: PyTree) -> tuple[float, float]:
+        """``(ρ, c)``: the change's length relative to ``‖ΔW‖`` and its cosine with ``ΔW``
+        (``c = 0`` for a zero change)."""
+        norm, dot = (float(v) for v in jax.device_get(_norm_and_dot(change, self.delta)))
+        if not np.isfinite(norm):
+            return float("nan"), 0.0
+        cos = dot / (norm * self.scale) if norm > 0 else 0.0
+        return norm / self.scale, float(np.clip(cos, -1.0, 1.0))
+
+    def phi(self, q: float, cos: float) -> float:
+        """``c²·φ_coherent(q) + (1 − c²)·φ_noise(q)``."""
+        w = float(cos) ** 2
+        return w * self.coherent(q) + (1.0 - w) * self.noise(q)
+
+    def error(self, relative_step: float, cos: float, q: float, *, noise: bool = False) -> float:
+        """``ê`` for a change of relative length ``ρ``, alignment ``c`` and quadratic ``q`` (module
+        docstring); ``noise=True`` declares its component across ``ΔW`` to be independent
+        per-parameter noise, judged by the noise envelope alone."""
+        rho, w = float(relative_step), float(cos) ** 2
+        if not np.isfinite(rho):
+            return float("inf")
+        err = self.coherent.error(np.sqrt(w) * rho) + self.noise.error(np.sqrt(max(0.0, 1.0 - w)) * rho)
+        if not noise:
+            err += max(w, 1.0 - w) * abs(self.coherent(q) - self.noise(q))
+        return float(err)
+
+    def judge(self, change: PyTree, value: float, quadratic: float, tolerance: float, *, noise: bool = False) -> dict:
+        """The validity record of a shared prediction ``value`` of ``change`` (whose quadratic is
+        ``quadratic``): ``validity = ê / margin``, ``margin`` the distance from ``value`` to the
+        nearest class boundary ``±tolerance`` (``inf`` on a boundary or for a non-finite value)."""
+        if not tolerance >= 0:
+            raise ValueError(f"tolerance={tolerance!r}; expected a number ≥ 0")
+        rho, cos = self.place(change)
+        err = self.error(rho, cos, quadratic, noise=noise)
+        margin = min(abs(value - tolerance), abs(value + tolerance))
+        ok = np.isfinite(err) and np.isfinite(value) and margin > 0
+        return {
+            "validity": float(err / margin) if ok else float("inf"),
+            "relative_step": rho,
+            "alignment": cos,
+            "model_error": err,
+            "noise": bool(noise),
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What ``results.json`` keeps: both curves, ``‖ΔW‖``, the band and the cost."""
+        return {
+            "coherent": self.coherent.record(),
+            "noise": self.noise.record(),
+            "scale": self.scale,
+            "band": self.band,
+            "cost": self.cost,
+        }
+
+
+@jax.jit
+def _norm_and_dot(change: PyTree, delta: PyTree) -> tuple[jax.Array, jax.Array]:
+    return jnp.sqrt(trees.tree_vdot(change, change)), trees.tree_vdot(change, delta)
+
+
+def _loss_at(loss_fn: Any, params: PyTree, direction: PyTree, t: jax.Array, batch: Any) -> jax.Array:
+    return trees.widen(loss_fn(trees.move_along(params, direction, t), batch))
+
+
+_loss_at_jit = jax.jit(_loss_at, static_argnums=0)
+
+
+def _check_steps(name: str, steps: Sequence[float]) -> np.ndarray:
+    s = np.asarray(list(steps), np.float64)
+    if s.ndim != 1 or len(s) == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(np.diff(s) <= 0):
+        raise ValueError(f"{name}={list(steps)!r}; expected increasing step multiples > 0")
+    return s
+
+
+def _curve(
+    loss_fn: Any,
+    params: PyTree,
+    directions: list[PyTree],
+    batches: list[Any],
+    base: np.ndarray,
+    steps: np.ndarray,
+    firsts: list[float],
+    quads: list[float],
+    *,
+    band: float,
+    held_out: int,
+) -> Curve:
+    """Measure one family: per direction, sign, step and batch, ``L(params ± s·d) − L(params)``."""
+    n = len(batches)
+    changes = np.empty((len(directions), 2, len(steps), n))  # direction, sign (+, −), step, batch
+    for i, d in enumerate(directions):
+        for j, sign in enumerate((1.0, -1.0)):
+            out = [[pace(_loss_at_jit(loss_fn, params, d, trees.scalar(sign * s), b)) for b in batches] for s in steps]
+            got = np.asarray(jax.device_get(out), np.float64)
+            if not np.all(np.isfinite(got)):
+                k = int(np.argwhere(~np.isfinite(got))[0, 0])
+                raise FloatingPointError(
+                    f"non-finite loss {'+' if sign > 0 else '−'}{steps[k]:g} along a saturation direction"
+                )
+            changes[i, j] = got - base
+    even = 0.5 * (changes[:, 0] + changes[:, 1]).mean(axis=-1)  # direction, step
+    q_unit = float(np.mean(quads))
+    curve = Curve(
+        steps=steps,
+        quadratic=steps**2 * q_unit,
+        loss=even.mean(axis=0),
+        errors=np.zeros_like(steps),
+        directions=len(directions),
+    )
+    # The model each direction is judged by: its own first-order term and quadratic, through φ.
+    spread = np.sqrt(1.0 / n + 1.0 / held_out)
+    errors = np.zeros_like(steps)
+    for i in range(len(directions)):
+        for j, sign in enumerate((1.0, -1.0)):
+            model = np.array([sign * s * firsts[i] + curve(s**2 * quads[i]) for s in steps])
+            mean = changes[i, j].mean(axis=-1)
+            se = changes[i, j].std(axis=-1, ddof=1) * spread if n > 1 else np.zeros_like(mean)
+            errors = np.maximum(errors, np.abs(mean - model) + band * se)
+    return dataclasses.replace(curve, errors=np.maximum.accumulate(errors))
+
+
+def saturation(
+    loss_fn: Any,
+    params: PyTree,
+    delta: PyTree,
+    batches: Iterable[Any],
+    quadratic: Callable[[PyTree], float],
+    grad: PyTree,
+    *,
+    key: jax.Array,
+    probes: int = 2,
+    coherent_steps: Sequence[float] = DEFAULT_COHERENT_STEPS,
+    noise_steps: Sequence[float] = DEFAULT_NOISE_STEPS,
+    held_out: int | None = None,
+    band: float = DEFAULT_BAND,
+) -> Saturation:
+    """Measure how ``loss_fn`` leaves the shared quadratic along ``±s·ΔW`` and random-sign copies.
+
+    Costs ``1 + 2·len(coherent_steps) + 2·probes·len(noise_steps)`` forward passes per batch, once.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> scalar`` (any loss).
+      params: ``W_post``, where ``grad`` and ``quadratic`` were computed.
+      delta: ``ΔW``.
+      batches: the calibration batches ``grad`` and ``quadratic`` were computed on.
+      quadratic: ``x -> ½⟨x, G x⟩``, the shared quadratic the predictions will use (K-FAC's, a
+        diagonal's); no passes over data.
+      grad: ``∇L(W_post)`` on ``batches``, like ``params``.
+      key: PRNG key of the random signs (probe ``j``: ``fold_in(key, j)``, drawn per leaf name).
+      probes: random-sign copies.
+      coherent_steps, noise_steps: step multiples, increasing.
+      held_out: how many batches predictions will be judged on (default: as many as ``batches``).
+      band: standard errors of the held-out mean added to each measured error.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> import riemann
+      >>> loss = lambda p, x: jnp.sum(x * jnp.cosh(p["w"]))        # grows faster than its quadratic
+      >>> w, d = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
+      >>> q = lambda x: 0.5 * float(jnp.sum(x["w"] ** 2))            # its exact Hessian at 0
+      >>> sat = riemann.saturation(loss, w, d, [jnp.ones(2)], q, {"w": jnp.zeros(2)},
+      ...                          key=jax.random.key(0), coherent_steps=[1.0], noise_steps=[1.0])
+      >>> round(sat.coherent(1.0), 4), round(2 * (float(jnp.cosh(1.0)) - 1), 4)   # φ(Q(1)) = C(1)
+      (1.0862, 1.0862)
+    """
+    if probes < 1:
+        raise ValueError(f"probes={probes}; at least 1 random-sign copy of ΔW is needed")
+    if not band >= 0:
+        raise ValueError(f"band={band!r}; expected a number of standard errors ≥ 0")
+    cs, ns = _check_steps("coherent_steps", coherent_steps), _check_steps("noise_steps", noise_steps)
+    batches = list(batches)
+    if not batches:
+        raise ValueError("batches is empty; the saturation curves need at least one calibration batch")
+    held_out = len(batches) if held_out is None else int(held_out)
+    if held_out < 1:
+        raise ValueError(f"held_out={held_out}; expected the number of batches predictions are judged on (≥ 1)")
+    scale = float(_norm_and_dot(delta, delta)[0])
+    if not np.isfinite(scale) or scale == 0:
+        raise ValueError(f"delta has norm {scale}; expected a finite, non-zero ΔW = W_post − W_pre")
+    zero = trees.scalar(0.0)
+    base = np.asarray(jax.device_get([_loss_at_jit(loss_fn, params, delta, zero, b) for b in batches]), np.float64)
+
+    def first(d: PyTree) -> float:
+        return float(trees.tree_vdot(grad, d))
+
+    copies = []
+    for j in range(probes):
+        eps = rademacher(delta, jax.random.fold_in(key, j))
+        copies.append(jax.tree.map(lambda x, e: x * e.astype(x.dtype), delta, eps))
+    kw = {"band": float(band), "held_out": held_out}
+    coherent = _curve(loss_fn, params, [delta], batches, base, cs, [first(delta)], [float(quadratic(delta))], **kw)
+    noise = _curve(
+        loss_fn,
+        params,
+        copies,
+        batches,
+        base,
+        ns,
+        [first(d) for d in copies],
+        [float(quadratic(d)) for d in copies],
+        **kw,
+    )
+    return Saturation(
+        coherent=coherent,
+        noise=noise,
+        delta=delta,
+        scale=scale,
+        band=float(band),
+        cost={"forward": 1 + 2 * len(cs) + 2 * probes * len(ns)},
+    )

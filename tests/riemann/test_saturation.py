@@ -1,0 +1,166 @@
+"""The saturation curves against closed forms: a loss whose even part and odd part along a line are
+known exactly, the map φ between and beyond grid points, the band from the spread over batches, a
+change's placement (length, alignment) and the error an edit is given."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import riemann
+from riemann import Curve, Saturation
+
+
+def _cosh_loss(p, x):
+    # Even along every line through 0 (cosh), with a cubic odd part x₀·w³/6 on the first coordinate.
+    return jnp.sum(x * jnp.cosh(p["w"])) + x[0] * p["w"][0] ** 3 / 6.0
+
+
+def _half_quadratic(d):  # the exact Hessian at 0 of Σ x·cosh(w) for x = 1: ½ Σ d²
+    return 0.5 * float(jnp.sum(d["w"] ** 2))
+
+
+def test_curves_are_the_even_part_against_the_quadratic_and_errors_the_odd_part():
+    n = 4
+    w, delta = {"w": jnp.zeros(n)}, {"w": jnp.array([1.0, -1.0, 1.0, 1.0])}
+    steps = [0.25, 0.5, 1.0, 2.0]
+    sat = riemann.saturation(
+        _cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, {"w": jnp.zeros(n)},
+        key=jax.random.key(0), probes=3, coherent_steps=steps, noise_steps=steps,
+    )  # fmt: skip
+    s = np.asarray(steps)
+    even = n * (np.cosh(s) - 1.0)  # every copy ε ⊙ ΔW has |entries| 1: the same even part
+    for curve in (sat.coherent, sat.noise):
+        np.testing.assert_allclose(curve.quadratic, 0.5 * n * s**2, rtol=1e-6)
+        np.testing.assert_allclose(curve.loss, even, rtol=1e-4)  # float32 losses
+        # φ(Q(s)) = C(s) at every grid point
+        np.testing.assert_allclose([curve(q) for q in curve.quadratic], even, rtol=1e-4)
+    # The model (no gradient, φ exact at grid points) errs by the odd part alone: |ε₀|³·s³/6,
+    # one batch so no band.
+    np.testing.assert_allclose(sat.coherent.errors, s**3 / 6.0, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sat.noise.errors, s**3 / 6.0, rtol=1e-4, atol=1e-5)
+    assert sat.noise.directions == 3 and sat.coherent.directions == 1
+    assert sat.scale == pytest.approx(2.0)
+    assert sat.cost == {"forward": 1 + 2 * 4 + 2 * 3 * 4}
+
+
+def test_the_band_adds_standard_errors_of_the_held_out_mean():
+    w, delta = {"w": jnp.zeros(2)}, {"w": jnp.array([1.0, 1.0])}
+    batches = [jnp.array([1.0, 1.0]), jnp.array([3.0, 1.0]), jnp.array([2.0, 2.0])]
+    kw = dict(key=jax.random.key(0), coherent_steps=[1.0], noise_steps=[1.0], held_out=5)
+    grad = {"w": jnp.zeros(2)}
+    plain = riemann.saturation(_cosh_loss, w, delta, batches, _half_quadratic, grad, band=0.0, **kw)
+    banded = riemann.saturation(_cosh_loss, w, delta, batches, _half_quadratic, grad, band=2.0, **kw)
+    # per batch, along +ΔW at s = 1: x·(cosh 1 − 1) summed, plus x₀/6
+    per = np.array([(np.sum(x) * (np.cosh(1.0) - 1.0) + x[0] / 6.0) for x in map(np.asarray, batches)])
+    minus = np.array([(np.sum(x) * (np.cosh(1.0) - 1.0) - x[0] / 6.0) for x in map(np.asarray, batches)])
+    se = max(per.std(ddof=1), minus.std(ddof=1)) * np.sqrt(1 / 3 + 1 / 5)
+    assert banded.coherent.errors[0] - plain.coherent.errors[0] == pytest.approx(2.0 * se, rel=1e-4)
+    assert banded.band == 2.0 and plain.coherent.errors[0] == pytest.approx(
+        np.mean(np.asarray(batches)[:, 0]) / 6, rel=1e-4
+    )
+
+
+def _curve(q, c, errors=None):
+    q, c = np.asarray(q, float), np.asarray(c, float)
+    return Curve(np.arange(1.0, len(q) + 1), q, c, np.zeros_like(q) if errors is None else np.asarray(errors, float), 1)
+
+
+def test_phi_interpolates_the_ratio_holds_it_below_and_follows_the_last_slope_beyond():
+    curve = _curve([1.0, 4.0, 16.0], [2.0, 4.0, 8.0])  # C = 2√Q: ratio 2, 1, 0.5
+    assert curve(0.5) == pytest.approx(1.0)  # below: C/Q held at 2
+    assert curve(4.0) == pytest.approx(4.0)
+    assert curve(2.0) == pytest.approx(2.0 * 1.5)  # ratio halfway in log Q between 2 and 1
+    assert curve(64.0) == pytest.approx(16.0)  # beyond: slope ½ in log–log, as between the last two
+    assert curve(-1.0) == -1.0 and curve(0.0) == 0.0  # a non-positive quadratic passes through
+    flat = _curve([1.0, 4.0], [-0.5, 2.0])
+    assert flat(8.0) == pytest.approx(8.0 * 0.5)  # no log–log slope through a negative C: ratio held
+    assert _curve([-1.0, -4.0], [1.0, 2.0])(3.0) == 3.0  # a curvature that is not one: identity
+
+
+def test_error_reads_the_envelope_quadratic_below_and_cubic_beyond():
+    curve = Curve(np.array([0.5, 1.0]), np.array([1.0, 4.0]), np.array([1.0, 4.0]), np.array([0.2, 0.6]), 1)
+    assert curve.error(0.25) == pytest.approx(0.2 / 4)
+    assert curve.error(0.7) == pytest.approx(0.6)
+    assert curve.error(2.0) == pytest.approx(0.6 * 8)
+    with pytest.raises(ValueError, match="step="):
+        curve.error(-1.0)
+
+
+def _saturation(delta):
+    coherent = Curve(np.array([1.0]), np.array([1.0]), np.array([3.0]), np.array([0.1]), 1)  # φ = 3q
+    noise = Curve(np.array([1.0]), np.array([1.0]), np.array([0.5]), np.array([0.2]), 2)  # φ = q/2
+    scale = float(jnp.sqrt(jnp.sum(delta["w"] ** 2)))
+    return Saturation(coherent, noise, delta, scale, 2.0, {"forward": 0})
+
+
+def test_a_change_is_placed_by_length_and_alignment_and_read_in_that_proportion():
+    delta = {"w": jnp.array([3.0, 0.0, 0.0, 4.0])}
+    sat = _saturation(delta)
+    change = {"w": jnp.array([0.6, 2.0, 0.0, 0.8])}  # 0.2·ΔW plus 2 across it: ‖·‖ = √5
+    rho, cos = sat.place(change)
+    assert rho == pytest.approx(np.sqrt(5.0) / 5.0) and cos == pytest.approx(1.0 / np.sqrt(5.0))
+    assert sat.place({"w": jnp.zeros(4)}) == (0.0, 0.0)
+    w = cos**2
+    assert sat.phi(2.0, cos) == pytest.approx(w * 6.0 + (1 - w) * 1.0)
+    # error: the coherent envelope at |c|ρ, the noise envelope at √(1 − c²)ρ, and for a structured
+    # change the doubt between the curves, max(c², 1 − c²)·|φ_coh − φ_noise|
+    base = 0.1 * (cos * rho) ** 2 + 0.2 * (np.sqrt(1 - w) * rho) ** 2
+    assert sat.error(rho, cos, 2.0, noise=True) == pytest.approx(base)
+    assert sat.error(rho, cos, 2.0) == pytest.approx(base + max(w, 1 - w) * 5.0)
+    got = sat.judge(change, 1.0, 2.0, 0.5, noise=True)
+    assert got["validity"] == pytest.approx(base / 0.5) and got["alignment"] == pytest.approx(cos)
+    assert sat.judge(change, 0.5, 2.0, 0.5)["validity"] == float("inf")  # on the boundary
+    record = sat.record()
+    assert record["coherent"]["errors"] == [0.1] and record["scale"] == pytest.approx(5.0)
+
+
+def test_auto_judges_by_the_saturation_and_measures_beyond_it():
+    def loss(p, x):
+        return 0.5 * jnp.sum(x * p["w"] ** 2)
+
+    post = {"w": jnp.array([1.0, -2.0, 0.5])}
+    batches = [jnp.array([1.0, 2.0, 3.0]) * (1.0 + 0.1 * i) for i in range(4)]
+    g = riemann.shared_curvature(loss, post, batches, probes=0)
+    c = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+    delta = {"w": jnp.array([1.0, 1.0, 1.0])}
+    sat = riemann.saturation(loss, post, delta, batches, lambda d: c.estimate(d).terms["second"], g.grad,
+                             key=jax.random.key(1))  # fmt: skip
+    small, large = {"w": jnp.array([0.01, 0.0, 0.0])}, {"w": jnp.array([0.3, -0.3, 0.3])}
+    near = 0.999 * c.estimate(large).value  # a boundary just below the prediction: no room for error
+    for change, tol in ((small, 1.0), (large, near)):
+        got = riemann.auto_estimate(c, sat, loss, post, change, batches, tolerance=tol)
+        want = riemann.estimate(loss, post, change, batches, method="measured").value
+        assert got.value == pytest.approx(want, rel=1e-5)  # the quadratic is exact, and so is the measurement
+        assert got.settings["source"] == ("shared" if got.terms["validity"] < 1 else "measured")
+    assert riemann.auto_estimate(c, sat, loss, post, small, batches, tolerance=1.0).settings["source"] == "shared"
+    far = riemann.auto_estimate(c, sat, loss, post, large, batches, tolerance=near)
+    assert far.settings["source"] == "measured" and far.terms["validity"] >= 1
+    with pytest.raises(ValueError, match="needs a curvature or a surrogate"):
+        riemann.auto_estimate(None, sat, loss, post, small, batches, tolerance=1.0)
+
+
+def test_same_key_same_curves_and_refusals_name_the_argument():
+    def loss(p, x):  # not sign-symmetric: each copy saturates differently
+        return jnp.sum(x * jnp.log1p(jnp.exp(p["w"] * jnp.arange(1.0, 5.0))))
+
+    w, delta, b = {"w": jnp.zeros(4)}, {"w": jnp.array([1.0, 2.0, -1.0, 0.5])}, [jnp.ones(4)]
+    args = (loss, w, delta, b, _half_quadratic, {"w": jnp.zeros(4)})
+    one = riemann.saturation(*args, key=jax.random.key(3), noise_steps=[1.0, 4.0])
+    two = riemann.saturation(*args, key=jax.random.key(3), noise_steps=[1.0, 4.0])
+    other = riemann.saturation(*args, key=jax.random.key(4), noise_steps=[1.0, 4.0])
+    np.testing.assert_array_equal(one.noise.loss, two.noise.loss)
+    assert not np.array_equal(one.noise.loss, other.noise.loss)
+    for kwargs, match in (
+        ({"probes": 0}, "probes=0"),
+        ({"noise_steps": [1.0, 0.5]}, "noise_steps="),
+        ({"coherent_steps": [0.0]}, "coherent_steps="),
+        ({"held_out": 0}, "held_out=0"),
+        ({"band": -1.0}, "band="),
+    ):
+        with pytest.raises(ValueError, match=match):
+            riemann.saturation(*args, key=jax.random.key(0), **kwargs)
+    with pytest.raises(ValueError, match="batches is empty"):
+        riemann.saturation(loss, w, delta, [], _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="delta has norm 0"):
+        riemann.saturation(loss, w, {"w": jnp.zeros(4)}, b, _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
