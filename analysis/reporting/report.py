@@ -196,13 +196,13 @@ def pair_section(res: dict[str, Any], prefix: str) -> list[str]:
     for n in names:
         a = res["agreement"][n]
         if "measured_fraction" in a:
-            tr = res["shared"].get("trust_region") or {}
-            errs = ", ".join(f"{s:g}: {_f(e, 3)}" for s, e in zip(tr.get("steps", []), tr.get("errors", [])))
             lines += [
                 "",
-                f"`{n}` measured {a['measured_fraction']:.0%} of the edits (validity score ≥ 1): "
+                f"`{n}` measured {a['measured_fraction']:.0%} of the edits (validity score ≥ 1, or built from "
+                "the calibration gradient): "
                 + (", ".join(f"`{s}`" for s in a["measured_edits"]) or "none")
-                + f". The shared surrogate's error along ±ΔW on the calibration batches, by relative step: {errs}.",
+                + ". "
+                + _envelopes(res["shared"]),
             ]
     measured_s = sum(r["seconds"]["measured"] for r in res["edits"])
     lines += [
@@ -323,8 +323,9 @@ def markdown(results: dict[str, Any]) -> str:
                 "",
                 f"`{n}` measured {e['measured_fraction']:.0%} of the edits ({by_pair}; a random edit counts by "
                 "the share of its masks measured) — those whose validity "
-                "score (the shared surrogate's error at the edit's step length, measured once along ±ΔW on the "
-                "calibration batches, over the distance to a class boundary) was 1 or more — and returned the "
+                "score (the shared prediction's error at the edit's step length and alignment with ΔW, measured "
+                "once along ΔW and random-sign copies of it on the calibration batches, over the distance to a "
+                "class boundary) was 1 or more, and those built from the calibration gradient — and returned the "
                 f"shared prediction for the rest; class agreement {_f(e['class_agreement'], 3)}.",
             ]
     best = summ["best"]
@@ -389,3 +390,20 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
         written.append(files.save_figure(fig, out / name))
         plt.close(fig)
     return written
+
+
+def _envelopes(shared: dict) -> str:
+    """The shared prediction's error envelopes on the calibration batches, as a sentence."""
+    sat = shared.get("saturation")
+    if sat:
+
+        def one(c: dict) -> str:
+            return ", ".join(f"{s:.3g}: {_f(e, 3)}" for s, e in zip(c["steps"], c["errors"]))
+
+        return (
+            f"The shared prediction's error (with a {sat['band']:g}-standard-error band) on the calibration "
+            f"batches, by step along ±ΔW: {one(sat['coherent'])}; along random-sign copies of ΔW: {one(sat['noise'])}."
+        )
+    tr = shared.get("trust_region") or {}  # results written before the saturation curves
+    errs = ", ".join(f"{s:g}: {_f(e, 3)}" for s, e in zip(tr.get("steps", []), tr.get("errors", [])))
+    return f"The shared surrogate's error along ±ΔW on the calibration batches, by relative step: {errs}."

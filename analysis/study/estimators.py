@@ -38,21 +38,21 @@ class Shared:
     """What is computed once per pair and shared by every edit's estimators: the gradient at
     ``W_post`` (``riemann.shared_curvature(..., probes=0)``, which also holds the per-batch
     ``L(W_post)``) and, when an estimator needs them, the Hutchinson Hessian diagonal, the
-    surrogate's trust region (:func:`riemann.trust_region`, on the same calibration batches), the
-    pair's classification tolerance and the per-batch ``L(W_post)`` on the test batches."""
+    K-FAC factors, the saturation curves (:func:`riemann.saturation`, on the same calibration
+    batches: they also hold ``auto``'s error envelopes), the pair's classification tolerance and
+    the per-batch ``L(W_post)`` on the test batches."""
 
     pair: Pair
     gradient: riemann.SharedCurvature
     curvature: riemann.SharedCurvature | None = None
-    trust: riemann.TrustRegion | None = None
     tolerance: float | None = None
     loss_post: Any = None
     # K-FAC / EK-FAC factors of the Linear weights (analysis.study.kfac.Factors), or None with the
     # reason in kfac_note when the pair's model or loss does not allow them.
     kfac: Any = None
     kfac_note: str | None = None
-    # The pair's logit-space saturation curve (analysis.study.saturation.SaturationCurve), or None:
-    # not asked for, or no logits to read (the pairs without K-FAC factors; kfac_note says why).
+    # The pair's saturation curves along ΔW and random-sign copies (riemann.Saturation), or None
+    # when no estimator asked for them.
     saturation: Any = None
 
     @functools.cached_property
@@ -74,10 +74,13 @@ class Estimator:
       cost: the cost model in words, per batch (for the command line and the README).
       marker: the Matplotlib marker of its points.
       needs: ``"gradient"`` (the shared gradient), ``"curvature"`` (the shared Hessian diagonal),
-        ``"trust"`` (the diagonal, its trust region and the tolerance: it measures the edits it
-        does not trust), ``"kfac"`` (K-FAC factors of the Linear weights with the Hessian diagonal
-        for every other leaf) or ``None`` (nothing shared: passes are spent per edit).
-      score: ``score(shared, change) -> riemann.Estimate``.
+        ``"kfac"`` (K-FAC factors of the Linear weights with the Hessian diagonal for every other
+        leaf), ``"saturation"`` (K-FAC's and the saturation curves), ``"trust"`` (those and the
+        tolerance: it measures the edits it does not trust) or ``None`` (nothing shared: passes
+        are spent per edit).
+      score: ``score(shared, change) -> riemann.Estimate`` (with ``edit=`` when ``takes_edit``).
+      takes_edit: ``score`` is also given the edit (:class:`riemann.edits.Edit`, or ``None`` for a
+        bare change), for what the change alone does not say: how it was made.
     """
 
     name: str
@@ -86,7 +89,12 @@ class Estimator:
     cost: str
     marker: str
     needs: str | None
-    score: Callable[[Shared, PyTree], riemann.Estimate]
+    score: Callable[..., riemann.Estimate]
+    takes_edit: bool = False
+
+    def __call__(self, shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
+        """Score ``change`` (made by ``edit``, when known)."""
+        return self.score(shared, change, edit=edit) if self.takes_edit else self.score(shared, change)
 
     @property
     def shared(self) -> bool:
@@ -143,15 +151,36 @@ def _first_order(shared: Shared, change: PyTree) -> riemann.Estimate:
     return shared.gradient.first_order(change)
 
 
-def _auto(shared: Shared, change: PyTree) -> riemann.Estimate:
+def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
+    """``kfac-saturated``'s prediction where the saturation curves' error envelopes trust it, else
+    measured. An edit built from the calibration gradient (``needs_grad``: the biased ΔW·∇L
+    split) is always measured: it was selected by that gradient, so the first-order term the
+    prediction takes from it is biased toward it (the winner's curse), in a way no envelope measured
+    along ΔW or noise can see."""
     import riemann
 
-    if shared.curvature is None or shared.trust is None or shared.tolerance is None:
-        raise ValueError("the auto estimator needs the Hutchinson diagonal, its trust region and the tolerance")
+    if shared.saturation is None or shared.tolerance is None:
+        raise ValueError("the auto estimator needs the saturation curves and the tolerance; none were computed")
     p = shared.pair
+    if edit is not None and edit.needs_grad:
+        predicted = auto_surrogate(shared)(change)
+        m = riemann.estimate(p.loss_fn, p.post, change, p.batches, method="measured", loss_post=shared.loss_post)
+        rho, cos = shared.saturation.place(change)
+        info = {"validity": float("inf"), "relative_step": rho, "alignment": cos, "model_error": float("inf")}
+        return dataclasses.replace(
+            m,
+            method="auto",
+            terms={**m.terms, **info, "noise": False, "shared": predicted.value},
+            settings={
+                **m.settings,
+                "source": "measured",
+                "tolerance": float(shared.tolerance),
+                "reason": "built from the calibration gradient",
+            },
+        )
     return riemann.auto_estimate(
-        shared.curvature,
-        shared.trust,
+        None,
+        shared.saturation,
         p.loss_fn,
         p.post,
         change,
@@ -159,12 +188,13 @@ def _auto(shared: Shared, change: PyTree) -> riemann.Estimate:
         tolerance=shared.tolerance,
         loss_post=shared.loss_post,
         surrogate=auto_surrogate(shared),
+        noise=edit is not None and edit.noise,
     )
 
 
 def auto_surrogate(shared: Shared) -> Callable[[PyTree], riemann.Estimate]:
-    """The shared prediction ``auto`` judges and returns: ``kfac-saturated``'s (which is K-FAC's,
-    or the diagonal quadratic's, where the pair has no factors or logits)."""
+    """The shared prediction ``auto`` judges and returns: ``kfac-saturated``'s (K-FAC's quadratic,
+    or the diagonal one where the pair has no factors, through the saturation curves)."""
     return lambda change: _saturated(shared, change)
 
 
@@ -295,12 +325,14 @@ register_estimator(
     Estimator(
         "auto",
         {"method": "auto"},
-        "the kfac-saturated prediction where its validity score (that predictor's error at this step "
-        "length, measured once along ±ΔW, over the distance to a class boundary) is below 1; else measured",
-        "kfac-saturated's passes + 12 forwards per batch once per pair; 1 forward per batch per edit it measures",
+        "the kfac-saturated prediction where its validity score (that predictor's error at this step length "
+        "and alignment, measured once along ΔW and random-sign copies with a 2-standard-error band, over the "
+        "distance to a class boundary) is below 1; else measured, and always for edits built from the gradient",
+        "kfac-saturated's passes, once per pair; 1 forward per batch per edit it measures",
         "*",
         "trust",
         _auto,
+        takes_edit=True,
     )
 )
 # Run when named (or with all): the Gauss–Newton quadratic with Kronecker-factored blocks for every Linear
@@ -332,24 +364,33 @@ register_estimator(
 
 
 def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
-    import dataclasses as dc
+    sat = shared.saturation
+    curvature = _structured_curvature(shared, "kfac")
+    if sat is None:
+        est = curvature.estimate(change)
+        return dataclasses.replace(
+            est, method="kfac-saturated", settings={**est.settings, "saturated": False, "note": "no saturation curves"}
+        )
+    rho, cos = sat.place(change)
+    est = curvature.estimate(change, saturate=lambda q: sat.phi(q, cos))
+    return dataclasses.replace(
+        est,
+        method="kfac-saturated",
+        terms={**est.terms, "relative_step": rho, "alignment": cos},
+        settings={**est.settings, "saturated": True, "saturation_probes": sat.noise.directions},
+    )
 
-    curve = shared.saturation
-    est = _structured_curvature(shared, "kfac").estimate(change, saturate=curve)
-    settings = {**est.settings, "saturated": curve is not None}
-    settings |= {"note": shared.kfac_note} if curve is None else {"saturation_probes": curve.probes}
-    return dc.replace(est, method="kfac-saturated", settings=settings)
 
-
-# The shared predictor the main job leads with: K-FAC's quadratic, read through how cross-entropy
-# actually grows along logit changes of that size (analysis.study.saturation).
+# The shared predictor the main job leads with: K-FAC's quadratic, read through how the loss actually
+# grows along ΔW and along noise of the same quadratic (riemann.saturation), in the change's proportion.
 register_estimator(
     Estimator(
         "kfac-saturated",
         {"method": "kfac-saturated"},
         "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
-        "saturation curve φ — the exact even part of cross-entropy along random-sign copies of ΔW in logit space",
-        "K-FAC's 2 gradients + 4 jvps per batch + the diagonal's probes, once per pair",
+        "saturation curves φ — the measured even part of the loss along ΔW and along random-sign copies of it, "
+        "read in proportion to the change's alignment with ΔW",
+        "K-FAC's 2 gradients + 97 forwards per batch + the diagonal's probes, once per pair",
         "X",
         "saturation",
         _saturated,

@@ -221,33 +221,21 @@ class Scorer:
             kfac=kfac_factors,
             kfac_note=kfac_note,
         )
-        if needs_saturation and kfac_factors is not None:
-            from analysis.study import saturation
-
-            kfac_only = self.shared  # placed on the curve by the quadratic that scores the edits
-
-            curve, self.saturation_seconds = _timed(
-                lambda: saturation.collect(
-                    pair.template,
+        if needs_saturation:
+            kfac_only = self.shared  # placed on the curves by the quadratic that scores the edits
+            sat, self.saturation_seconds = _timed(
+                lambda: riemann.saturation(
+                    pair.loss_fn,
                     pair.post,
                     self.delta,
                     cal,
-                    kfac_factors.info["kind"],
+                    lambda d: ESTIMATORS["kfac"].score(kfac_only, d).terms["second"],
+                    gradient.grad,
                     key=jax.random.fold_in(jax.random.key(seed), _SATURATION_SALT),
-                    quadratic=lambda d: ESTIMATORS["kfac"].score(kfac_only, d).terms["second"],
+                    held_out=n_test,
                 )
             )
-            self.shared = dataclasses.replace(self.shared, saturation=curve)
-        self.trust_seconds = 0.0
-        if needs_trust:
-            from analysis.study.estimators import auto_surrogate
-
-            trust, self.trust_seconds = _timed(
-                lambda: riemann.trust_region(
-                    pair.loss_fn, pair.post, self.delta, cal, curvature, surrogate=auto_surrogate(self.shared)
-                )
-            )
-            self.shared = dataclasses.replace(self.shared, trust=trust)
+            self.shared = dataclasses.replace(self.shared, saturation=sat)
         self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
 
     def keep_tolerances(self, tolerance: dict[str, Any], accuracy_tolerance: dict[str, Any] | None) -> None:
@@ -265,7 +253,7 @@ class Scorer:
 
     def shared_record(self) -> dict[str, Any]:
         """What was computed once for the suite, per shared estimator: passes per batch and seconds."""
-        g, c, tr = self.shared.gradient, self.shared.curvature, self.shared.trust
+        g, c = self.shared.gradient, self.shared.curvature
         spent = {"gradient": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
         if c is not None:
             spent["curvature"] = {"passes_per_batch": c.cost, "seconds": self.curvature_seconds}
@@ -279,29 +267,23 @@ class Scorer:
                     "passes_per_batch": {**c.cost, "gradient": c.cost.get("gradient", 0) + passes},
                     "seconds": self.curvature_seconds + secs,
                 }
-            if self.shared.saturation is not None:
-                curve = self.shared.saturation.info["passes_per_batch"]
-                spent["kfac-saturated"] = {
-                    "passes_per_batch": {**spent["kfac"]["passes_per_batch"], **curve},
-                    "seconds": spent["kfac"]["seconds"] + self.saturation_seconds,
-                }
         elif c is not None:
             spent["kfac"] = spent["curvature"]
-        if "kfac" in spent and "kfac-saturated" not in spent:  # no logits to read: K-FAC's own cost
-            spent["kfac-saturated"] = spent["kfac"]
-        if tr is not None:  # auto: what kfac-saturated costs, and the forwards along ±s·ΔW
-            spent["trust"] = {
-                "passes_per_batch": {**spent["kfac-saturated"]["passes_per_batch"], **tr.cost},
-                "seconds": spent["kfac-saturated"]["seconds"] + self.trust_seconds,
+        sat = self.shared.saturation
+        if "kfac" in spent and sat is not None:  # K-FAC's (or the diagonal's) cost and the curves' forwards
+            spent["kfac-saturated"] = {
+                "passes_per_batch": {**spent["kfac"]["passes_per_batch"], **sat.cost},
+                "seconds": spent["kfac"]["seconds"] + self.saturation_seconds,
             }
+            # auto reads its trust from the same curves: kfac-saturated's cost is all it spends once.
+            spent["trust"] = spent["kfac-saturated"]
         rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
         return {
             "probes": self.probes if c is not None else 0,
             "data": "calibration",
             "loss_post": g.loss,
             "estimators": rec,
-            "trust_region": None if tr is None else tr.record(),
-            "saturation": None if self.shared.saturation is None else self.shared.saturation.record(),
+            "saturation": None if sat is None else sat.record(),
         }
 
     def masks(self, edit: edits.Edit) -> int:
@@ -336,7 +318,7 @@ class Scorer:
             unmoved.append(art.unmoved_fraction)
             for name in self.estimators:
                 if mask == 0 or ESTIMATORS[name].shared:
-                    est, t = _timed(lambda n=name, c=art.change: ESTIMATORS[n].score(self.shared, c))
+                    est, t = _timed(lambda n=name, c=art.change: ESTIMATORS[n](self.shared, c, edit))
                     estimates[name].append(est)
                     seconds[name] += t
             m, t = _timed(
@@ -470,6 +452,7 @@ def _auto_record(estimates: dict[str, list[riemann.Estimate]]) -> dict[str, Any]
                 "source": [e.settings["source"] for e in es],
                 "validity": [e.terms["validity"] for e in es],
                 "relative_step": [e.terms["relative_step"] for e in es],
+                "alignment": [e.terms.get("alignment") for e in es],
                 "model_error": [e.terms["model_error"] for e in es],
                 "shared": [e.terms["shared"] for e in es],
                 "measured_fraction": float(np.mean([e.settings["source"] == "measured" for e in es])),

@@ -13,6 +13,7 @@ from analysis.pairs.pair import Pair
 from analysis.reporting import plots
 from analysis.study import estimators, suite
 from analysis.study.estimators import ESTIMATORS, Shared
+from riemann import edits
 
 
 def _pair():
@@ -28,8 +29,12 @@ def test_every_estimator_scores_a_change_by_its_method():
     pair = _pair()
     g = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
     c = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=1, key=jax.random.key(0))
-    tr = riemann.trust_region(pair.loss_fn, pair.post, {"w": jnp.array([1.0, 0.0, 0.0])}, pair.batches, c)
-    shared = Shared(pair, g, c, tr, tolerance=0.01)
+    shared = Shared(pair, g, c, tolerance=0.01)
+    q = lambda d: ESTIMATORS["kfac"].score(shared, d).terms["second"]  # noqa: E731
+    sat = riemann.saturation(
+        pair.loss_fn, pair.post, {"w": jnp.array([1.0, 0.0, 0.0])}, pair.batches, q, g.grad, key=jax.random.key(1)
+    )
+    shared = dataclasses.replace(shared, saturation=sat)
     change = {"w": jnp.array([0.5, 1.0, -1.0])}
     exact = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
     first = riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="first-order").value
@@ -43,7 +48,7 @@ def test_every_estimator_scores_a_change_by_its_method():
         "auto": exact,  # the quadratic is exact here, so auto trusts it
         "kfac": exact,  # no model checkpoint: the Hessian diagonal serves every leaf
         "ekfac": exact,
-        "kfac-saturated": exact,  # and no logits to read a saturation curve from: K-FAC's own value
+        "kfac-saturated": exact,  # the loss is its quadratic: both curves are φ(Q) = Q
     }
     assert set(ESTIMATORS) == set(want)
     for name, est in ESTIMATORS.items():
@@ -52,6 +57,36 @@ def test_every_estimator_scores_a_change_by_its_method():
         if want[name] is not None:
             assert got.value == pytest.approx(want[name], rel=1e-6), name
         assert est.shared == (est.needs is not None)
+
+
+def test_auto_is_told_how_an_edit_was_made():
+    pair = _pair()
+    g = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
+    c = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=1, key=jax.random.key(0))
+    shared = Shared(pair, g, c, tolerance=1e-3)
+    delta = {"w": jnp.array([1.0, 1.0, 1.0])}
+    q = lambda d: ESTIMATORS["kfac"].score(shared, d).terms["second"]  # noqa: E731
+    shared = dataclasses.replace(
+        shared,
+        saturation=riemann.saturation(pair.loss_fn, pair.post, delta, pair.batches, q, g.grad, key=jax.random.key(1)),
+    )
+    auto = ESTIMATORS["auto"]
+    assert auto.takes_edit and not ESTIMATORS["kfac-saturated"].takes_edit
+    biased = edits.parse("biased_product:k=1.5")
+    change = jax.tree.map(lambda x, d: x - d, biased(delta, grad=g.grad), delta)
+    got = auto(shared, change, biased)
+    # built from the calibration gradient: measured, whatever the validity, with the reason
+    assert got.settings["source"] == "measured" and got.settings["reason"] == "built from the calibration gradient"
+    assert got.value == pytest.approx(
+        riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
+    )
+    assert got.terms["shared"] == pytest.approx(ESTIMATORS["kfac-saturated"](shared, change).value)
+    dare = edits.parse("dare:p=0.5")
+    noisy = jax.tree.map(lambda x, d: x - d, dare(delta, key=jax.random.key(2)), delta)
+    assert auto(shared, noisy, dare).terms["noise"] and not auto(shared, noisy).terms["noise"]
+    # a noise edit is not charged the doubt between the two curves
+    v_noise, v_plain = auto(shared, noisy, dare).terms["model_error"], auto(shared, noisy).terms["model_error"]
+    assert v_noise <= v_plain
 
 
 def test_the_suite_plots_and_command_line_read_the_registry(monkeypatch):

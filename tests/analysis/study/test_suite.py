@@ -74,8 +74,13 @@ def test_suite_records_and_agreement(pair):
         np.mean([r["auto"]["auto"]["measured_fraction"] for r in res["edits"]])
     )
     assert {"shared", "measured"} == set(sources)  # this suite has steps on both sides of the boundary
-    tr = res["shared"]["trust_region"]
-    assert tr["errors"] == sorted(tr["errors"]) and tr["cost"] == {"forward": 12}
+    sat = res["shared"]["saturation"]
+    for curve in (sat["coherent"], sat["noise"]):
+        assert curve["errors"] == sorted(curve["errors"]) and len(curve["loss"]) == len(curve["steps"])
+    assert sat["cost"] == {"forward": 1 + 2 * 6 + 2 * 2 * 21} and sat["band"] == 2.0
+    # The edit built from the calibration gradient is measured whatever its validity.
+    (biased,) = [r for r in res["edits"] if r["spec"] == "biased_product:k=1.5"]
+    assert biased["auto"]["auto"]["source"] == ["measured"]
     again = suite.analyse(pair, specs[:2], seed=3, progress=False, log=lambda s: None)
     assert again["edits"][1]["measured"] == res["edits"][1]["measured"]  # same seed, same numbers
     assert again["edits"][1]["estimates"] == res["edits"][1]["estimates"]
