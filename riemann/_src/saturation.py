@@ -77,6 +77,8 @@ class Curve:
       errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model| + band·se`` over
         directions and signs at steps ``≤ s``.
       directions: how many directions (one for ``ΔW``; the probes for noise).
+
+    A grid ends early where the loss stops being finite (one that overflows far from ``W_post``).
     """
 
     steps: np.ndarray
@@ -238,13 +240,14 @@ def _curve(
     for i, d in enumerate(directions):
         for j, sign in enumerate((1.0, -1.0)):
             out = [[pace(_loss_at_jit(loss_fn, params, d, trees.scalar(sign * s), b)) for b in batches] for s in steps]
-            got = np.asarray(jax.device_get(out), np.float64)
-            if not np.all(np.isfinite(got)):
-                k = int(np.argwhere(~np.isfinite(got))[0, 0])
-                raise FloatingPointError(
-                    f"non-finite loss {'+' if sign > 0 else '−'}{steps[k]:g} along a saturation direction"
-                )
-            changes[i, j] = got - base
+            changes[i, j] = np.asarray(jax.device_get(out), np.float64) - base
+    # A loss that overflows far out (a float32 exp) ends the curve at the last step finite everywhere;
+    # beyond it φ extrapolates and the envelope grows as a cube.
+    finite = np.all(np.isfinite(changes), axis=(0, 1, 3))
+    last = len(steps) if finite.all() else int(np.argmin(finite))
+    if last == 0:
+        raise FloatingPointError(f"non-finite loss at the first step ({steps[0]:g}) along a saturation direction")
+    steps, changes = steps[:last], changes[:, :, :last]
     even = 0.5 * (changes[:, 0] + changes[:, 1]).mean(axis=-1)  # direction, step
     q_unit = float(np.mean(quads))
     curve = Curve(

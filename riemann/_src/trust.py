@@ -26,6 +26,10 @@ The assumption, stated rather than guaranteed: in the edit's own direction the m
 than along ``±ΔW`` at the same relative length. A direction of high curvature that ``ΔW`` does not
 visit (a scale that moves a sensitive matrix, say) can break it; the measured fraction and the
 class agreement ``auto`` reaches say how often it held (``docs/theory.md``, §5).
+
+:func:`riemann.saturation` gives a stronger judge for a saturated prediction: envelopes along ``ΔW``
+and along random-sign copies of it, read by the change's alignment with ``ΔW``, with a band for
+held-out batches. :func:`auto_estimate` accepts either; the main job uses the saturation.
 """
 
 from __future__ import annotations
@@ -215,7 +219,8 @@ def auto_estimate(
 
     ``trust`` is a :class:`TrustRegion` (errors along ``±s·ΔW``) or a
     :class:`riemann.Saturation` (errors along ``ΔW`` and random-sign copies of it, read by the
-    change's alignment; the prediction's ``terms["second"]`` is its quadratic). ``noise=True``
+    change's alignment), which judges ``surrogate``, the prediction through its curves (whose
+    ``terms["second"]`` is the quadratic before them). ``noise=True``
     declares the change's component across ``ΔW`` to be independent per-parameter noise (DARE's
     and DELLA's masks), judged by the noise envelope alone; a :class:`TrustRegion` ignores it.
 
@@ -225,6 +230,11 @@ def auto_estimate(
     ``loss_post``: the per-batch ``L(post)`` on ``batches`` when known (the measurement then costs
     one forward per batch).
     """
+    if isinstance(trust, Saturation) and surrogate is None:
+        raise ValueError(
+            "a Saturation judges the saturated prediction its envelopes were measured for: pass surrogate= "
+            "(a StructuredCurvature's estimate with saturate=, as in the README)"
+        )
     if surrogate is None and curvature is None:
         raise ValueError("auto_estimate needs a curvature or a surrogate to predict with")
     shared = (curvature.estimate if surrogate is None else surrogate)(change)

@@ -9,6 +9,8 @@ import pytest
 
 import riemann
 from riemann import Curve, Saturation
+from riemann._src.saturation import DEFAULT_COHERENT_STEPS
+from riemann.kfac import StructuredCurvature
 
 
 def _cosh_loss(p, x):
@@ -126,18 +128,27 @@ def test_auto_judges_by_the_saturation_and_measures_beyond_it():
     delta = {"w": jnp.array([1.0, 1.0, 1.0])}
     sat = riemann.saturation(loss, post, delta, batches, lambda d: c.estimate(d).terms["second"], g.grad,
                              key=jax.random.key(1))  # fmt: skip
+    structured = StructuredCurvature(grad=g.grad, factors={}, diagonal=c.diagonal)
+
+    def saturated(x):
+        cos = sat.place(x)[1]
+        return structured.estimate(x, saturate=lambda q: sat.phi(q, cos))
+
     small, large = {"w": jnp.array([0.01, 0.0, 0.0])}, {"w": jnp.array([0.3, -0.3, 0.3])}
-    near = 0.999 * c.estimate(large).value  # a boundary just below the prediction: no room for error
+    near = 0.999 * saturated(large).value  # a boundary just below the prediction: no room for error
+    kw = {"surrogate": saturated}
     for change, tol in ((small, 1.0), (large, near)):
-        got = riemann.auto_estimate(c, sat, loss, post, change, batches, tolerance=tol)
+        got = riemann.auto_estimate(None, sat, loss, post, change, batches, tolerance=tol, **kw)
         want = riemann.estimate(loss, post, change, batches, method="measured").value
         assert got.value == pytest.approx(want, rel=1e-5)  # the quadratic is exact, and so is the measurement
         assert got.settings["source"] == ("shared" if got.terms["validity"] < 1 else "measured")
-    assert riemann.auto_estimate(c, sat, loss, post, small, batches, tolerance=1.0).settings["source"] == "shared"
-    far = riemann.auto_estimate(c, sat, loss, post, large, batches, tolerance=near)
+    assert (
+        riemann.auto_estimate(None, sat, loss, post, small, batches, tolerance=1.0, **kw).settings["source"] == "shared"
+    )
+    far = riemann.auto_estimate(None, sat, loss, post, large, batches, tolerance=near, **kw)
     assert far.settings["source"] == "measured" and far.terms["validity"] >= 1
-    with pytest.raises(ValueError, match="needs a curvature or a surrogate"):
-        riemann.auto_estimate(None, sat, loss, post, small, batches, tolerance=1.0)
+    with pytest.raises(ValueError, match="pass surrogate="):
+        riemann.auto_estimate(c, sat, loss, post, small, batches, tolerance=1.0)
 
 
 def test_same_key_same_curves_and_refusals_name_the_argument():
@@ -160,6 +171,21 @@ def test_same_key_same_curves_and_refusals_name_the_argument():
     ):
         with pytest.raises(ValueError, match=match):
             riemann.saturation(*args, key=jax.random.key(0), **kwargs)
+
+    def overflowing(p, x):  # float32 exp overflows beyond a step of about 88
+        return jnp.sum(x * jnp.log1p(jnp.exp(p["w"])))
+
+    far = riemann.saturation(overflowing, w, delta, b, _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
+    assert (
+        far.noise.steps[-1] < 100
+        and np.all(np.isfinite(far.noise.loss))
+        and len(far.noise.errors) == len(far.noise.steps)
+    )
+    assert far.coherent.steps.tolist() == list(DEFAULT_COHERENT_STEPS)
+    with pytest.raises(FloatingPointError, match="first step"):
+        riemann.saturation(
+            overflowing, w, delta, b, _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0), noise_steps=[200.0]
+        )
     with pytest.raises(ValueError, match="batches is empty"):
         riemann.saturation(loss, w, delta, [], _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
     with pytest.raises(ValueError, match="delta has norm 0"):
