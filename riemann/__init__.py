@@ -3,8 +3,9 @@
 Pure JAX functions over parameter pytrees: quadrature rules on [0, 1], path integrals of the
 gradient along straight segments, estimators of an edit's loss change (the paper's Riemann sum,
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
-the saturation curves that say how the loss leaves a shared quadratic along ``ΔW`` and along noise,
-the shared surrogate's trust region and the ``auto`` estimate that measures where it does not hold,
+the saturation curves that say how the loss leaves a shared quadratic along ``ΔW`` and along noise
+(and how far the result can be trusted), the diagonal surrogate's trust region along ``±ΔW``, and the
+``auto`` estimate that measures where a shared prediction does not hold,
 and the competitive / decreased / improved classification.
 Edit operators live in :mod:`riemann.edits`; closed forms of whole edit families (DARE over ``p × k``,
 DELLA, EXPO over ``α``) in :mod:`riemann.closed_form`; task-arithmetic weights chosen from one

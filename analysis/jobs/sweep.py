@@ -2,12 +2,13 @@
 
 For each pair (default: the main job's workbench pairs) the sweep computes, on the calibration
 batches only, the gradient and Hutchinson diagonal at ``W_post`` and one Hessian-vector product
-along ``ΔW`` (:func:`riemann.closed_form.delta_statistics`), and from them predicts, with no pass
-per point:
+along ``ΔW`` (:func:`riemann.closed_form.delta_statistics`), and the saturation curves of the diagonal
+quadratic along ``ΔW`` and random-sign copies of it (:func:`riemann.saturation`, forward passes), and
+from them predicts, with no pass per point:
 
-- DARE's expected ``ΔL`` and the first-order spread over masks on a ``p × k`` grid (20 × 10 = 200
-  points), and drop-only over ``p``;
-- DELLA's over the density at ``ε = 0.1``;
+- DARE's expected ``ΔL`` (through the curves) and the first-order spread over masks on a ``p × k``
+  grid (20 × 10 = 200 points), and drop-only over ``p``;
+- DELLA's over the density at ``ε = 0.1`` (through the curves);
 - EXPO's ``ΔL(α)`` on ``α ∈ [−1, 2]`` and its best ``α``;
 - BitDelta's ``ΔL`` over its multiple ``m ∈ [0, 3]`` (``ΔW~(m) = x0 + m·x1`` is affine in ``m``, so
   the second-order model is a quadratic in ``m``: three more Hessian-vector products per batch) and
@@ -187,6 +188,20 @@ def sweep_pair(
         )
     )
     line, line_s = _timed(lambda: _bitdelta_line(pair, scorer.delta, cal))
+    # How the loss leaves the diagonal quadratic along ΔW and along random-sign copies of it (the
+    # main job's curves, on the sweep's quadratic): the random edits' means are read through them.
+    sat, sat_s = _timed(
+        lambda: riemann.saturation(
+            pair.loss_fn,
+            pair.post,
+            scorer.delta,
+            cal,
+            lambda x: curvature.estimate(x).terms["second"],
+            curvature.grad,
+            key=jax.random.fold_in(jax.random.key(seed), suite._SATURATION_SALT),
+            held_out=len(pair.batches),
+        )
+    )
     # What the predictions need, and nothing else the scorer sets up (tolerances, accuracies, the
     # test losses): first calls, so compilation is included.
     shared_parts = {
@@ -194,26 +209,49 @@ def sweep_pair(
         "hutchinson_diagonal": scorer.curvature_seconds,
         "hvp_along_delta": stats_s,
         "bitdelta_line": line_s,
+        "saturation_curves": sat_s,
     }
     shared_s = float(sum(shared_parts.values()))
 
     # --- predictions: no pass per point --------------------------------------------------------
     def dare_grid() -> tuple[np.ndarray, np.ndarray]:
         p, k = np.meshgrid(np.asarray(DARE_P), np.asarray(DARE_K), indexing="ij")
-        return closed_form.dare_moments(stats, p, k)
+        return closed_form.dare_moments(stats, p, k, saturation=sat)
 
     (mean, sd), dare_s = _timed(dare_grid)
 
     def predict() -> dict[str, Any]:
-        drop_mean, drop_sd = closed_form.dare_moments(stats, np.asarray(DARE_P), 0.0, rescale=False)
-        della = [closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON) for d in DELLA_DENSITY]
+        # The random edits' means through the saturation curves ("mean"), and the quadratic model's
+        # ("quadratic") for comparison.
+        p, k = np.meshgrid(np.asarray(DARE_P), np.asarray(DARE_K), indexing="ij")
+        dare_quadratic, _ = closed_form.dare_moments(stats, p, k)
+        drop = np.asarray(DARE_P)
+        drop_mean, drop_sd = closed_form.dare_moments(stats, drop, 0.0, rescale=False, saturation=sat)
+        drop_quadratic, _ = closed_form.dare_moments(stats, drop, 0.0, rescale=False)
+        della = [
+            closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON, saturation=sat) for d in DELLA_DENSITY
+        ]
         return {
-            "dare": {"p": list(DARE_P), "k": list(DARE_K), "mean": mean.tolist(), "sd": sd.tolist()},
-            "drop_only": {"p": list(DARE_P), "mean": drop_mean.tolist(), "sd": drop_sd.tolist()},
+            "dare": {
+                "p": list(DARE_P),
+                "k": list(DARE_K),
+                "mean": mean.tolist(),
+                "quadratic": dare_quadratic.tolist(),
+                "sd": sd.tolist(),
+            },
+            "drop_only": {
+                "p": list(DARE_P),
+                "mean": drop_mean.tolist(),
+                "quadratic": drop_quadratic.tolist(),
+                "sd": drop_sd.tolist(),
+            },
             "della": {
                 "density": list(DELLA_DENSITY),
                 "epsilon": DELLA_EPSILON,
                 "mean": [m for m, _ in della],
+                "quadratic": [
+                    closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON)[0] for d in DELLA_DENSITY
+                ],
                 "sd": [s for _, s in della],
             },
             "expo": {
@@ -314,6 +352,7 @@ def sweep_pair(
             "data": "calibration",
         },
         "predicted": predicted,
+        "saturation": sat.record(),
         "points": points,
         "expo": {
             "alpha": list(EXPO_ALPHA),
@@ -336,7 +375,11 @@ def sweep_pair(
         "seconds": {
             "shared": shared_s,
             "shared_parts": shared_parts,
-            "shared_passes_per_calibration_batch": {"gradient": 5, "hvp": probes + 4, "forward": 1},
+            "shared_passes_per_calibration_batch": {
+                "gradient": 5,
+                "hvp": probes + 4,
+                "forward": 1 + sat.cost["forward"],
+            },
             "scorer_setup_other": setup_s - scorer.gradient_seconds - scorer.curvature_seconds,
             "predict": predict_s,
             "predict_dare_grid": dare_s,
@@ -360,8 +403,11 @@ def markdown(record: dict[str, Any]) -> str:
         "# Closed-form sweeps",
         "",
         f"Seed {record['seed']}; {record['seeds']} masks per measured random point; shared passes on the "
-        "calibration batches only, measurements on the test batches. Predictions are the second-order model's "
-        "mean over masks (E[ΔL] ≈ μ·b + ½(μ²·q + v·s)); the ± is the first-order term's spread over masks; "
+        "calibration batches only, measurements on the test batches. DARE's, drop-only's and DELLA's predictions "
+        "are the second-order model's mean over masks read through the pair's saturation curves (E[ΔL] ≈ μ·b + "
+        "φ(½(μ² + v)·s, c), c = μ/√(μ² + v); φ measured once along ΔW and random-sign copies of it; the plain "
+        "quadratic μ·b + ½(μ²·q + v·s) is kept in sweep.json as 'quadratic'); the ± is the first-order term's spread "
+        "over masks; "
         "'within 2 SE' compares the predicted mean with the measured mean over masks. Low rank (a fraction of each "
         "matrix's rank kept) and BitDelta's magnitude bits are deterministic: their prediction is "
         "⟨g, X⟩ + ½ Σ diag(H)·X² of the edit's exact change X, and each is measured once.",

@@ -395,7 +395,7 @@ def write(results: dict[str, Any], out: Path) -> list[Path]:
 def _envelopes(shared: dict) -> str:
     """The shared prediction's error envelopes on the calibration batches, as a sentence."""
     sat = shared.get("saturation")
-    if sat:
+    if sat and "coherent" in sat:
 
         def one(c: dict) -> str:
             return ", ".join(f"{s:.3g}: {_f(e, 3)}" for s, e in zip(c["steps"], c["errors"]))
@@ -404,6 +404,6 @@ def _envelopes(shared: dict) -> str:
             f"The shared prediction's error (with a {sat['band']:g}-standard-error band) on the calibration "
             f"batches, by step along ±ΔW: {one(sat['coherent'])}; along random-sign copies of ΔW: {one(sat['noise'])}."
         )
-    tr = shared.get("trust_region") or {}  # results written before the saturation curves
+    tr = shared.get("trust_region") or {}  # results written before the two saturation curves
     errs = ", ".join(f"{s:g}: {_f(e, 3)}" for s, e in zip(tr.get("steps", []), tr.get("errors", [])))
     return f"The shared surrogate's error along ±ΔW on the calibration batches, by relative step: {errs}."

@@ -372,7 +372,7 @@ def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
             est, method="kfac-saturated", settings={**est.settings, "saturated": False, "note": "no saturation curves"}
         )
     rho, cos = sat.place(change)
-    est = curvature.estimate(change, saturate=lambda q: sat.phi(q, cos))
+    est = curvature.estimate(change, saturate=lambda q: sat.phi(q, cos * rho))
     return dataclasses.replace(
         est,
         method="kfac-saturated",
@@ -381,15 +381,15 @@ def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
     )
 
 
-# The shared predictor the main job leads with: K-FAC's quadratic, read through how the loss actually
-# grows along ΔW and along noise of the same quadratic (riemann.saturation), in the change's proportion.
+# The shared predictor the main job leads with: K-FAC's quadratic, its part along ΔW read through how
+# the loss actually grows along ΔW and the rest through how it grows along noise (riemann.saturation).
 register_estimator(
     Estimator(
         "kfac-saturated",
         {"method": "kfac-saturated"},
         "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
         "saturation curves φ — the measured even part of the loss along ΔW and along random-sign copies of it, "
-        "read in proportion to the change's alignment with ΔW",
+        "the change's part along ΔW read on the first, the rest on the second",
         "K-FAC's 2 gradients + 97 forwards per batch + the diagonal's probes, once per pair",
         "X",
         "saturation",

@@ -21,7 +21,12 @@ one pass over the parameters, no forward or backward pass.
 These are predictions of the *quadratic model's* mean. Where the loss is not quadratic over the
 step they can miss either way (on a small decoder the loss rises far faster than the quadratic
 even at ``p = 0.3``; elsewhere large steps saturate); the spread given is that of the first-order
-term only, and the Hutchinson diagonal adds its own noise to ``s``.
+term only, and the Hutchinson diagonal adds its own noise to ``s``. Given ``saturation=`` (a
+:class:`riemann.Saturation` measured with the diagonal quadratic ``x ↦ ½ Σ diag(H)·x²``),
+:func:`dare_moments` and :func:`della_moments` read the expected quadratic through its curves
+instead: ``E[ΔL] ≈ μ·b + φ_coherent(½μ²·s) + φ_noise(½ Σ diag(H)_i v_i ΔW_i²)``, the mean part
+``μ·ΔW`` on the curve along ``ΔW`` and the noise on the curve along random-sign copies (one ``μ``
+for every entry; DELLA's ``μ = 0``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from riemann._src import trees
 from riemann._src.curvature import SharedCurvature
 from riemann._src.estimate import estimate
+from riemann._src.saturation import Saturation
 from riemann.edits import _bitdelta, _common, _lowrank
 
 PyTree = Any
@@ -142,8 +148,16 @@ def _moments(stats: DeltaStatistics, mu: np.ndarray, v: np.ndarray) -> tuple[np.
     return mean, sd
 
 
+def _saturated_mean(saturation: Saturation, first: np.ndarray, mu: np.ndarray, v: np.ndarray, s: float) -> np.ndarray:
+    """``μ·b + φ(Q, μ)`` per point, ``Q = ½(μ² + v)·s``: the part ``μ·ΔW`` along ``ΔW`` on the
+    coherent curve, the rest on the noise curve."""
+    q = 0.5 * (mu**2 + v) * s
+    phi = np.vectorize(saturation.phi, otypes=[np.float64])(q, mu)
+    return first + phi
+
+
 def dare_moments(
-    stats: DeltaStatistics, p: Any, k: Any = 0.0, *, rescale: bool = True
+    stats: DeltaStatistics, p: Any, k: Any = 0.0, *, rescale: bool = True, saturation: Saturation | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted mean ΔL of DARE (``rescale=False``: drop-only) at every ``(p, k)`` (broadcast), and
     the first-order term's standard deviation over masks:
@@ -155,9 +169,14 @@ def dare_moments(
       >>> mean, sd = dare_moments(st, [0.5, 0.9])
       >>> mean.tolist(), sd.tolist()          # ½·p/(1 − p)·s; √(p/(1 − p)·r)
       ([1.5, 13.5], [2.0, 6.0])
+
+    ``saturation``: read the quadratic through its curves (module docstring); the spread is unchanged.
     """
     mu, v = dare_factors(p, k, rescale=rescale)
-    return _moments(stats, mu, v)
+    mean, sd = _moments(stats, mu, v)
+    if saturation is not None:
+        mean = _saturated_mean(saturation, mu * stats.b, mu, v, stats.s)
+    return mean, sd
 
 
 def expo_curve(stats: DeltaStatistics, alpha: Any, *, cubic: bool = True) -> np.ndarray:
@@ -251,11 +270,19 @@ def _della_sums(
     return sum(p[0] for p in parts), sum(p[1] for p in parts)
 
 
-def della_moments(shared: SharedCurvature, delta: PyTree, density: float, epsilon: float = 0.0) -> tuple[float, float]:
+def della_moments(
+    shared: SharedCurvature,
+    delta: PyTree,
+    density: float,
+    epsilon: float = 0.0,
+    *,
+    saturation: Saturation | None = None,
+) -> tuple[float, float]:
     """Predicted mean ΔL of DELLA (MAGPRUNE, :func:`riemann.edits.della`) and the first-order
     term's standard deviation over masks. Entry ``i`` is kept with probability ``π_i`` (from its
     magnitude rank in its row) and rescaled by ``1/π_i``, so ``μ_i = 0``, ``v_i = (1 − π_i)/π_i``:
-    ``E[ΔL] ≈ ½ Σ diag(H)_i v_i ΔW_i²``, ``sd ≈ √(Σ g_i² v_i ΔW_i²)``."""
+    ``E[ΔL] ≈ ½ Σ diag(H)_i v_i ΔW_i²``, ``sd ≈ √(Σ g_i² v_i ΔW_i²)``; with ``saturation``, the
+    noise curve's ``φ`` of that quadratic (``c = 0``)."""
     if shared.diagonal is None:
         raise ValueError("della_moments needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
     if not (0.0 < density - epsilon and density + epsilon <= 1.0 and epsilon >= 0.0):
@@ -264,7 +291,10 @@ def della_moments(shared: SharedCurvature, delta: PyTree, density: float, epsilo
             f"{density + epsilon:g}) must lie in (0, 1] with ε ≥ 0"
         )
     s, r = _della_sums(shared.grad, shared.diagonal, delta, trees.scalar(density), trees.scalar(epsilon))
-    return 0.5 * float(s), float(np.sqrt(max(float(r), 0.0)))
+    mean = 0.5 * float(s)
+    if saturation is not None:
+        mean = saturation.noise(mean)
+    return mean, float(np.sqrt(max(float(r), 0.0)))
 
 
 # --- DARE's drop rate per module under a budget ----------------------------------------------------

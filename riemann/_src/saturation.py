@@ -18,28 +18,30 @@ is set against the shared quadratic of the same step, ``Q(s) = s²·Q(d)``, over
 multiples ``s``; the odd orders are the gradient's business. The curve ``φ(Q(s)) = C(s)`` is then the
 loss change an edit of quadratic ``Q`` would see along that family. It holds what no curvature at
 ``W_post`` can: a confident token's loss growing exponentially in its margin before it grows
-linearly, and the network's own non-linearity (layer norms, attention), which a logit-space curve of
-the linearised network misses. It needs nothing but ``loss_fn``: any loss works.
+linearly, and the network's own non-linearity (layer norms, attention), which the cross-entropy of
+the linearised network does not see. It needs nothing but ``loss_fn``: any loss works.
 
-An edit's change ``x`` with relative length ``ρ = ‖x‖/‖ΔW‖`` and alignment ``c = cos(x, ΔW)`` puts
-the share ``c²`` of its squared norm along ``ΔW`` and ``1 − c²`` across it. Its prediction reads the
-two curves in that proportion::
+An edit's change ``x`` splits into ``a·ΔW`` along ``ΔW`` (``a = c·ρ``, with ``ρ = ‖x‖/‖ΔW‖`` and
+``c = cos(x, ΔW)``) and the rest across it. Each part is read on its own curve::
 
-    ⟨g, x⟩ + c²·φ_coherent(Q(x)) + (1 − c²)·φ_noise(Q(x)).
+    ⟨g, x⟩ + φ_coherent(Q∥) + φ_noise(Q(x) − Q∥),      Q∥ = a²·Q(ΔW).
 
 **Trust.** Each measured direction also gives the model's error there, on the calibration batches,
 plus what the test batches may add: a band of ``band`` standard errors of the mean change, from its
 spread over calibration batches, ``sd·√(1/n_calibration + 1/n_held_out)``. An envelope ``e(s)``
 (the largest such error over directions and signs, non-decreasing in ``s``) gives an edit the error
 
-    ê = e_coherent(|c|·ρ) + e_noise(√(1 − c²)·ρ) + [not noise] max(c², 1 − c²)·|φ_coherent(Q) − φ_noise(Q)|
+    ê = e_coherent(|c|·ρ) + e_noise(√(1 − c²)·ρ) + [structured] |φ_coherent(Q⊥) − φ_noise(Q⊥)|
 
-where the last term is the doubt about an edit whose component across ``ΔW`` is *structured* (low rank,
-BitDelta, magnitude trim): it may saturate like ``ΔW`` or like noise, and the prediction, which
-blends the two, can be off by that much. Edits that *are* noise across ``ΔW`` (DARE, DELLA: each entry
-of ``ΔW`` times an independent random factor) are judged by the noise envelope alone.
-:func:`riemann.auto_estimate` trusts the prediction when ``ê`` is smaller than its distance to the
-nearest class boundary.
+with ``Q⊥ = Q(x) − Q∥``. The last term is the doubt about an edit whose component across ``ΔW`` is
+*structured* (low rank, BitDelta, magnitude trim): it may saturate like ``ΔW`` rather than like
+noise. Edits that *are* noise across ``ΔW`` (DARE, DELLA: each entry of ``ΔW`` times an independent
+random factor) are judged by the envelopes alone. :func:`riemann.auto_estimate` trusts the
+prediction when ``ê`` is smaller than its distance to the nearest class boundary.
+
+With parameters in a 16-bit dtype, steps that rounding changes (``‖W + s·d − W‖`` off ``s·‖d‖`` by
+more than 1 %) are left out of the grid; so is, for ``φ`` below the grid, any point whose ``|C|`` is
+under ``10⁻⁴·|L(W_post)|``, where float32 losses no longer resolve it.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ PyTree = Any
 # Relative lengths along ±ΔW (s = 1 backwards is W_pre; EXPO's α = ±1 is the suite's longest).
 DEFAULT_COHERENT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 # Multiples of a random-sign copy: DARE's noise is the copy times (1 − k)√(p/(1 − p)), 0.33 at
-# p = 0.1 and k = 0, 19 at p = 0.99 and k = −1.
+# p = 0.1 and k = 0, 19.9 at p = 0.99 and k = −1.
 DEFAULT_NOISE_STEPS: tuple[float, ...] = tuple(float(s) for s in np.geomspace(0.01, 100.0, 21))
 DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to each measured error
+RESOLUTION = 1e-4  # |C| below this fraction of |L(W_post)| is not held below the grid
+PRECISION = 0.01  # a step that rounding moves by more than this fraction is left out of the grid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,8 +81,11 @@ class Curve:
       errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model| + band·se`` over
         directions and signs at steps ``≤ s``.
       directions: how many directions (one for ``ΔW``; the probes for noise).
+      floor: the smallest ``|C|`` resolved (float resolution of the loss); below the grid ``φ`` holds
+        the ratio of the first point above it.
 
-    A grid ends early where the loss stops being finite (one that overflows far from ``W_post``).
+    A grid ends early where the loss stops being finite (one that overflows far from ``W_post``),
+    and starts late where 16-bit parameters round its first steps away.
     """
 
     steps: np.ndarray
@@ -86,39 +93,48 @@ class Curve:
     loss: np.ndarray
     errors: np.ndarray
     directions: int
+    floor: float = 0.0
+
+    @property
+    def unit(self) -> float:
+        """``Q(d)``: the quadratic of one step (``s = 1``) along the family, mean over directions."""
+        return float(self.quadratic[0] / self.steps[0] ** 2)
 
     def __call__(self, q: float) -> float:
         """``φ(q)``: the loss change along this family of a step whose quadratic is ``q``.
 
-        ``C/Q`` is interpolated linearly in ``log Q`` between grid points and held at its first
-        value below the grid (there ``C ≈ Q``); beyond the grid ``C`` follows the last segment's
-        log–log slope. A non-positive or non-finite ``q`` is returned as it is, and so is every
-        ``q`` when the quadratic of the family is not positive (a curvature that is not one)."""
+        ``C/Q`` is interpolated linearly in ``log Q`` between grid points and held below the grid at
+        the first point resolved above :attr:`floor`; beyond the grid ``C`` follows the last
+        segment's log–log slope (never decreasing). A non-positive or non-finite ``q`` is returned as
+        it is, and so is every ``q`` when the quadratic of the family is not positive (a curvature
+        that is not one)."""
         q = float(q)
         qs, cs = self.quadratic, self.loss
         if not np.isfinite(q) or q <= 0.0 or not np.all(qs > 0):
             return q
+        resolved = np.abs(cs) >= self.floor
+        start = int(np.argmax(resolved)) if resolved.any() else len(qs) - 1
+        qs, cs = qs[start:], cs[start:]
         ratio = cs / qs
         if q <= qs[0]:
             return q * float(ratio[0])
         if q >= qs[-1]:
             if len(qs) >= 2 and cs[-1] > 0 and cs[-2] > 0:
-                slope = np.log(cs[-1] / cs[-2]) / np.log(qs[-1] / qs[-2])
+                slope = max(0.0, float(np.log(cs[-1] / cs[-2]) / np.log(qs[-1] / qs[-2])))
                 return float(cs[-1] * (q / qs[-1]) ** slope)
             return q * float(ratio[-1])
         return q * float(np.interp(np.log(q), np.log(qs), ratio))
 
     def error(self, step: float) -> float:
         """``ê(s)``: the envelope at the first grid step ``≥ s``; below the grid the first value
-        scaled by ``(s/s₀)²`` (the quadratic's own error is second order in a step this short,
-        since it carries the shared curvature's noise); beyond it the last value scaled by
-        ``(s/s_last)³``."""
+        scaled by ``s/s₀`` (the band, from the spread of the first-order term over batches, is
+        first order in the step); beyond it the last value scaled by ``(s/s_last)³``."""
         s = float(step)
         if not s >= 0:
             raise ValueError(f"step={step!r}; expected a length ≥ 0")
         grid, e = self.steps, self.errors
         if s <= grid[0]:
-            return float(e[0] * (s / grid[0]) ** 2)
+            return float(e[0] * (s / grid[0]))
         if s > grid[-1]:
             return float(e[-1] * (s / grid[-1]) ** 3)
         return float(e[int(np.searchsorted(grid, s))])
@@ -156,21 +172,29 @@ class Saturation:
         cos = dot / (norm * self.scale) if norm > 0 else 0.0
         return norm / self.scale, float(np.clip(cos, -1.0, 1.0))
 
-    def phi(self, q: float, cos: float) -> float:
-        """``c²·φ_coherent(q) + (1 − c²)·φ_noise(q)``."""
-        w = float(cos) ** 2
-        return w * self.coherent(q) + (1.0 - w) * self.noise(q)
+    def split(self, q: float, along: float) -> tuple[float, float]:
+        """``(Q∥, Q⊥)``: the quadratic of the change's part along ``ΔW``, ``a²·Q(ΔW)`` for a part
+        ``a·ΔW`` (``along = a = c·ρ``), and the rest of ``q``."""
+        parallel = float(along) ** 2 * self.coherent.unit
+        return parallel, float(q) - parallel
+
+    def phi(self, q: float, along: float) -> float:
+        """``φ_coherent(Q∥) + φ_noise(Q⊥)`` for a change of quadratic ``q`` whose part along ``ΔW`` is
+        ``along·ΔW``."""
+        parallel, across = self.split(q, along)
+        return self.coherent(parallel) + self.noise(across)
 
     def error(self, relative_step: float, cos: float, q: float, *, noise: bool = False) -> float:
         """``ê`` for a change of relative length ``ρ``, alignment ``c`` and quadratic ``q`` (module
         docstring); ``noise=True`` declares its component across ``ΔW`` to be independent
-        per-parameter noise, judged by the noise envelope alone."""
-        rho, w = float(relative_step), float(cos) ** 2
+        per-parameter noise, which the noise curve stands for."""
+        rho, cos = float(relative_step), float(cos)
         if not np.isfinite(rho):
             return float("inf")
-        err = self.coherent.error(np.sqrt(w) * rho) + self.noise.error(np.sqrt(max(0.0, 1.0 - w)) * rho)
+        err = self.coherent.error(abs(cos) * rho) + self.noise.error(np.sqrt(max(0.0, 1.0 - cos**2)) * rho)
         if not noise:
-            err += max(w, 1.0 - w) * abs(self.coherent(q) - self.noise(q))
+            _, across = self.split(q, cos * rho)
+            err += abs(self.coherent(across) - self.noise(across))
         return float(err)
 
     def judge(self, change: PyTree, value: float, quadratic: float, tolerance: float, *, noise: bool = False) -> dict:
@@ -190,6 +214,24 @@ class Saturation:
             "model_error": err,
             "noise": bool(noise),
         }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], delta: PyTree = None) -> Saturation:
+        """The curves back from :meth:`record` (``results.json``, ``sweep.json``): ``φ`` and the
+        errors as measured. ``delta`` (``ΔW``) is needed only to :meth:`place` a change."""
+
+        def curve(r: dict[str, Any]) -> Curve:
+            arrays = {k: np.asarray(r[k], np.float64) for k in ("steps", "quadratic", "loss", "errors")}
+            return Curve(**arrays, directions=int(r["directions"]), floor=float(r.get("floor", 0.0)))
+
+        return cls(
+            coherent=curve(record["coherent"]),
+            noise=curve(record["noise"]),
+            delta=delta,
+            scale=float(record["scale"]),
+            band=float(record["band"]),
+            cost=dict(record["cost"]),
+        )
 
     def record(self) -> dict[str, Any]:
         """What ``results.json`` keeps: both curves, ``‖ΔW‖``, the band and the cost."""
@@ -214,6 +256,14 @@ def _loss_at(loss_fn: Any, params: PyTree, direction: PyTree, t: jax.Array, batc
 _loss_at_jit = jax.jit(_loss_at, static_argnums=0)
 
 
+@jax.jit
+def _realised(params: PyTree, direction: PyTree, t: jax.Array) -> jax.Array:
+    """``‖W + t·d − W‖`` as the parameters' dtype stores it (16-bit weights round small steps)."""
+    moved = trees.move_along(params, direction, t)
+    diff = jax.tree.map(lambda a, b: trees.widen(a) - trees.widen(b), moved, params)
+    return jnp.sqrt(trees.tree_vdot(diff, diff))
+
+
 def _check_steps(name: str, steps: Sequence[float]) -> np.ndarray:
     s = np.asarray(list(steps), np.float64)
     if s.ndim != 1 or len(s) == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(np.diff(s) <= 0):
@@ -224,43 +274,58 @@ def _check_steps(name: str, steps: Sequence[float]) -> np.ndarray:
 def _curve(
     loss_fn: Any,
     params: PyTree,
-    directions: list[PyTree],
+    make: Callable[[int], PyTree],
+    count: int,
     batches: list[Any],
     base: np.ndarray,
     steps: np.ndarray,
-    firsts: list[float],
-    quads: list[float],
+    first: Callable[[PyTree], float],
+    quadratic: Callable[[PyTree], float],
     *,
     band: float,
     held_out: int,
+    low_precision: bool,
 ) -> Curve:
-    """Measure one family: per direction, sign, step and batch, ``L(params ± s·d) − L(params)``."""
+    """Measure one family: per direction, sign, step and batch, ``L(params ± s·d) − L(params)``.
+    Directions are made one at a time (``make(i)``), so at most one copy of ``ΔW`` is alive."""
     n = len(batches)
-    changes = np.empty((len(directions), 2, len(steps), n))  # direction, sign (+, −), step, batch
-    for i, d in enumerate(directions):
+    changes = np.empty((count, 2, len(steps), n))  # direction, sign (+, −), step, batch
+    precise = np.ones(len(steps), bool)
+    firsts, quads = [], []
+    for i in range(count):
+        d = make(i)
+        firsts.append(first(d))
+        quads.append(float(quadratic(d)))
+        norm = float(_norm_and_dot(d, d)[0])
         for j, sign in enumerate((1.0, -1.0)):
             out = [[pace(_loss_at_jit(loss_fn, params, d, trees.scalar(sign * s), b)) for b in batches] for s in steps]
             changes[i, j] = np.asarray(jax.device_get(out), np.float64) - base
+            if low_precision:
+                got = np.array([float(_realised(params, d, trees.scalar(sign * s))) for s in steps])
+                precise &= np.abs(got - steps * norm) <= PRECISION * steps * norm
+        del d
     # A loss that overflows far out (a float32 exp) ends the curve at the last step finite everywhere;
     # beyond it φ extrapolates and the envelope grows as a cube.
     finite = np.all(np.isfinite(changes), axis=(0, 1, 3))
     last = len(steps) if finite.all() else int(np.argmin(finite))
-    if last == 0:
-        raise FloatingPointError(f"non-finite loss at the first step ({steps[0]:g}) along a saturation direction")
-    steps, changes = steps[:last], changes[:, :, :last]
+    keep = precise & (np.arange(len(steps)) < last)
+    if not keep.any():
+        why = "rounds every step away" if not precise.any() else f"is not finite at the first step ({steps[0]:g})"
+        raise FloatingPointError(f"the loss along a saturation direction {why}")
+    steps, changes = steps[keep], changes[:, :, keep]
     even = 0.5 * (changes[:, 0] + changes[:, 1]).mean(axis=-1)  # direction, step
-    q_unit = float(np.mean(quads))
     curve = Curve(
         steps=steps,
-        quadratic=steps**2 * q_unit,
+        quadratic=steps**2 * float(np.mean(quads)),
         loss=even.mean(axis=0),
         errors=np.zeros_like(steps),
-        directions=len(directions),
+        directions=count,
+        floor=RESOLUTION * float(np.mean(np.abs(base))),
     )
     # The model each direction is judged by: its own first-order term and quadratic, through φ.
     spread = np.sqrt(1.0 / n + 1.0 / held_out)
     errors = np.zeros_like(steps)
-    for i in range(len(directions)):
+    for i in range(count):
         for j, sign in enumerate((1.0, -1.0)):
             model = np.array([sign * s * firsts[i] + curve(s**2 * quads[i]) for s in steps])
             mean = changes[i, j].mean(axis=-1)
@@ -286,12 +351,13 @@ def saturation(
 ) -> Saturation:
     """Measure how ``loss_fn`` leaves the shared quadratic along ``±s·ΔW`` and random-sign copies.
 
-    Costs ``1 + 2·len(coherent_steps) + 2·probes·len(noise_steps)`` forward passes per batch, once.
+    Costs ``1 + 2·len(coherent_steps) + 2·probes·len(noise_steps)`` forward passes per batch, once,
+    and holds one copy of ``ΔW`` at a time.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` (any loss).
       params: ``W_post``, where ``grad`` and ``quadratic`` were computed.
-      delta: ``ΔW``.
+      delta: ``ΔW``, floating leaves like ``params`` (or float32 for 16-bit parameters).
       batches: the calibration batches ``grad`` and ``quadratic`` were computed on.
       quadratic: ``x -> ½⟨x, G x⟩``, the shared quadratic the predictions will use (K-FAC's, a
         diagonal's); no passes over data.
@@ -300,7 +366,8 @@ def saturation(
       probes: random-sign copies.
       coherent_steps, noise_steps: step multiples, increasing.
       held_out: how many batches predictions will be judged on (default: as many as ``batches``).
-      band: standard errors of the held-out mean added to each measured error.
+      band: standard errors of the held-out mean added to each measured error (none with a single
+        calibration batch: it has no spread to measure).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -324,32 +391,29 @@ def saturation(
     held_out = len(batches) if held_out is None else int(held_out)
     if held_out < 1:
         raise ValueError(f"held_out={held_out}; expected the number of batches predictions are judged on (≥ 1)")
+    trees.check_compatible(params, delta, ("params", "delta"), wide=True)
+    for name, leaf in zip(trees.leaf_names(delta), jax.tree.leaves(delta)):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(f"delta leaf {name!r} has dtype {jnp.result_type(leaf)}; expected floating point")
     scale = float(_norm_and_dot(delta, delta)[0])
     if not np.isfinite(scale) or scale == 0:
         raise ValueError(f"delta has norm {scale}; expected a finite, non-zero ΔW = W_post − W_pre")
     zero = trees.scalar(0.0)
     base = np.asarray(jax.device_get([_loss_at_jit(loss_fn, params, delta, zero, b) for b in batches]), np.float64)
+    if not np.all(np.isfinite(base)):
+        raise FloatingPointError("the loss at params is not finite on every batch")
+    low = any(jnp.dtype(jnp.result_type(x)).itemsize < 4 for x in jax.tree.leaves(params))
 
     def first(d: PyTree) -> float:
         return float(trees.tree_vdot(grad, d))
 
-    copies = []
-    for j in range(probes):
+    def copy(j: int) -> PyTree:
         eps = rademacher(delta, jax.random.fold_in(key, j))
-        copies.append(jax.tree.map(lambda x, e: x * e.astype(x.dtype), delta, eps))
-    kw = {"band": float(band), "held_out": held_out}
-    coherent = _curve(loss_fn, params, [delta], batches, base, cs, [first(delta)], [float(quadratic(delta))], **kw)
-    noise = _curve(
-        loss_fn,
-        params,
-        copies,
-        batches,
-        base,
-        ns,
-        [first(d) for d in copies],
-        [float(quadratic(d)) for d in copies],
-        **kw,
-    )
+        return jax.tree.map(lambda x, e: x * e.astype(x.dtype), delta, eps)
+
+    kw = {"band": float(band), "held_out": held_out, "low_precision": low}
+    coherent = _curve(loss_fn, params, lambda _: delta, 1, batches, base, cs, first, quadratic, **kw)
+    noise = _curve(loss_fn, params, copy, probes, batches, base, ns, first, quadratic, **kw)
     return Saturation(
         coherent=coherent,
         noise=noise,

@@ -1,5 +1,7 @@
-"""How far the shared quadratic can be trusted, and the ``auto`` estimate that measures where it
-cannot.
+"""How far a shared prediction can be trusted, and the ``auto`` estimate that measures where it
+cannot. Two judges: the diagonal quadratic's trust region along ``±ΔW`` (this module, below), and
+the error envelopes of :func:`riemann.saturation` along ``ΔW`` and random-sign copies of it, read by
+a change's length and alignment (what the main job's ``auto`` uses; last paragraph).
 
 The shared-curvature surrogate ``q(x) = ⟨g, x⟩ + ½ Σ diag(H)·x²`` (:mod:`riemann._src.curvature`)
 is a local model: its error grows with the step. Trust-region methods judge a local model the

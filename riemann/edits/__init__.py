@@ -17,6 +17,8 @@ Merges of several fine-tunes of one base (mergekit's methods: ``linear``, ``task
 than one edited delta, so they are not in :data:`REGISTRY`.
 """
 
+from collections.abc import Mapping as _Mapping
+
 from riemann.edits._bitdelta import bitdelta as bitdelta
 from riemann.edits._bitdelta import check_bitdelta
 from riemann.edits._common import EMBEDDING_PATTERN as EMBEDDING_PATTERN
@@ -49,7 +51,10 @@ register(
     paper_class="competitive",
     random=True,
     validate=check_dare,
-    noise=True,
+    # Without rescaling the mean part −(1 − k)·p·ΔW lies along ΔW only when one rate covers every leaf.
+    noise=lambda p: (
+        bool(p.get("rescale", True)) or not (isinstance(p.get("p"), _Mapping) or p.get("include") or p.get("exclude"))
+    ),
 )(dare)
 register("biased_sign", reference=_TANG + " (Table 1, Biased ΔW)", paper_class="competitive", validate=check_biased)(
     biased_sign

@@ -87,8 +87,9 @@ class EditInfo:
     validate: Callable[..., None] | None
     takes_key: bool
     # The change is ΔW times independent per-parameter random factors (a mask): across ΔW it is
-    # noise, which riemann.Saturation's random-sign copies stand for.
-    noise: bool = False
+    # noise, which riemann.Saturation's random-sign copies stand for. A flag, or a predicate of the
+    # parameters (as for random).
+    noise: bool | Callable[[Mapping[str, Any]], bool] = False
 
 
 REGISTRY: dict[str, EditInfo] = {}
@@ -120,7 +121,7 @@ def register(
     needs_grad: bool = False,
     multi: bool = False,
     validate: Callable[..., None] | None = None,
-    noise: bool = False,
+    noise: bool | Callable[[Mapping[str, Any]], bool] = False,
 ) -> Callable[[Callable[..., PyTree]], Callable[..., PyTree]]:
     """Decorator that registers an edit ``fn(delta, [grad,] *params, key=None, ...)``.
 
@@ -129,7 +130,8 @@ def register(
     specs can be parsed; parameters of other types (e.g. ``ndim`` tuples) are reachable from
     Python but not from specs. ``validate(**params)`` checks values before any work. ``noise``
     declares that the edit multiplies each entry of the delta by an independent random factor (a
-    mask, as DARE and DELLA do), so that across the delta its change is noise.
+    mask, as DARE and DELLA do), so that across the delta its change is noise; like ``random``, a
+    flag or a predicate of the parameters.
 
     Example:
       >>> import jax
@@ -205,8 +207,10 @@ class Edit:
 
     @property
     def noise(self) -> bool:
-        """True when the change is the delta times independent per-parameter random factors."""
-        return self.info.noise
+        """True when the change is the delta times independent per-parameter random factors, with
+        any mean part along the delta itself."""
+        noise = self.info.noise
+        return bool(noise(self.params) if callable(noise) else noise)
 
     @property
     def spec(self) -> str:

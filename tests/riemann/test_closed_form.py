@@ -411,3 +411,49 @@ def test_a_leaf_without_positive_curvature_keeps_the_uniform_rate():
     assert al.p["c"] == pytest.approx(0.5)  # not dropped at max_p for a predicted gain
     assert (al.p["a"], al.p["b"]) == pytest.approx((0.25, 0.75))  # a and b share their own budget
     assert al.predicted == pytest.approx(0.5 * (36 / 3 + 4 * 3 - 8 * 1))
+
+
+def _two_curves(delta, coherent_ratio, noise_ratio):
+    """A Saturation whose curves are φ = ratio·Q (one grid point each: the ratio is held)."""
+    one = np.array([1.0])  # Q(ΔW) = 1 on the coherent grid: st.s must be 2 (Q = ½ s)
+    coherent = riemann.Curve(one, one, coherent_ratio * one, 0 * one, 1)
+    noise = riemann.Curve(one, one, noise_ratio * one, 0 * one, 2)
+    return riemann.Saturation(coherent, noise, delta, 1.0, 2.0, {"forward": 0})
+
+
+def test_saturated_closed_forms_read_the_expected_quadratic_through_the_curves():
+    st = cf.DeltaStatistics(b=-1.0, q=2.0, s=2.0, r=4.0, gain=None, loss_post=0.0)
+    delta = {"w": jnp.ones(3)}
+    p = np.array([0.3, 0.9])
+    plain, sd = cf.dare_moments(st, p)
+    same, same_sd = cf.dare_moments(st, p, saturation=_two_curves(delta, 1.0, 1.0))
+    np.testing.assert_allclose(same, plain)  # identity curves and q = s: the quadratic model
+    np.testing.assert_allclose(same_sd, sd)
+    sat = _two_curves(delta, 3.0, 0.5)
+    # DARE is all noise (μ = 0): the noise curve alone, ½·p/(1 − p)·s halved
+    got, _ = cf.dare_moments(st, p, k=0.0, saturation=sat)
+    np.testing.assert_allclose(got, 0.5 * 0.5 * p / (1 - p) * st.s)
+    # drop-only: the mean part −p·ΔW on the coherent curve (Q∥ = ½p²·s), the noise v = p(1 − p) on the other
+    got, _ = cf.dare_moments(st, p, rescale=False, saturation=sat)
+    np.testing.assert_allclose(got, -p * st.b + 3.0 * 0.5 * p**2 * st.s + 0.5 * 0.5 * p * (1 - p) * st.s)
+
+
+def test_saturated_closed_forms_on_a_quadratic_loss_are_the_quadratic_ones():
+    def loss(w, x):  # diagonal Hessian: q = s, and both measured curves are φ(Q) = Q
+        return 0.5 * jnp.sum(x * w["w"] ** 2)
+
+    post, delta = {"w": jnp.array([1.0, -0.5, 2.0, 0.3])}, {"w": jnp.array([0.4, 0.2, -0.6, 1.0])}
+    batches = [jnp.array([1.0, 2.0, 3.0, 0.5])]
+    sc = riemann.shared_curvature(loss, post, batches, probes=2, key=jax.random.key(0))
+    st = cf.delta_statistics(loss, post, delta, batches, sc)
+    sat = riemann.saturation(
+        loss, post, delta, batches, lambda x: sc.estimate(x).terms["second"], sc.grad, key=jax.random.key(1)
+    )
+    p, k = np.meshgrid([0.1, 0.5, 0.9], [-1.0, 0.0, 0.5])
+    for rescale in (True, False):
+        want, _ = cf.dare_moments(st, p, k, rescale=rescale)
+        got, _ = cf.dare_moments(st, p, k, rescale=rescale, saturation=sat)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    want, _ = cf.della_moments(sc, delta, 0.4, 0.1)
+    got, _ = cf.della_moments(sc, delta, 0.4, 0.1, saturation=sat)
+    assert got == pytest.approx(want, rel=1e-4)

@@ -10,7 +10,6 @@ import pytest
 import riemann
 from riemann import Curve, Saturation
 from riemann._src.saturation import DEFAULT_COHERENT_STEPS
-from riemann.kfac import StructuredCurvature
 
 
 def _cosh_loss(p, x):
@@ -44,6 +43,11 @@ def test_curves_are_the_even_part_against_the_quadratic_and_errors_the_odd_part(
     assert sat.noise.directions == 3 and sat.coherent.directions == 1
     assert sat.scale == pytest.approx(2.0)
     assert sat.cost == {"forward": 1 + 2 * 4 + 2 * 3 * 4}
+    back = Saturation.from_record(sat.record(), delta)  # as read back from results.json
+    for q in (0.01, 1.0, 3.0, 50.0):
+        assert back.phi(q, 0.3) == sat.phi(q, 0.3) and back.error(0.7, 0.3, q) == sat.error(0.7, 0.3, q)
+    assert back.noise.floor == sat.noise.floor > 0
+    assert back.place(delta) == pytest.approx((1.0, 1.0))
 
 
 def test_the_band_adds_standard_errors_of_the_held_out_mean():
@@ -80,9 +84,9 @@ def test_phi_interpolates_the_ratio_holds_it_below_and_follows_the_last_slope_be
     assert _curve([-1.0, -4.0], [1.0, 2.0])(3.0) == 3.0  # a curvature that is not one: identity
 
 
-def test_error_reads_the_envelope_quadratic_below_and_cubic_beyond():
+def test_error_reads_the_envelope_linear_below_and_cubic_beyond():
     curve = Curve(np.array([0.5, 1.0]), np.array([1.0, 4.0]), np.array([1.0, 4.0]), np.array([0.2, 0.6]), 1)
-    assert curve.error(0.25) == pytest.approx(0.2 / 4)
+    assert curve.error(0.25) == pytest.approx(0.2 / 2)  # linear below: the band is first order
     assert curve.error(0.7) == pytest.approx(0.6)
     assert curve.error(2.0) == pytest.approx(0.6 * 8)
     with pytest.raises(ValueError, match="step="):
@@ -96,20 +100,27 @@ def _saturation(delta):
     return Saturation(coherent, noise, delta, scale, 2.0, {"forward": 0})
 
 
-def test_a_change_is_placed_by_length_and_alignment_and_read_in_that_proportion():
+def test_a_change_is_placed_by_length_and_alignment_and_each_part_read_on_its_curve():
     delta = {"w": jnp.array([3.0, 0.0, 0.0, 4.0])}
-    sat = _saturation(delta)
+    sat = _saturation(delta)  # Q(ΔW) = 1 (the coherent grid's unit); φ_coh = 3q, φ_noise = q/2
     change = {"w": jnp.array([0.6, 2.0, 0.0, 0.8])}  # 0.2·ΔW plus 2 across it: ‖·‖ = √5
     rho, cos = sat.place(change)
     assert rho == pytest.approx(np.sqrt(5.0) / 5.0) and cos == pytest.approx(1.0 / np.sqrt(5.0))
+    assert cos * rho == pytest.approx(0.2)  # the part along ΔW is 0.2·ΔW
     assert sat.place({"w": jnp.zeros(4)}) == (0.0, 0.0)
-    w = cos**2
-    assert sat.phi(2.0, cos) == pytest.approx(w * 6.0 + (1 - w) * 1.0)
-    # error: the coherent envelope at |c|ρ, the noise envelope at √(1 − c²)ρ, and for a structured
-    # change the doubt between the curves, max(c², 1 − c²)·|φ_coh − φ_noise|
-    base = 0.1 * (cos * rho) ** 2 + 0.2 * (np.sqrt(1 - w) * rho) ** 2
+    # Q∥ = 0.2²·Q(ΔW) = 0.04 on the coherent curve, the rest of q = 2 on the noise curve
+    assert sat.split(2.0, 0.2) == pytest.approx((0.04, 1.96))
+    assert sat.phi(2.0, 0.2) == pytest.approx(3 * 0.04 + 0.5 * 1.96)
+    assert sat.phi(2.0, 0.0) == pytest.approx(1.0) and sat.phi(1.0, 1.0) == pytest.approx(3.0)
+    # error: the coherent envelope at |c|ρ, the noise envelope at √(1 − c²)ρ (both linear below their
+    # grids), and for a structured change the doubt |φ_coh(Q⊥) − φ_noise(Q⊥)| = 2.5·Q⊥
+    base = 0.1 * (cos * rho) + 0.2 * (np.sqrt(1 - cos**2) * rho)
     assert sat.error(rho, cos, 2.0, noise=True) == pytest.approx(base)
-    assert sat.error(rho, cos, 2.0) == pytest.approx(base + max(w, 1 - w) * 5.0)
+    assert sat.error(rho, cos, 2.0) == pytest.approx(base + 2.5 * 1.96)
+    # along ΔW there is nothing across it to doubt (EXPO)
+    assert sat.error(1.0, 1.0, 1.0) == pytest.approx(0.1) and sat.error(1.0, -1.0, 1.0, noise=True) == pytest.approx(
+        0.1
+    )
     got = sat.judge(change, 1.0, 2.0, 0.5, noise=True)
     assert got["validity"] == pytest.approx(base / 0.5) and got["alignment"] == pytest.approx(cos)
     assert sat.judge(change, 0.5, 2.0, 0.5)["validity"] == float("inf")  # on the boundary
@@ -117,38 +128,27 @@ def test_a_change_is_placed_by_length_and_alignment_and_read_in_that_proportion(
     assert record["coherent"]["errors"] == [0.1] and record["scale"] == pytest.approx(5.0)
 
 
-def test_auto_judges_by_the_saturation_and_measures_beyond_it():
-    def loss(p, x):
-        return 0.5 * jnp.sum(x * p["w"] ** 2)
-
-    post = {"w": jnp.array([1.0, -2.0, 0.5])}
-    batches = [jnp.array([1.0, 2.0, 3.0]) * (1.0 + 0.1 * i) for i in range(4)]
-    g = riemann.shared_curvature(loss, post, batches, probes=0)
-    c = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
-    delta = {"w": jnp.array([1.0, 1.0, 1.0])}
-    sat = riemann.saturation(loss, post, delta, batches, lambda d: c.estimate(d).terms["second"], g.grad,
-                             key=jax.random.key(1))  # fmt: skip
-    structured = StructuredCurvature(grad=g.grad, factors={}, diagonal=c.diagonal)
-
-    def saturated(x):
-        cos = sat.place(x)[1]
-        return structured.estimate(x, saturate=lambda q: sat.phi(q, cos))
-
-    small, large = {"w": jnp.array([0.01, 0.0, 0.0])}, {"w": jnp.array([0.3, -0.3, 0.3])}
-    near = 0.999 * saturated(large).value  # a boundary just below the prediction: no room for error
-    kw = {"surrogate": saturated}
-    for change, tol in ((small, 1.0), (large, near)):
-        got = riemann.auto_estimate(None, sat, loss, post, change, batches, tolerance=tol, **kw)
-        want = riemann.estimate(loss, post, change, batches, method="measured").value
-        assert got.value == pytest.approx(want, rel=1e-5)  # the quadratic is exact, and so is the measurement
-        assert got.settings["source"] == ("shared" if got.terms["validity"] < 1 else "measured")
-    assert (
-        riemann.auto_estimate(None, sat, loss, post, small, batches, tolerance=1.0, **kw).settings["source"] == "shared"
+def test_phi_holds_the_first_resolved_ratio_and_never_decreases_beyond_the_grid():
+    noisy = Curve(
+        np.array([1.0, 2.0, 4.0]), np.array([1.0, 4.0, 16.0]), np.array([-1e-9, 8.0, 4.0]), np.zeros(3), 1, 1e-6
     )
-    far = riemann.auto_estimate(None, sat, loss, post, large, batches, tolerance=near, **kw)
-    assert far.settings["source"] == "measured" and far.terms["validity"] >= 1
-    with pytest.raises(ValueError, match="pass surrogate="):
-        riemann.auto_estimate(c, sat, loss, post, small, batches, tolerance=1.0)
+    assert noisy(0.5) == pytest.approx(0.5 * 2.0)  # the first point is below the floor: hold 8/4
+    assert noisy(64.0) == pytest.approx(4.0)  # C fell over the last segment: held flat, not decreasing
+
+
+def test_sixteen_bit_parameters_leave_out_the_steps_rounding_moves():
+    def loss(p, x):  # exactly quadratic: C/Q = 1 wherever the step is realised
+        return 0.5 * jnp.sum(x * p["w"].astype(jnp.float32) ** 2)
+
+    w = {"w": jnp.ones(64, jnp.bfloat16)}
+    delta = {"w": jnp.full(64, 2.0**-6, jnp.float32)}
+    q = lambda d: 0.5 * float(jnp.sum(d["w"].astype(jnp.float32) ** 2))  # noqa: E731
+    sat = riemann.saturation(loss, w, delta, [jnp.ones(64)], q, {"w": jnp.ones(64)}, key=jax.random.key(0),
+                             coherent_steps=[0.01, 0.1, 1.0, 10.0], noise_steps=[0.01, 10.0])  # fmt: skip
+    # bf16 spacing near 1 is 2⁻⁷: 1 ± 2⁻⁶ and 1 ± 10·2⁻⁶ are stored exactly, 1 ± 0.1·2⁻⁶ rounds to 1
+    assert sat.coherent.steps.tolist() == [1.0, 10.0] and sat.noise.steps.tolist() == [10.0]
+    np.testing.assert_allclose(sat.coherent.loss / sat.coherent.quadratic, 1.0, rtol=1e-3)
+    assert sat.coherent(0.5) == pytest.approx(0.5, rel=1e-3)
 
 
 def test_same_key_same_curves_and_refusals_name_the_argument():
@@ -182,10 +182,13 @@ def test_same_key_same_curves_and_refusals_name_the_argument():
         and len(far.noise.errors) == len(far.noise.steps)
     )
     assert far.coherent.steps.tolist() == list(DEFAULT_COHERENT_STEPS)
-    with pytest.raises(FloatingPointError, match="first step"):
+    with pytest.raises(FloatingPointError, match="not finite at the first step"):
         riemann.saturation(
             overflowing, w, delta, b, _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0), noise_steps=[200.0]
         )
+    with pytest.raises(ValueError, match="leaf 'w': params has dtype int32"):
+        riemann.saturation(loss, {"w": jnp.zeros(4, jnp.int32)}, {"w": jnp.ones(4, jnp.int32)}, b, _half_quadratic,
+                           {"w": jnp.zeros(4)}, key=jax.random.key(0))  # fmt: skip
     with pytest.raises(ValueError, match="batches is empty"):
         riemann.saturation(loss, w, delta, [], _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
     with pytest.raises(ValueError, match="delta has norm 0"):

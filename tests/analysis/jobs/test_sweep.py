@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+import riemann
 from analysis.cli import main
 from analysis.jobs import sweep
 from riemann import closed_form
@@ -46,11 +47,23 @@ def test_sweep_writes_its_record_report_and_figure(swept):
 def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
     r = json.loads((swept / "sweep.json").read_text())["pairs"][0]
     st = closed_form.DeltaStatistics(**{k: v for k, v in r["statistics"].items() if k != "data"})
+    sat = riemann.Saturation.from_record(r["saturation"])
     for pt in r["points"]:
         if pt["family"] in ("dare", "drop_only"):
-            mean, sd = closed_form.dare_moments(st, pt["p"], pt.get("k", 0.0), rescale=pt["family"] == "dare")
-            assert pt["predicted"] == pytest.approx(float(mean), rel=1e-12)
+            # the quadratic model's mean read through the recorded saturation curves
+            args = (st, pt["p"], pt.get("k", 0.0))
+            mean, sd = closed_form.dare_moments(*args, rescale=pt["family"] == "dare", saturation=sat)
+            quadratic, _ = closed_form.dare_moments(*args, rescale=pt["family"] == "dare")
+            assert pt["predicted"] == pytest.approx(float(mean), rel=1e-9)
             assert pt["predicted_sd"] == pytest.approx(float(sd), rel=1e-12)
+            curve = r["predicted"][pt["family"]]
+            at = curve["p"].index(pt["p"])
+            got = (
+                curve["quadratic"][at]
+                if pt["family"] == "drop_only"
+                else curve["quadratic"][at][curve["k"].index(pt["k"])]
+            )
+            assert got == pytest.approx(float(quadratic), rel=1e-12)
         se = pt["measured_se"]
         if pt["family"] in ("lowrank", "bitdelta_bits"):  # deterministic: one measurement, no standard error
             assert se is None and pt["within_2se"] is None

@@ -5,6 +5,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import riemann
@@ -84,9 +85,21 @@ def test_auto_is_told_how_an_edit_was_made():
     dare = edits.parse("dare:p=0.5")
     noisy = jax.tree.map(lambda x, d: x - d, dare(delta, key=jax.random.key(2)), delta)
     assert auto(shared, noisy, dare).terms["noise"] and not auto(shared, noisy).terms["noise"]
-    # a noise edit is not charged the doubt between the two curves
-    v_noise, v_plain = auto(shared, noisy, dare).terms["model_error"], auto(shared, noisy).terms["model_error"]
-    assert v_noise <= v_plain
+    # A noise edit is not charged the doubt between the curves: with curves that differ (φ_coh = 3q,
+    # φ_noise = q/2), a bare change is charged |φ_coh(Q⊥) − φ_noise(Q⊥)| more.
+    one = np.array([1.0])
+    sat = shared.saturation
+    differ = dataclasses.replace(
+        sat,
+        coherent=riemann.Curve(one, one * sat.coherent.unit, 3 * one * sat.coherent.unit, 0 * one, 1),
+        noise=riemann.Curve(one, one, 0.5 * one, 0 * one, 2),
+    )
+    shared2 = dataclasses.replace(shared, saturation=differ)
+    with_noise, bare = auto(shared2, noisy, dare).terms, auto(shared2, noisy).terms
+    q = ESTIMATORS["kfac"].score(shared2, noisy).terms["second"]
+    _, across = differ.split(q, with_noise["alignment"] * with_noise["relative_step"])
+    assert bare["model_error"] - with_noise["model_error"] == pytest.approx(2.5 * across, rel=1e-9)
+    assert across > 0
 
 
 def test_the_suite_plots_and_command_line_read_the_registry(monkeypatch):

@@ -116,3 +116,9 @@ def test_noise_edits_multiply_each_entry_of_the_delta_by_a_random_factor():
     della = edits.parse("della:density=0.3,epsilon=0.1")
     assert della.noise and della.random
     assert not edits.parse("bitdelta").noise and not edits.parse("lowrank:rank=2").noise
+    # Drop-only's mean part −p·ΔW lies along ΔW only when one rate covers every leaf.
+    assert edits.parse("dare:p=0.5,rescale=false").noise
+    assert not edits.parse("dare:p=0.5,rescale=false,include=w").noise
+    assert edits.parse("dare:p=0.5,include=w").noise  # rescaled: no mean part at all
+    per_leaf = edits.Edit("dare", {"p": {"w": 0.5}, "rescale": False})  # per-leaf rates: Python only
+    assert not per_leaf.noise and edits.Edit("dare", {"p": {"w": 0.5}}).noise
