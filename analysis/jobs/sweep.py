@@ -9,7 +9,7 @@ from them predicts, with no pass per point:
 - DARE's expected ``ΔL`` (through the curves) and the first-order spread over masks on a ``p × k``
   grid (20 × 10 = 200 points), and drop-only over ``p``;
 - DELLA's over the density at ``ε = 0.1`` (through the curves);
-- EXPO's ``ΔL(α)`` on ``α ∈ [−1, 2]`` and its best ``α``;
+- EXPO's ``ΔL(α)`` on ``α ∈ [−1, 2]`` (through the curve along ``ΔW``) and its best ``α``;
 - BitDelta's ``ΔL`` over its multiple ``m ∈ [0, 3]`` (``ΔW~(m) = x0 + m·x1`` is affine in ``m``, so
   the second-order model is a quadratic in ``m``: three more Hessian-vector products per batch) and
   its best multiple;
@@ -256,9 +256,12 @@ def sweep_pair(
             },
             "expo": {
                 "alpha": list(EXPO_ALPHA),
+                # through the curve along ΔW, pinned at W_pre; the quadratic model's two versions kept
+                "saturated": closed_form.expo_curve(stats, EXPO_ALPHA, saturation=sat).tolist(),
                 "cubic": closed_form.expo_curve(stats, EXPO_ALPHA).tolist(),
                 "quadratic": closed_form.expo_curve(stats, EXPO_ALPHA, cubic=False).tolist(),
-                "best_alpha": closed_form.best_alpha(stats, EXPO_ALPHA),
+                "best_alpha": closed_form.best_alpha(stats, EXPO_ALPHA, saturation=sat),
+                "best_alpha_quadratic": closed_form.best_alpha(stats, EXPO_ALPHA),
             },
             "bitdelta": {
                 "multiple": list(BITDELTA_MULTIPLE),
@@ -407,7 +410,7 @@ def markdown(record: dict[str, Any]) -> str:
         "are the second-order model's mean over masks read through the pair's saturation curves (E[ΔL] ≈ μ·b + "
         "φ(½(μ² + v)·s, c), c = μ/√(μ² + v); φ measured once along ΔW and random-sign copies of it; the plain "
         "quadratic μ·b + ½(μ²·q + v·s) is kept in sweep.json as 'quadratic'); the ± is the first-order term's spread "
-        "over masks; "
+        "over masks; EXPO's ΔL(α) is α·b + φ_ΔW(½α²·s), pinned at W_pre between it and W_post; "
         "'within 2 SE' compares the predicted mean with the measured mean over masks. Low rank (a fraction of each "
         "matrix's rank kept) and BitDelta's magnitude bits are deterministic: their prediction is "
         "⟨g, X⟩ + ½ Σ diag(H)·X² of the edit's exact change X, and each is measured once.",

@@ -92,7 +92,11 @@ def pair_figure(r: dict[str, Any]) -> Any:
     ax_l.legend(fontsize=7)
 
     a = np.asarray(pred["expo"]["alpha"])
-    ax_e.plot(a, pred["expo"]["cubic"], color=colors[0], label="predicted (cubic through L(W_pre))")
+    if "saturated" in pred["expo"]:  # sweeps written before the saturation curves have only the quadratic
+        ax_e.plot(a, pred["expo"]["saturated"], color=colors[0], label="predicted (through the curve along ΔW)")
+        ax_e.plot(a, pred["expo"]["cubic"], "--", color=colors[0], lw=0.8, label="quadratic, cubic through L(W_pre)")
+    else:
+        ax_e.plot(a, pred["expo"]["cubic"], color=colors[0], label="predicted (cubic through L(W_pre))")
     ax_e.plot(a, pred["expo"]["quadratic"], ":", color=colors[0], label="predicted (quadratic)")
     ax_e.axhline(0.0, color="0.6", lw=0.6)
     ex = r["expo"]

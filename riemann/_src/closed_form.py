@@ -26,7 +26,7 @@ term only, and the Hutchinson diagonal adds its own noise to ``s``. Given ``satu
 :func:`dare_moments` and :func:`della_moments` read the expected quadratic through its curves
 instead: ``E[ΔL] ≈ μ·b + φ_coherent(½μ²·s) + φ_noise(½ Σ diag(H)_i v_i ΔW_i²)``, the mean part
 ``μ·ΔW`` on the curve along ``ΔW`` and the noise on the curve along random-sign copies (one ``μ``
-for every entry; DELLA's ``μ = 0``).
+for every entry; DELLA's ``μ = 0``); :func:`expo_curve` reads ``½α²·s`` on the curve along ``ΔW``.
 """
 
 from __future__ import annotations
@@ -179,7 +179,9 @@ def dare_moments(
     return mean, sd
 
 
-def expo_curve(stats: DeltaStatistics, alpha: Any, *, cubic: bool = True) -> np.ndarray:
+def expo_curve(
+    stats: DeltaStatistics, alpha: Any, *, cubic: bool = True, saturation: Saturation | None = None
+) -> np.ndarray:
     """Predicted ``ΔL(α) = L(W_post + αΔW) − L(W_post)`` at every ``α``: ``α·b + ½α²·q``, plus,
     between ``W_pre`` and ``W_post`` (``−1 ≤ α < 0``), ``c·α³`` with ``c = ½q − b − gain``, which
     makes the curve pass through the exact ``ΔL(−1) = L(W_pre) − L(W_post)``. Beyond ``W_post``
@@ -187,21 +189,32 @@ def expo_curve(stats: DeltaStatistics, alpha: Any, *, cubic: bool = True) -> np.
     ``α = −1`` would turn over there, so the quadratic is kept (the two pieces meet at ``α = 0``
     with equal value, slope and curvature). ``cubic=False`` or an unknown gain: the quadratic everywhere.
 
+    ``saturation`` (measured with the diagonal quadratic, as for :func:`dare_moments`) replaces
+    ``½α²·q`` by the coherent curve's ``φ(½α²·s)``, the measured even part of the loss along ``±αΔW``,
+    and the cubic's coefficient by ``φ(½s) − b − gain``.
+
     Example:
       >>> st = DeltaStatistics(b=-1.0, q=4.0, s=0.0, r=0.0, gain=3.0, loss_post=0.0)
       >>> expo_curve(st, [-1.0, 0.0, 0.5]).tolist()     # through the gain at α = −1
       [3.0, 0.0, 0.0]
     """
     a = np.asarray(alpha, np.float64)
-    c = 0.0 if (not cubic or stats.gain is None) else 0.5 * stats.q - stats.b - stats.gain
+    if saturation is None:
+        even, at_one = 0.5 * a**2 * stats.q, 0.5 * stats.q
+    else:
+        even = np.vectorize(lambda x: saturation.coherent(0.5 * x * x * stats.s), otypes=[np.float64])(a)
+        at_one = saturation.coherent(0.5 * stats.s)
+    c = 0.0 if (not cubic or stats.gain is None) else at_one - stats.b - stats.gain
     inside = (a >= -1.0) & (a < 0.0)
-    return a * stats.b + 0.5 * a**2 * stats.q + np.where(inside, c * a**3, 0.0)
+    return a * stats.b + even + np.where(inside, c * a**3, 0.0)
 
 
-def best_alpha(stats: DeltaStatistics, alphas: Sequence[float], *, cubic: bool = True) -> float:
+def best_alpha(
+    stats: DeltaStatistics, alphas: Sequence[float], *, cubic: bool = True, saturation: Saturation | None = None
+) -> float:
     """The ``α`` of ``alphas`` with the lowest predicted ``ΔL`` (``0`` if none predicts a decrease)."""
     a = np.asarray(list(alphas), np.float64)
-    pred = expo_curve(stats, a, cubic=cubic)
+    pred = expo_curve(stats, a, cubic=cubic, saturation=saturation)
     i = int(np.argmin(pred))
     return float(a[i]) if pred[i] < 0 else 0.0
 

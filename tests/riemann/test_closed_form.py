@@ -457,3 +457,18 @@ def test_saturated_closed_forms_on_a_quadratic_loss_are_the_quadratic_ones():
     want, _ = cf.della_moments(sc, delta, 0.4, 0.1)
     got, _ = cf.della_moments(sc, delta, 0.4, 0.1, saturation=sat)
     assert got == pytest.approx(want, rel=1e-4)
+
+
+def test_saturated_expo_reads_the_curve_along_delta_and_stays_pinned_at_w_pre():
+    st = cf.DeltaStatistics(b=-1.0, q=4.0, s=2.0, r=0.0, gain=3.0, loss_post=0.0)
+    sat = _two_curves({"w": jnp.ones(3)}, 3.0, 0.5)  # φ_ΔW = 3·Q with Q(αΔW) = ½α²·s = α²
+    a = np.array([-1.0, -0.5, 0.0, 0.5, 2.0])
+    got = cf.expo_curve(st, a, saturation=sat)
+    c = 3.0 * 1.0 - st.b - st.gain  # φ(½s) − b − gain
+    want = a * st.b + 3.0 * a**2 + np.where((a >= -1) & (a < 0), c * a**3, 0.0)
+    np.testing.assert_allclose(got, want)
+    assert got[0] == pytest.approx(st.gain)  # through the exact gain at W_pre
+    assert cf.best_alpha(st, a, saturation=sat) == (a[np.argmin(want)] if want.min() < 0 else 0.0)
+    np.testing.assert_allclose(
+        cf.expo_curve(st, a, saturation=_two_curves({"w": jnp.ones(3)}, 2.0, 2.0)), cf.expo_curve(st, a)
+    )  # fmt: skip  (φ = 2Q with s = q/2: the quadratic)

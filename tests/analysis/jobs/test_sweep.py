@@ -72,6 +72,10 @@ def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
         assert se == pytest.approx(np.std(pt["measured_seeds"], ddof=1) / np.sqrt(3), rel=1e-9)
     alphas = np.asarray(r["expo"]["alpha"])
     np.testing.assert_allclose(r["predicted"]["expo"]["cubic"], closed_form.expo_curve(st, alphas), rtol=1e-12)
+    expo = closed_form.expo_curve(st, alphas, saturation=sat)
+    np.testing.assert_allclose(r["predicted"]["expo"]["saturated"], expo, rtol=1e-9)
+    best = alphas[int(np.argmin(expo))] if expo.min() < 0 else 0.0
+    assert r["expo"]["predicted_best_alpha"] == r["predicted"]["expo"]["best_alpha"] == best
     c0, c1, c2 = r["predicted"]["bitdelta"]["coefficients"]
     m = np.asarray(r["bitdelta"]["multiple"])
     np.testing.assert_allclose(r["predicted"]["bitdelta"]["mean"], c0 + c1 * m + c2 * m**2, rtol=1e-12)
