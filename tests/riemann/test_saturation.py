@@ -2,6 +2,8 @@
 known exactly, the map φ between and beyond grid points, the band from the spread over batches, a
 change's placement (length, alignment) and the error an edit is given."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,6 @@ import pytest
 
 import riemann
 from riemann import Curve, Saturation
-from riemann._src.saturation import DEFAULT_COHERENT_STEPS
 
 
 def _cosh_loss(p, x):
@@ -181,7 +182,9 @@ def test_same_key_same_curves_and_refusals_name_the_argument():
         and np.all(np.isfinite(far.noise.loss))
         and len(far.noise.errors) == len(far.noise.steps)
     )
-    assert far.coherent.steps.tolist() == list(DEFAULT_COHERENT_STEPS)
+    assert far.coherent.steps.tolist() == list(
+        inspect.signature(riemann.saturation).parameters["coherent_steps"].default
+    )
     with pytest.raises(FloatingPointError, match="not finite at the first step"):
         riemann.saturation(
             overflowing, w, delta, b, _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0), noise_steps=[200.0]
