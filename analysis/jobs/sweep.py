@@ -214,23 +214,19 @@ def sweep_pair(
     shared_s = float(sum(shared_parts.values()))
 
     # --- predictions: no pass per point --------------------------------------------------------
-    def dare_grid() -> tuple[np.ndarray, np.ndarray]:
-        p, k = np.meshgrid(np.asarray(DARE_P), np.asarray(DARE_K), indexing="ij")
-        return closed_form.dare_moments(stats, p, k, saturation=sat)
-
-    (mean, sd), dare_s = _timed(dare_grid)
+    grid_p, grid_k = np.meshgrid(np.asarray(DARE_P), np.asarray(DARE_K), indexing="ij")
+    (mean, sd), dare_s = _timed(lambda: closed_form.dare_moments(stats, grid_p, grid_k, saturation=sat))
 
     def predict() -> dict[str, Any]:
         # The random edits' means through the saturation curves ("mean"), and the quadratic model's
         # ("quadratic") for comparison.
-        p, k = np.meshgrid(np.asarray(DARE_P), np.asarray(DARE_K), indexing="ij")
-        dare_quadratic, _ = closed_form.dare_moments(stats, p, k)
+        dare_quadratic, _ = closed_form.dare_moments(stats, grid_p, grid_k)
         drop = np.asarray(DARE_P)
         drop_mean, drop_sd = closed_form.dare_moments(stats, drop, 0.0, rescale=False, saturation=sat)
         drop_quadratic, _ = closed_form.dare_moments(stats, drop, 0.0, rescale=False)
-        della = [
-            closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON, saturation=sat) for d in DELLA_DENSITY
-        ]
+        # One pass of DELLA's sums per density: its mean through the curves is the noise curve's φ
+        # of the quadratic mean (della_moments(..., saturation=sat) reads it the same way).
+        della = [closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON) for d in DELLA_DENSITY]
         return {
             "dare": {
                 "p": list(DARE_P),
@@ -248,10 +244,8 @@ def sweep_pair(
             "della": {
                 "density": list(DELLA_DENSITY),
                 "epsilon": DELLA_EPSILON,
-                "mean": [m for m, _ in della],
-                "quadratic": [
-                    closed_form.della_moments(curvature, scorer.delta, d, DELLA_EPSILON)[0] for d in DELLA_DENSITY
-                ],
+                "mean": [sat.noise(m) for m, _ in della],
+                "quadratic": [m for m, _ in della],
                 "sd": [s for _, s in della],
             },
             "expo": {
@@ -408,9 +402,10 @@ def markdown(record: dict[str, Any]) -> str:
         f"Seed {record['seed']}; {record['seeds']} masks per measured random point; shared passes on the "
         "calibration batches only, measurements on the test batches. DARE's, drop-only's and DELLA's predictions "
         "are the second-order model's mean over masks read through the pair's saturation curves (E[ΔL] ≈ μ·b + "
-        "φ(½(μ² + v)·s, c), c = μ/√(μ² + v); φ measured once along ΔW and random-sign copies of it; the plain "
-        "quadratic μ·b + ½(μ²·q + v·s) is kept in sweep.json as 'quadratic'); the ± is the first-order term's spread "
-        "over masks; EXPO's ΔL(α) is α·b + φ_ΔW(½α²·s), pinned at W_pre between it and W_post; "
+        "φ_ΔW(½μ²·s) + φ_noise(½v·s): the mean part on the curve along ΔW, the noise on the curve along random-sign "
+        "copies, both measured once; the plain quadratic μ·b + ½(μ²·q + v·s) is kept in sweep.json as 'quadratic'); "
+        "the ± is the first-order term's spread over masks; EXPO's ΔL(α) is α·b + φ_ΔW(½α²·s), pinned at W_pre "
+        "between it and W_post; "
         "'within 2 SE' compares the predicted mean with the measured mean over masks. Low rank (a fraction of each "
         "matrix's rank kept) and BitDelta's magnitude bits are deterministic: their prediction is "
         "⟨g, X⟩ + ½ Σ diag(H)·X² of the edit's exact change X, and each is measured once.",

@@ -58,8 +58,16 @@ class Shared:
     @functools.cached_property
     def cache(self) -> dict[str, Any]:
         """What is derived from these fields once and reused by every edit (the structured
-        curvatures); a :func:`dataclasses.replace` copy starts empty."""
+        curvatures); a :func:`dataclasses.replace` copy starts empty (see :meth:`replace`)."""
         return {}
+
+    def replace(self, **changes: Any) -> Shared:
+        """A copy with ``changes``, keeping :attr:`cache` when they leave what it is derived from
+        (the gradient, the diagonal, the K-FAC factors) alone."""
+        new = dataclasses.replace(self, **changes)
+        if not changes.keys() & {"gradient", "curvature", "kfac"}:
+            new.cache.update(self.cache)
+        return new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +173,8 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
     if edit is not None and edit.needs_grad:
         predicted = auto_surrogate(shared)(change)
         m = riemann.estimate(p.loss_fn, p.post, change, p.batches, method="measured", loss_post=shared.loss_post)
-        rho, cos = shared.saturation.place(change)
-        info = {"validity": float("inf"), "relative_step": rho, "alignment": cos, "model_error": float("inf")}
+        placed = {k: predicted.terms[k] for k in ("relative_step", "alignment")}
+        info = {"validity": float("inf"), **placed, "model_error": float("inf")}
         return dataclasses.replace(
             m,
             method="auto",

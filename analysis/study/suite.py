@@ -235,13 +235,13 @@ class Scorer:
                     held_out=n_test,
                 )
             )
-            self.shared = dataclasses.replace(self.shared, saturation=sat)
+            self.shared = self.shared.replace(saturation=sat)
         self.low_precision = any(jnp.dtype(x.dtype).itemsize < 4 for x in jax.tree.leaves(pair.post))
 
     def keep_tolerances(self, tolerance: dict[str, Any], accuracy_tolerance: dict[str, Any] | None) -> None:
         """Classify with tolerances fixed earlier (a resumed study keeps its first edits' ones)."""
         self.tolerance, self.accuracy_tolerance = tolerance, accuracy_tolerance
-        self.shared = dataclasses.replace(self.shared, tolerance=tolerance["value"])
+        self.shared = self.shared.replace(tolerance=tolerance["value"])
 
     def calibration_record(self) -> dict[str, Any]:
         """What was fixed before any edit was scored: the split, the tolerances and their parts."""

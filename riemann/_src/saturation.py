@@ -197,13 +197,23 @@ class Saturation:
             err += abs(self.coherent(across) - self.noise(across))
         return float(err)
 
-    def judge(self, change: PyTree, value: float, quadratic: float, tolerance: float, *, noise: bool = False) -> dict:
+    def judge(
+        self,
+        change: PyTree,
+        value: float,
+        quadratic: float,
+        tolerance: float,
+        *,
+        noise: bool = False,
+        placed: tuple[float, float] | None = None,
+    ) -> dict:
         """The validity record of a shared prediction ``value`` of ``change`` (whose quadratic is
         ``quadratic``): ``validity = ê / margin``, ``margin`` the distance from ``value`` to the
-        nearest class boundary ``±tolerance`` (``inf`` on a boundary or for a non-finite value)."""
+        nearest class boundary ``±tolerance`` (``inf`` on a boundary or for a non-finite value).
+        ``placed``: ``(ρ, c)`` when already known (:meth:`place`, a pass over the parameters)."""
         if not tolerance >= 0:
             raise ValueError(f"tolerance={tolerance!r}; expected a number ≥ 0")
-        rho, cos = self.place(change)
+        rho, cos = self.place(change) if placed is None else placed
         err = self.error(rho, cos, quadratic, noise=noise)
         margin = min(abs(value - tolerance), abs(value + tolerance))
         ok = np.isfinite(err) and np.isfinite(value) and margin > 0

@@ -244,7 +244,12 @@ def auto_estimate(
         q = shared.terms.get("second")
         if q is None:
             raise ValueError("judging by a Saturation needs the prediction's quadratic, terms['second']")
-        info = trust.judge(change, shared.value, q, tolerance, noise=noise)
+        # A surrogate read through the same curves has already placed the change.
+        terms = shared.terms
+        placed = (
+            (terms["relative_step"], terms["alignment"]) if {"relative_step", "alignment"} <= terms.keys() else None
+        )
+        info = trust.judge(change, shared.value, q, tolerance, noise=noise, placed=placed)
     else:
         norm = float(_norm(change))
         rho = norm / trust.scale

@@ -123,6 +123,7 @@ def test_a_change_is_placed_by_length_and_alignment_and_each_part_read_on_its_cu
         0.1
     )
     got = sat.judge(change, 1.0, 2.0, 0.5, noise=True)
+    assert sat.judge(change, 1.0, 2.0, 0.5, noise=True, placed=(rho, cos)) == got  # a placement passed in
     assert got["validity"] == pytest.approx(base / 0.5) and got["alignment"] == pytest.approx(cos)
     assert sat.judge(change, 0.5, 2.0, 0.5)["validity"] == float("inf")  # on the boundary
     record = sat.record()

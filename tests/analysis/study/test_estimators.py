@@ -60,6 +60,16 @@ def test_every_estimator_scores_a_change_by_its_method():
         assert est.shared == (est.needs is not None)
 
 
+def test_a_copy_keeps_the_structured_curvature_unless_what_it_is_built_from_changes():
+    pair = _pair()
+    g = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
+    c = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=1, key=jax.random.key(0))
+    shared = Shared(pair, g, c, tolerance=0.01)
+    built = estimators._structured_curvature(shared, "kfac")
+    assert estimators._structured_curvature(shared.replace(tolerance=0.5), "kfac") is built
+    assert estimators._structured_curvature(shared.replace(curvature=c), "kfac") is not built  # rebuilt
+
+
 def test_auto_is_told_how_an_edit_was_made():
     pair = _pair()
     g = riemann.shared_curvature(pair.loss_fn, pair.post, pair.batches, probes=0)
