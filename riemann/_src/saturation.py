@@ -126,9 +126,11 @@ class Curve:
         return q * float(np.interp(np.log(q), np.log(qs), ratio))
 
     def error(self, step: float) -> float:
-        """``ê(s)``: the envelope at the first grid step ``≥ s``; below the grid the first value
-        scaled by ``s/s₀`` (the band, from the spread of the first-order term over batches, is
-        first order in the step); beyond it the last value scaled by ``(s/s_last)³``."""
+        """``ê(s)``: the envelope read as ``φ`` is: between grid steps a power law through its two
+        neighbours (linear in log–log; linear where the lower one is 0), so never above the next
+        grid value nor below the previous one; below the grid the first value scaled by ``s/s₀``
+        (the band, from the spread of the first-order term over batches, is first order in the
+        step); beyond it the last value scaled by ``(s/s_last)³``."""
         s = float(step)
         if not s >= 0:
             raise ValueError(f"step={step!r}; expected a length ≥ 0")
@@ -137,7 +139,12 @@ class Curve:
             return float(e[0] * (s / grid[0]))
         if s > grid[-1]:
             return float(e[-1] * (s / grid[-1]) ** 3)
-        return float(e[int(np.searchsorted(grid, s))])
+        i = int(np.searchsorted(grid, s))
+        lo, hi = float(e[i - 1]), float(e[i])
+        if lo <= 0.0 or hi <= lo:
+            return lo + (hi - lo) * (s - grid[i - 1]) / (grid[i] - grid[i - 1])
+        slope = np.log(hi / lo) / np.log(grid[i] / grid[i - 1])
+        return float(lo * (s / grid[i - 1]) ** slope)
 
     def record(self) -> dict[str, Any]:
         return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in dataclasses.asdict(self).items()}

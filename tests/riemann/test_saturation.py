@@ -2,6 +2,7 @@
 known exactly, the map φ between and beyond grid points, the band from the spread over batches, a
 change's placement (length, alignment) and the error an edit is given."""
 
+import dataclasses
 import inspect
 
 import jax
@@ -85,11 +86,19 @@ def test_phi_interpolates_the_ratio_holds_it_below_and_follows_the_last_slope_be
     assert _curve([-1.0, -4.0], [1.0, 2.0])(3.0) == 3.0  # a curvature that is not one: identity
 
 
-def test_error_reads_the_envelope_linear_below_and_cubic_beyond():
+def test_error_reads_the_envelope_linear_below_power_law_between_and_cubic_beyond():
     curve = Curve(np.array([0.5, 1.0]), np.array([1.0, 4.0]), np.array([1.0, 4.0]), np.array([0.2, 0.6]), 1)
     assert curve.error(0.25) == pytest.approx(0.2 / 2)  # linear below: the band is first order
-    assert curve.error(0.7) == pytest.approx(0.6)
+    # between grid steps the power law through both neighbours: 0.2·(s/0.5)^log2(3)
+    assert curve.error(0.7) == pytest.approx(0.2 * 1.4 ** np.log2(3.0))
+    assert curve.error(0.5) == pytest.approx(0.2) and curve.error(1.0) == pytest.approx(0.6)
+    assert 0.2 < curve.error(0.7) < 0.6
     assert curve.error(2.0) == pytest.approx(0.6 * 8)
+    # a zero or flat lower neighbour is read linearly (no power law through 0)
+    zero = dataclasses.replace(curve, errors=np.array([0.0, 0.6]))
+    assert zero.error(0.75) == pytest.approx(0.3)
+    flat = dataclasses.replace(curve, errors=np.array([0.6, 0.6]))
+    assert flat.error(0.75) == pytest.approx(0.6)
     with pytest.raises(ValueError, match="step="):
         curve.error(-1.0)
 
