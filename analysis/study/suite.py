@@ -37,7 +37,14 @@ PyTree = Any
 _PROBE_SALT = 0x48757463
 # The K-FAC collection's sampled labels are keyed by the seed with this constant.
 _KFAC_SALT = 0x4B464143
+# The saturation curves' random signs: the same seed gives the same curves in the main job and the sweep.
 _SATURATION_SALT = 0x53415455
+
+
+def saturation_key(seed: int) -> jax.Array:
+    """The key of the saturation curves' random-sign copies for ``seed`` (what the main job and the
+    sweep both draw, so that one seed gives the same curves in both)."""
+    return jax.random.fold_in(jax.random.key(seed), _SATURATION_SALT)
 
 
 def default_suite() -> list[str]:
@@ -231,7 +238,7 @@ class Scorer:
                     cal,
                     lambda d: ESTIMATORS["kfac"].score(kfac_only, d).terms["second"],
                     gradient.grad,
-                    key=jax.random.fold_in(jax.random.key(seed), _SATURATION_SALT),
+                    key=saturation_key(seed),
                     held_out=n_test,
                 )
             )
