@@ -14,9 +14,11 @@ from them predicts, with no pass per point:
   the second-order model is a quadratic in ``m``: three more Hessian-vector products per batch) and
   its best multiple;
 - low rank's ``ΔL`` over the fraction of each matrix's rank kept (:func:`riemann.closed_form.lowrank_curve`:
-  one SVD per matrix, then every rank from suffix sums, against the gradient and diagonal);
+  one SVD per matrix, then every rank from suffix sums, against the gradient and diagonal; through the
+  curves by each point's part along ``ΔW``);
 - BitDelta's over its magnitude bits ``B = 0 … 8`` (:func:`riemann.closed_form.bitdelta_bits_curve`:
-  the edit itself, a pass over the parameters per point, against the gradient and diagonal);
+  the edit itself, a pass over the parameters per point, against the gradient and diagonal; through
+  the curves likewise);
 - DARE's drop rate per module at a fixed budget of kept entries
   (:func:`riemann.closed_form.dare_allocation`), measured against the uniform rate on the same masks.
 
@@ -198,7 +200,7 @@ def sweep_pair(
             cal,
             lambda x: curvature.estimate(x).terms["second"],
             curvature.grad,
-            key=jax.random.fold_in(jax.random.key(seed), suite._SATURATION_SALT),
+            key=suite.saturation_key(seed),
             held_out=len(pair.batches),
         )
     )
@@ -267,18 +269,29 @@ def sweep_pair(
 
     predicted, predict_s = _timed(predict)
 
-    def lowrank() -> dict[str, Any]:
-        mean, first = closed_form.lowrank_curve(curvature, scorer.delta, fractions=LOWRANK_FRACTION)
-        zero = [0.0] * len(mean)  # deterministic: no spread over masks
-        return {"fraction": list(LOWRANK_FRACTION), "mean": mean.tolist(), "first": first.tolist(), "sd": zero}
-
-    def bits() -> dict[str, Any]:
-        mean, first = closed_form.bitdelta_bits_curve(curvature, scorer.delta, BITDELTA_BITS)
-        zero = [0.0] * len(mean)
-        return {"bits": list(BITDELTA_BITS), "mean": mean.tolist(), "first": first.tolist(), "sd": zero}
-
-    predicted["lowrank"], lowrank_s = _timed(lowrank)
-    predicted["bitdelta_bits"], bits_s = _timed(bits)
+    # Low rank and BitDelta's bits: each point's quadratic read through the curves by its part along
+    # ΔW ("mean", timed), as the main job reads a structured edit; the quadratic model's kept.
+    zero = [0.0] * len(LOWRANK_FRACTION)  # deterministic: no spread over masks
+    (lr_mean, lr_first), lowrank_s = _timed(
+        lambda: closed_form.lowrank_curve(curvature, scorer.delta, fractions=LOWRANK_FRACTION, saturation=sat)
+    )
+    predicted["lowrank"] = {
+        "fraction": list(LOWRANK_FRACTION),
+        "mean": lr_mean.tolist(),
+        "quadratic": closed_form.lowrank_curve(curvature, scorer.delta, fractions=LOWRANK_FRACTION)[0].tolist(),
+        "first": lr_first.tolist(),
+        "sd": zero,
+    }
+    (bit_mean, bit_first), bits_s = _timed(
+        lambda: closed_form.bitdelta_bits_curve(curvature, scorer.delta, BITDELTA_BITS, saturation=sat)
+    )
+    predicted["bitdelta_bits"] = {
+        "bits": list(BITDELTA_BITS),
+        "mean": bit_mean.tolist(),
+        "quadratic": closed_form.bitdelta_bits_curve(curvature, scorer.delta, BITDELTA_BITS)[0].tolist(),
+        "first": bit_first.tolist(),
+        "sd": [0.0] * len(BITDELTA_BITS),
+    }
     predict_s += dare_s + lowrank_s + bits_s
     n_predicted = len(DARE_P) * len(DARE_K) + len(DARE_P) + len(DELLA_DENSITY) + len(EXPO_ALPHA)
     n_predicted += len(BITDELTA_MULTIPLE) + len(LOWRANK_FRACTION) + len(BITDELTA_BITS)
@@ -394,6 +407,16 @@ def sweep_pair(
     }
 
 
+def _quadratic_ratio(r: dict[str, Any], pt: dict[str, Any]) -> float:
+    """The plain quadratic's predicted / measured at a low-rank or bits point (``nan`` when an older
+    ``sweep.json`` has no quadratic kept, or nothing was measured)."""
+    family, field = ("lowrank", "fraction") if pt["family"] == "lowrank" else ("bitdelta_bits", "bits")
+    curve = r["predicted"][family]
+    if "quadratic" not in curve or not pt.get("measured"):
+        return float("nan")
+    return curve["quadratic"][curve[field].index(pt[field])] / pt["measured"]
+
+
 def markdown(record: dict[str, Any]) -> str:
     """The sweep's report: per pair, the statistics, the checked points and the timings."""
     lines = [
@@ -408,7 +431,9 @@ def markdown(record: dict[str, Any]) -> str:
         "between it and W_post; "
         "'within 2 SE' compares the predicted mean with the measured mean over masks. Low rank (a fraction of each "
         "matrix's rank kept) and BitDelta's magnitude bits are deterministic: their prediction is "
-        "⟨g, X⟩ + ½ Σ diag(H)·X² of the edit's exact change X, and each is measured once.",
+        "⟨g, X⟩ + φ(½ Σ diag(H)·X²) of the edit's exact change X, the part a·ΔW along ΔW (a = ⟨X, ΔW⟩/‖ΔW‖²) "
+        "read on the curve along ΔW and the rest on the noise curve; the plain quadratic is kept as 'quadratic' "
+        "and in parentheses below. Each is measured once.",
         "",
     ]
     for r in record["pairs"]:
@@ -437,13 +462,19 @@ def markdown(record: dict[str, Any]) -> str:
             f"- Low rank: {len(r['predicted']['lowrank']['fraction'])} fractions of each matrix's rank predicted in "
             f"{sec['predict_lowrank']:.2f} s (one SVD per matrix, then every rank from suffix sums; first call); "
             "predicted / measured "
-            + ", ".join(f"{pt['ratio']:.3g} at {pt['fraction']:g}" for pt in r["points"] if pt["family"] == "lowrank")
+            + ", ".join(
+                f"{pt['ratio']:.3g} ({_quadratic_ratio(r, pt):.3g}) at {pt['fraction']:g}"
+                for pt in r["points"]
+                if pt["family"] == "lowrank"
+            )
             + ".",
             f"- BitDelta bits: B = 0…{r['predicted']['bitdelta_bits']['bits'][-1]} predicted in "
             f"{sec['predict_bitdelta_bits']:.2f} s (the edit applied once per B, no model pass; first calls); "
             "predicted / measured "
             + ", ".join(
-                f"{pt['ratio']:.3g} at B = {pt['bits']}" for pt in r["points"] if pt["family"] == "bitdelta_bits"
+                f"{pt['ratio']:.3g} ({_quadratic_ratio(r, pt):.3g}) at B = {pt['bits']}"
+                for pt in r["points"]
+                if pt["family"] == "bitdelta_bits"
             )
             + ".",
             "",

@@ -25,7 +25,11 @@ def _measured_line(ax: Any, x: np.ndarray, measured: list[float], best_pred: flo
 def _deterministic(ax: Any, r: dict[str, Any], family: str, x: str, colors) -> None:
     """A deterministic family's predicted curve (and its first-order part) with its measured points."""
     curve = r["predicted"][family]
-    ax.plot(curve[x], curve["mean"], color=colors[0], label="predicted (gradient + Hessian diagonal)")
+    if "quadratic" in curve:  # sweeps written before these were read through the curves have only the quadratic
+        ax.plot(curve[x], curve["mean"], color=colors[0], label="predicted (diagonal quadratic through the curves)")
+        ax.plot(curve[x], curve["quadratic"], "--", color=colors[0], lw=0.8, label="gradient + Hessian diagonal")
+    else:
+        ax.plot(curve[x], curve["mean"], color=colors[0], label="predicted (gradient + Hessian diagonal)")
     ax.plot(curve[x], curve["first"], ":", color=colors[0], label="first-order part")
     pts = [pt for pt in r["points"] if pt["family"] == family]
     ax.plot([pt[x] for pt in pts], [pt["measured"] for pt in pts], "o", color=colors[1], ms=5, label="measured")

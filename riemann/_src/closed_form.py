@@ -26,7 +26,9 @@ term only, and the Hutchinson diagonal adds its own noise to ``s``. Given ``satu
 :func:`dare_moments` and :func:`della_moments` read the expected quadratic through its curves
 instead: ``E[ΔL] ≈ μ·b + φ_coherent(½μ²·s) + φ_noise(½ Σ diag(H)_i v_i ΔW_i²)``, the mean part
 ``μ·ΔW`` on the curve along ``ΔW`` and the noise on the curve along random-sign copies (one ``μ``
-for every entry; DELLA's ``μ = 0``); :func:`expo_curve` reads ``½α²·s`` on the curve along ``ΔW``.
+for every entry; DELLA's ``μ = 0``); :func:`expo_curve` reads ``½α²·s`` on the curve along ``ΔW``;
+:func:`lowrank_curve` and :func:`bitdelta_bits_curve` read each point's ``½ Σ diag(H)·X²`` split by
+its part ``⟨X, ΔW⟩/‖ΔW‖²`` along ``ΔW``, as the main job's ``kfac-saturated`` reads an edit.
 """
 
 from __future__ import annotations
@@ -458,11 +460,12 @@ def _gram(u: jax.Array, h: jax.Array, v: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("top",))
-def _lowrank_leaf(g: jax.Array, h: jax.Array, x: jax.Array, top: int) -> tuple[jax.Array, jax.Array]:
-    """``(first[r], quad[r])`` for ``r = 0 … top`` of one matrix: ``⟨g, X_r⟩`` and ``Σ h X_r²`` with
-    ``X_r = U_r S_r V_rᵀ − ΔW``. Up to full rank the tails are summed (``X_r = −Σ_{k>r} s_k u_k v_kᵀ``;
-    exactly 0 at full rank); below it the heads, ``Σ h X_r² = Σ h ΔW² − 2 Σ_{k≤r} s_k u_kᵀ(h⊙ΔW)v_k +
-    Σ_{k,l≤r} s_k s_l P_kl``, so that only the leading ``top`` factors are needed."""
+def _lowrank_leaf(g: jax.Array, h: jax.Array, x: jax.Array, top: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(first[r], quad[r], dot[r])`` for ``r = 0 … top`` of one matrix: ``⟨g, X_r⟩``, ``Σ h X_r²``
+    and ``⟨X_r, ΔW⟩ = −Σ_{k>r} s_k²`` with ``X_r = U_r S_r V_rᵀ − ΔW``. Up to full rank the tails are
+    summed (``X_r = −Σ_{k>r} s_k u_k v_kᵀ``; exactly 0 at full rank); below it the heads,
+    ``Σ h X_r² = Σ h ΔW² − 2 Σ_{k≤r} s_k u_kᵀ(h⊙ΔW)v_k + Σ_{k,l≤r} s_k s_l P_kl``, so that only the
+    leading ``top`` factors are needed."""
     u, s, vt = jnp.linalg.svd(x, full_matrices=False)
     full = s.shape[0]
     u, s, v = u[:, :top], s[:top], vt[:top].T
@@ -472,12 +475,14 @@ def _lowrank_leaf(g: jax.Array, h: jax.Array, x: jax.Array, top: int) -> tuple[j
     if top == full:
         first = -jnp.concatenate([jnp.cumsum(c[::-1])[::-1], zero])
         tails = jnp.cumsum(jnp.cumsum(m[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
-        return first, jnp.concatenate([jnp.diagonal(tails), zero])
+        dot = -jnp.concatenate([jnp.cumsum(jnp.square(s)[::-1])[::-1], zero])
+        return first, jnp.concatenate([jnp.diagonal(tails), zero]), dot
     e = s * jnp.sum(u * jnp.matmul(h * x, v, precision=_HIGHEST), axis=0)  # s_k u_kᵀ (h⊙ΔW) v_k
     heads = jnp.diagonal(jnp.cumsum(jnp.cumsum(m, axis=0), axis=1))
     first = jnp.concatenate([zero, jnp.cumsum(c)]) - jnp.sum(g * x)
     quad = jnp.sum(h * jnp.square(x)) - 2.0 * jnp.concatenate([zero, jnp.cumsum(e)]) + jnp.concatenate([zero, heads])
-    return first, quad
+    dot = jnp.concatenate([zero, jnp.cumsum(jnp.square(s))]) - jnp.sum(jnp.square(x))
+    return first, quad, dot
 
 
 def lowrank_curve(
@@ -490,6 +495,7 @@ def lowrank_curve(
     include: str | None = None,
     exclude: str | None = _common.EMBEDDING_PATTERN,
     ndim: int | tuple[int, ...] | None = 2,
+    saturation: Saturation | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted ``ΔL`` of :func:`riemann.edits.lowrank` at every point of one family (``ranks``,
     ``fractions`` or ``energies``, as the edit reads its ``rank``, ``fraction`` and ``energy``), from
@@ -517,9 +523,14 @@ def lowrank_curve(
     keeps no factor: ``X = −ΔW`` on every selected matrix. The randomized SVD
     (``method="randomized"``) approximates the exact truncation predicted here.
 
+    ``saturation`` (curves measured with the same diagonal quadratic, :func:`riemann.saturation`):
+    each point's quadratic is read through them, ``⟨g, X⟩ + φ(½ Σ diag(H) X², a)``. The part along
+    ``ΔW`` is ``a·ΔW`` with ``a = ⟨X, ΔW⟩/‖ΔW‖² = −Σ_{k>r} s_k²/‖ΔW‖²`` (the dropped tail is
+    orthogonal to the kept head), free from the same SVD.
+
     Returns:
-      ``(values, first_order)``: per point, ``⟨g, X⟩ + ½ Σ diag(H) X²`` and its ``⟨g, X⟩`` part
-      (float64).
+      ``(values, first_order)``: per point, ``⟨g, X⟩ + ½ Σ diag(H) X²`` (or its read through
+      ``saturation``) and its ``⟨g, X⟩`` part (float64).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -543,7 +554,7 @@ def lowrank_curve(
             raise ValueError(f"lowrank_curve: rank {v!r}; accepted: integers >= 0")
         if option != "rank" and not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"lowrank_curve: {option} {v!r} is outside [0, 1]")
-    values, firsts = np.zeros(len(points)), np.zeros(len(points))
+    quads, firsts, dots = np.zeros(len(points)), np.zeros(len(points)), np.zeros(len(points))
     named = _common.check_delta(delta, "lowrank_curve")
     for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
         if not _common.selected(name, x, include, exclude, ndim):
@@ -559,11 +570,21 @@ def lowrank_curve(
             for v in points
         ]
         g2, h2 = (trees.widen(_common.gathered(t)).astype(x2.dtype).reshape(x2.shape) for t in (g, h))
-        first, quad = _lowrank_leaf(g2, h2, x2, top=max(kept) if max(kept) < min(x2.shape) else min(x2.shape))
-        first, quad = (np.asarray(jax.device_get(a), np.float64)[kept] for a in (first, quad))
-        values += first + 0.5 * quad
+        parts = _lowrank_leaf(g2, h2, x2, top=max(kept) if max(kept) < min(x2.shape) else min(x2.shape))
+        first, quad, dot = (np.asarray(jax.device_get(a), np.float64)[kept] for a in parts)
+        quads += 0.5 * quad
         firsts += first
-    return values, firsts
+        dots += dot
+    return _read(saturation, firsts, quads, dots), firsts
+
+
+def _read(saturation: Saturation | None, first: np.ndarray, quad: np.ndarray, dot: np.ndarray) -> np.ndarray:
+    """``first + quad`` per point, or ``first + φ(quad, a)`` through ``saturation`` with the part
+    along ``ΔW`` ``a = ⟨X, ΔW⟩/‖ΔW‖²``."""
+    if saturation is None:
+        return first + quad
+    along = dot / saturation.scale**2
+    return first + np.array([saturation.phi(q, a) for q, a in zip(quad, along)], np.float64)
 
 
 # --- BitDelta: every magnitude-bit count from the edit itself ---------------------------------------
@@ -573,12 +594,12 @@ def lowrank_curve(
 def _bits_leaf(
     g: jax.Array, h: jax.Array, x: jax.Array, multiple: jax.Array, bits: tuple[int, ...], blocks: str
 ) -> tuple[jax.Array, jax.Array]:
-    """``(⟨g, X_B⟩, Σ h X_B²)`` for every ``B`` of one leaf, ``X_B`` built by the edit's own functions:
-    one compiled function per leaf shape (the sort of ``|ΔW|`` is shared by every ``B``)."""
+    """``(⟨g, X_B⟩, Σ h X_B², ⟨X_B, ΔW⟩)`` for every ``B`` of one leaf, ``X_B`` built by the edit's own
+    functions: one compiled function per leaf shape (the sort of ``|ΔW|`` is shared by every ``B``)."""
     xw = trees.widen(x)
     a = jnp.abs(xw).ravel()
     key = jax.random.key(0)  # unused: constant magnitudes
-    firsts, quads = [], []
+    firsts, quads, dots = [], [], []
     for b in bits:
         edited = _bitdelta._finish_leaf(
             x, _bitdelta._block_means(a, b, blocks), key, multiple, trees.scalar(0.0), "constant"
@@ -586,7 +607,8 @@ def _bits_leaf(
         change = trees.widen(edited) - xw
         firsts.append(jnp.sum(g * change))
         quads.append(jnp.sum(h * jnp.square(change)))
-    return jnp.stack(firsts), jnp.stack(quads)
+        dots.append(jnp.sum(xw * change))
+    return jnp.stack(firsts), jnp.stack(quads), jnp.stack(dots)
 
 
 def bitdelta_bits_curve(
@@ -600,6 +622,7 @@ def bitdelta_bits_curve(
     include: str | None = None,
     exclude: str | None = _common.EMBEDDING_PATTERN,
     ndim: int | tuple[int, ...] | None = 2,
+    saturation: Saturation | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predicted ``ΔL`` of ``bitdelta:magnitude_bits=B`` for every ``B`` of ``bits``, from the
     shared gradient and Hessian diagonal.
@@ -611,6 +634,9 @@ def bitdelta_bits_curve(
     ``B = 0`` is BitDelta itself (for which :func:`line_quadratic` gives the exact curvature along
     its multiple). The options are the edit's (:func:`riemann.edits.bitdelta`; constant magnitudes
     only: drawn magnitudes are random).
+
+    ``saturation`` (curves measured with the same diagonal quadratic): each ``B``'s quadratic is read
+    through them, ``⟨g, X_B⟩ + φ(½ Σ diag(H) X_B², a)``, ``a = ⟨X_B, ΔW⟩/‖ΔW‖²`` taken in the same pass.
 
     Returns:
       ``(values, first_order)`` per ``B`` (float64).
@@ -632,15 +658,15 @@ def bitdelta_bits_curve(
     for b in bits:
         _bitdelta.check_bitdelta(b, multiple, "constant", blocks, scope)
     if scope == "matrix":  # one compiled function per leaf shape for every B
-        first, quad = np.zeros(len(bits)), np.zeros(len(bits))
+        first, quad, dot = np.zeros(len(bits)), np.zeros(len(bits)), np.zeros(len(bits))
         named = _common.check_delta(delta, "bitdelta_bits_curve")
         for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
             if _common.selected(name, x, include, exclude, ndim):
-                f, q = _bits_leaf(g, h, _common.gathered(x), trees.scalar(multiple), bits, blocks)
-                first += np.asarray(jax.device_get(f), np.float64)
-                quad += np.asarray(jax.device_get(q), np.float64)
-        return first + 0.5 * quad, first
-    values, firsts = [], []
+                parts = _bits_leaf(g, h, _common.gathered(x), trees.scalar(multiple), bits, blocks)
+                f, q, d = (np.asarray(jax.device_get(a), np.float64) for a in parts)
+                first, quad, dot = first + f, quad + q, dot + d
+        return _read(saturation, first, 0.5 * quad, dot), first
+    firsts, quads, dots = [], [], []
     for b in bits:  # one set of block means over every selected leaf: the edit, once per B
         edited = _bitdelta.bitdelta(
             delta,
@@ -652,7 +678,10 @@ def bitdelta_bits_curve(
             exclude=exclude,
             ndim=ndim,
         )
-        est = shared.estimate(jax.tree.map(lambda e, d: trees.widen(e) - trees.widen(d), edited, delta))
-        values.append(est.value)
+        change = jax.tree.map(lambda e, d: trees.widen(e) - trees.widen(d), edited, delta)
+        est = shared.estimate(change)
         firsts.append(est.terms["first"])
-    return np.asarray(values, np.float64), np.asarray(firsts, np.float64)
+        quads.append(est.terms["second"])
+        dots.append(float(trees.tree_vdot(change, delta)))
+    first = np.asarray(firsts, np.float64)
+    return _read(saturation, first, np.asarray(quads, np.float64), np.asarray(dots, np.float64)), first

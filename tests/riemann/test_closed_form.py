@@ -472,3 +472,35 @@ def test_saturated_expo_reads_the_curve_along_delta_and_stays_pinned_at_w_pre():
     np.testing.assert_allclose(
         cf.expo_curve(st, a, saturation=_two_curves({"w": jnp.ones(3)}, 2.0, 2.0)), cf.expo_curve(st, a)
     )  # fmt: skip  (φ = 2Q with s = q/2: the quadratic)
+
+
+def test_lowrank_and_bits_curves_read_each_point_through_the_curves_by_its_part_along_delta():
+    with jax.enable_x64(True):
+        loss, post, delta, batches, c, d = _diagonal_problem()
+        sc = riemann.shared_curvature(loss, post, batches, probes=1, key=jax.random.key(0))
+        scale = float(np.sqrt(sum(np.sum(np.asarray(x) ** 2) for x in delta.values())))
+        base = _two_curves(delta, 3.0, 0.5)
+        sat = riemann.Saturation(base.coherent, base.noise, delta, scale, 2.0, {"forward": 0})
+
+        def want(change):
+            # by hand: ⟨g, X⟩ + φ(½ Σ h X², a) with a = ⟨X, ΔW⟩/‖ΔW‖² over the whole tree
+            value, first = _direct(c, d, post, change)
+            dot = sum(float(np.sum(np.asarray(x) * np.asarray(delta[n]))) for n, x in change.items())
+            return first + sat.phi(value - first, dot / scale**2)
+
+        ranks = [0, 1, 2, 4]  # tails (a point at full rank of "b") and heads below
+        for points in (ranks, [1, 2]):
+            got, first = cf.lowrank_curve(sc, delta, ranks=points, saturation=sat)
+            plain, plain_first = cf.lowrank_curve(sc, delta, ranks=points)
+            np.testing.assert_allclose(first, plain_first)
+            for r, v, p in zip(points, got, plain):
+                change = {n: _truncate(delta[n], r) - np.asarray(delta[n]) for n in ("a", "b")}
+                assert v == pytest.approx(want(change), rel=1e-9, abs=1e-12), r
+                if r not in (0, 4):  # the tail is part along ΔW, part across: the curves differ
+                    assert abs(v - p) > 1e-3
+        for scope in ("matrix", "global"):
+            got, _ = cf.bitdelta_bits_curve(sc, delta, (0, 2), scope=scope, saturation=sat)
+            for b, v in zip((0, 2), got):
+                edited = edits.bitdelta(delta, magnitude_bits=b, scope=scope)
+                change = {n: np.asarray(edited[n]) - np.asarray(delta[n]) for n in ("a", "b")}
+                assert v == pytest.approx(want(change), rel=1e-9), (scope, b)

@@ -87,7 +87,13 @@ def test_predictions_are_the_closed_forms_of_the_recorded_statistics(swept):
             assert pt["predicted"] == curve["mean"][curve[grid].index(pt[x])]
             assert pt["ratio"] == pytest.approx(pt["predicted"] / pt["measured"], rel=1e-12)
     lr = r["predicted"]["lowrank"]
-    assert lr["mean"][-1] == lr["first"][-1] == 0.0
+    assert lr["mean"][-1] == lr["first"][-1] == lr["quadratic"][-1] == 0.0
+    # Read through the curves (closed_form's tests check the read itself): the plain quadratic is kept
+    # beside it, and the two differ where the curves leave the quadratic.
+    for family in ("lowrank", "bitdelta_bits"):
+        curve = r["predicted"][family]
+        assert len(curve["quadratic"]) == len(curve["mean"])
+        assert max(abs(a - b) for a, b in zip(curve["mean"], curve["quadratic"])) > 0
     # BitDelta's bits curve at B = 0 is BitDelta itself: the measurement equals the multiple's at m = 1.
     at_zero = next(pt["measured"] for pt in r["points"] if pt["family"] == "bitdelta_bits" and pt["bits"] == 0)
     assert at_zero == pytest.approx(r["bitdelta"]["measured"][r["bitdelta"]["multiple"].index(1.0)], rel=1e-9)
