@@ -265,8 +265,10 @@ def execute(
 
 def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per estimator, across pairs: Spearman per pair (min and mean), class agreement pooled over
-    every edit of every pair, seconds spent, and for ``auto`` the share of edits it measured; and
-    the best estimator by mean Spearman among those that measure nothing."""
+    every edit of every pair, seconds spent (and, for shared estimators, how many of them went to the
+    passes made once, the seconds per edit beyond those, and from how many edits on the shared passes
+    cost less than measuring each edit), and for ``auto`` the share of edits it measured; and the best
+    estimator by mean Spearman among those that measure nothing."""
     import numpy as np
 
     from analysis.study import stats
@@ -294,13 +296,30 @@ def summary(per_pair: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "seconds": float(sum(p["agreement"][n]["seconds"] for p in per_pair)),
             "edits": len(agree),
         }
+        once = [p.get("shared", {}).get("estimators", {}).get(n) for p in per_pair]
+        if len(agree) and all(o is not None for o in once):
+            shared_s = float(sum(o["seconds"] for o in once))
+            out[n]["seconds_shared"] = shared_s
+            out[n]["seconds_per_edit"] = (out[n]["seconds"] - shared_s) / len(agree)
+    measured_s = float(sum(r["seconds"]["measured"] for p in per_pair for r in p["edits"]))
+    n_edits = sum(len(p["edits"]) for p in per_pair)
+    measured_per_edit = measured_s / n_edits if n_edits else float("nan")
+    for n in names:
+        if "seconds_shared" in out[n]:
+            # Edits at which the passes made once are paid for by what each edit saves against measuring.
+            saved = measured_per_edit - out[n]["seconds_per_edit"]
+            out[n]["break_even_edits"] = out[n]["seconds_shared"] / saved if saved > 0 else None  # never
         fractions = [p["agreement"][n].get("measured_fraction") for p in per_pair]
         if fractions and all(f is not None for f in fractions):
             sizes = [p["agreement"][n]["edits"] for p in per_pair]
             out[n]["measured_fraction"] = float(np.average(fractions, weights=sizes))
             out[n]["measured_fraction_by_pair"] = {p["pair"]["name"]: f for p, f in zip(per_pair, fractions)}
-    measured_s = float(sum(r["seconds"]["measured"] for p in per_pair for r in p["edits"]))
     # An estimator that measures some edits (auto) is not a prediction: it does not compete for best.
     predictors = [n for n in names if "measured_fraction" not in out[n]]
     best = max(predictors, key=lambda n: (out[n]["spearman_mean"], out[n]["class_agreement"])) if predictors else None
-    return {"estimators": out, "best": best, "measured_seconds": measured_s}
+    return {
+        "estimators": out,
+        "best": best,
+        "measured_seconds": measured_s,
+        "measured_seconds_per_edit": measured_per_edit,
+    }

@@ -341,6 +341,23 @@ def markdown(results: dict[str, Any]) -> str:
             "![cost and accuracy](frontier.png)",
             "",
         ]
+    costs = {n: e for n, e in summ["estimators"].items() if "seconds_shared" in e}
+    if costs and "measured_seconds_per_edit" in summ:
+        per = 1e3 * summ["measured_seconds_per_edit"]
+        lines += [
+            f"Per edit, beyond the passes made once (measuring: {per:.1f} ms per edit, all its masks): "
+            + "; ".join(
+                f"`{n}` {1e3 * e['seconds_per_edit']:.1f} ms after {e['seconds_shared']:.1f} s once, "
+                + (
+                    f"cheaper than measuring from {e['break_even_edits']:.0f} edits on"
+                    if e["break_even_edits"] is not None
+                    else "never cheaper than measuring"
+                )
+                for n, e in costs.items()
+            )
+            + f" (this suite: {next(iter(costs.values()))['edits']} edits).",
+            "",
+        ]
     lines += [
         "## The paper's claims on these pairs",
         "",

@@ -84,11 +84,26 @@ def _run_args(user_pair, out) -> list[str]:
     ]
 
 
+_TIMINGS = (
+    "seconds",
+    "seconds_shared",
+    "seconds_per_edit",
+    "break_even_edits",
+    "elapsed_s",
+    "measured_seconds",
+    "measured_seconds_per_edit",
+    "versions",
+    "started",
+    "finished",
+    "checkpoints",
+)
+
+
 def _numbers(tree, path=""):
     """Every number in a results tree with its path, timings and versions left out."""
     if isinstance(tree, dict):
         for k, v in tree.items():
-            if k not in ("seconds", "elapsed_s", "measured_seconds", "versions", "started", "finished", "checkpoints"):
+            if k not in _TIMINGS:
                 yield from _numbers(v, f"{path}/{k}")
     elif isinstance(tree, list):
         for i, v in enumerate(tree):

@@ -53,6 +53,19 @@ def test_run_writes_results_report_and_figures(mlp_run):
         pair["pair"]["completeness"]["gauss-legendre:8"]["value"], rel=1e-4
     )
     assert res["summary"]["best"] in agree
+    # Shared estimators' seconds split into the passes made once and the rest per edit; the break-even
+    # is where the per-edit saving against measuring has paid for the passes made once.
+    summ = res["summary"]
+    per_measured = summ["measured_seconds"] / len(pair["edits"])
+    assert summ["measured_seconds_per_edit"] == pytest.approx(per_measured)
+    for n in ("first-order", "shared-curvature", "kfac-saturated", "auto"):
+        e = summ["estimators"][n]
+        assert e["seconds_shared"] == pytest.approx(pair["shared"]["estimators"][n]["seconds"])
+        assert e["seconds_per_edit"] == pytest.approx((e["seconds"] - e["seconds_shared"]) / len(pair["edits"]))
+        saved = per_measured - e["seconds_per_edit"]
+        assert e["break_even_edits"] == (pytest.approx(e["seconds_shared"] / saved) if saved > 0 else None)
+    assert "seconds_shared" not in summ["estimators"]["riemann"]  # per edit only: nothing made once
+    assert "Per edit, beyond the passes made once" in (mlp_run / "report.md").read_text()
     # Held out: calibration and test batches recorded and disjoint; one tolerance fixed for the pair.
     checks = pair["pair"]
     split = checks["split"]
