@@ -274,6 +274,14 @@ _loss_at_jit = jax.jit(_loss_at, static_argnums=0)
 
 
 @jax.jit
+def _signed_copy(delta: PyTree, key: jax.Array) -> PyTree:
+    """``ε ⊙ ΔW`` with Rademacher ``ε`` (per leaf name): drawn and multiplied in one compiled
+    function, so the signs are never held beside the copy (a model-size array at 8B) and the copy
+    keeps ``ΔW``'s sharding."""
+    return jax.tree.map(lambda x, e: x * e.astype(x.dtype), delta, rademacher(delta, key))
+
+
+@jax.jit
 def _realised(params: PyTree, direction: PyTree, t: jax.Array) -> jax.Array:
     """``‖W + t·d − W‖`` as the parameters' dtype stores it (16-bit weights round small steps)."""
     moved = trees.move_along(params, direction, t)
@@ -425,8 +433,7 @@ def saturation(
         return float(trees.tree_vdot(grad, d))
 
     def copy(j: int) -> PyTree:
-        eps = rademacher(delta, jax.random.fold_in(key, j))
-        return jax.tree.map(lambda x, e: x * e.astype(x.dtype), delta, eps)
+        return _signed_copy(delta, jax.random.fold_in(key, j))
 
     kw = {"band": float(band), "held_out": held_out, "low_precision": low}
     coherent = _curve(loss_fn, params, lambda _: delta, 1, batches, base, cs, first, quadratic, **kw)

@@ -72,3 +72,22 @@ def test_sharded_shared_curvature_and_forward_mode_match(pair):
     fwd = riemann.integrate_path(pair.loss_fn, pre_s, delta_s, batches_s, rule="gauss-legendre", n=4, mode="forward")
     rev = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=4)
     assert fwd.value == pytest.approx(rev.value, rel=1e-5)
+
+
+def test_sharded_saturation_curves_match(pair):
+    # The random-sign copies are drawn per leaf name inside one compiled function: the same signs,
+    # and so the same curves, whether ΔW is on one device or sharded FSDP-style.
+    delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
+    pre_s, post_s, batches_s = _shard(pair)
+    delta_s = jax.tree.map(lambda a, b: b - a, pre_s, post_s)
+    kw = dict(key=jax.random.key(5), probes=2, coherent_steps=[0.5, 1.0], noise_steps=[0.3, 1.0, 3.0])
+    curves = []
+    for post, d, batches in ((pair.post, delta, pair.batches), (post_s, delta_s, batches_s)):
+        sc = riemann.shared_curvature(pair.loss_fn, post, batches, probes=1, key=jax.random.key(0))
+        quadratic = lambda x, sc=sc: sc.estimate(x).terms["second"]  # noqa: E731
+        curves.append(riemann.saturation(pair.loss_fn, post, d, batches, quadratic, sc.grad, **kw))
+    ref, res = curves
+    for a, b in ((ref.coherent, res.coherent), (ref.noise, res.noise)):
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(b.quadratic, a.quadratic, rtol=1e-5)
+    assert res.scale == pytest.approx(ref.scale, rel=1e-6)
