@@ -26,10 +26,11 @@ An edit's change ``x`` splits into ``a·ΔW`` along ``ΔW`` (``a = c·ρ``, with
 
     ⟨g, x⟩ + φ_coherent(Q∥) + φ_noise(Q(x) − Q∥),      Q∥ = a²·Q(ΔW).
 
-**Trust.** Each measured direction also gives the model's error there, on the calibration batches,
-plus what the test batches may add: a band of ``band`` standard errors of the mean change, from its
-spread over calibration batches, ``sd·√(1/n_calibration + 1/n_held_out)``. An envelope ``e(s)``
-(the largest such error over directions and signs, non-decreasing in ``s``) gives an edit the error
+**Trust.** Each measured direction also gives the model's error there, on the calibration batches.
+The largest over directions and signs, plus what the test batches may add — a band of ``band``
+standard errors of the mean change, ``sd·√(1/n_calibration + 1/n_held_out)``, with ``sd`` the
+change's spread over calibration batches pooled over directions and signs — made non-decreasing
+in ``s``, is an envelope ``e(s)``. It gives an edit the error
 
     ê = e_coherent(|c|·ρ) + e_noise(√(1 − c²)·ρ) + [structured] |φ_coherent(Q⊥) − φ_noise(Q⊥)|
 
@@ -78,8 +79,8 @@ class Curve:
       steps: step multiples ``s`` (increasing; relative to ``‖ΔW‖``).
       quadratic: ``Q(s)``, the shared quadratic of the step, mean over directions.
       loss: ``C(s)``, mean over directions and batches.
-      errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model| + band·se`` over
-        directions and signs at steps ``≤ s``.
+      errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model|`` over directions
+        and signs plus ``band·se`` (the spread over batches pooled over them), at steps ``≤ s``.
       directions: how many directions (one for ``ΔW``; the probes for noise).
       floor: the smallest ``|C|`` resolved (float resolution of the loss); below the grid ``φ`` holds
         the ratio of the first point above it.
@@ -347,16 +348,18 @@ def _curve(
         directions=count,
         floor=RESOLUTION * float(np.mean(np.abs(base))),
     )
-    # The model each direction is judged by: its own first-order term and quadratic, through φ.
+    # The model each direction is judged by: its own first-order term and quadratic, through φ. Its
+    # error is the largest over directions and signs; the spread over batches is pooled over them
+    # (each alone has n − 1 degrees of freedom, and the largest of several such estimates is biased
+    # upwards).
     spread = np.sqrt(1.0 / n + 1.0 / held_out)
     errors = np.zeros_like(steps)
     for i in range(count):
         for j, sign in enumerate((1.0, -1.0)):
             model = np.array([sign * s * firsts[i] + curve(s**2 * quads[i]) for s in steps])
-            mean = changes[i, j].mean(axis=-1)
-            se = changes[i, j].std(axis=-1, ddof=1) * spread if n > 1 else np.zeros_like(mean)
-            errors = np.maximum(errors, np.abs(mean - model) + band * se)
-    return dataclasses.replace(curve, errors=np.maximum.accumulate(errors))
+            errors = np.maximum(errors, np.abs(changes[i, j].mean(axis=-1) - model))
+    se = np.sqrt(changes.var(axis=-1, ddof=1).mean(axis=(0, 1))) * spread if n > 1 else np.zeros_like(errors)
+    return dataclasses.replace(curve, errors=np.maximum.accumulate(errors + band * se))
 
 
 def saturation(
