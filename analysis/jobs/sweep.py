@@ -407,14 +407,14 @@ def sweep_pair(
     }
 
 
-def _quadratic_ratio(r: dict[str, Any], pt: dict[str, Any]) -> float:
-    """The plain quadratic's predicted / measured at a low-rank or bits point (``nan`` when an older
-    ``sweep.json`` has no quadratic kept, or nothing was measured)."""
+def _quadratic_ratio(r: dict[str, Any], pt: dict[str, Any]) -> str:
+    """`` (x)``: the plain quadratic's predicted / measured at a low-rank or bits point; empty when an
+    older ``sweep.json`` kept no quadratic, or nothing was measured."""
     family, field = ("lowrank", "fraction") if pt["family"] == "lowrank" else ("bitdelta_bits", "bits")
     curve = r["predicted"][family]
     if "quadratic" not in curve or not pt.get("measured"):
-        return float("nan")
-    return curve["quadratic"][curve[field].index(pt[field])] / pt["measured"]
+        return ""
+    return f" ({curve['quadratic'][curve[field].index(pt[field])] / pt['measured']:.3g})"
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -463,7 +463,7 @@ def markdown(record: dict[str, Any]) -> str:
             f"{sec['predict_lowrank']:.2f} s (one SVD per matrix, then every rank from suffix sums; first call); "
             "predicted / measured "
             + ", ".join(
-                f"{pt['ratio']:.3g} ({_quadratic_ratio(r, pt):.3g}) at {pt['fraction']:g}"
+                f"{pt['ratio']:.3g}{_quadratic_ratio(r, pt)} at {pt['fraction']:g}"
                 for pt in r["points"]
                 if pt["family"] == "lowrank"
             )
@@ -472,7 +472,7 @@ def markdown(record: dict[str, Any]) -> str:
             f"{sec['predict_bitdelta_bits']:.2f} s (the edit applied once per B, no model pass; first calls); "
             "predicted / measured "
             + ", ".join(
-                f"{pt['ratio']:.3g} ({_quadratic_ratio(r, pt):.3g}) at B = {pt['bits']}"
+                f"{pt['ratio']:.3g}{_quadratic_ratio(r, pt)} at B = {pt['bits']}"
                 for pt in r["points"]
                 if pt["family"] == "bitdelta_bits"
             )

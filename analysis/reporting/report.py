@@ -345,6 +345,7 @@ def markdown(results: dict[str, Any]) -> str:
     if costs and "measured_seconds_per_edit" in summ:
         per = 1e3 * summ["measured_seconds_per_edit"]
         lines += [
+            "",
             f"Per edit, beyond the passes made once (measuring: {per:.1f} ms per edit, all its masks): "
             + "; ".join(
                 f"`{n}` {1e3 * e['seconds_per_edit']:.1f} ms after {e['seconds_shared']:.1f} s once, "
@@ -355,7 +356,8 @@ def markdown(results: dict[str, Any]) -> str:
                 )
                 for n, e in costs.items()
             )
-            + f" (this suite: {next(iter(costs.values()))['edits']} edits).",
+            + f" (this suite: {next(iter(costs.values()))['edits']} edits over {len(pairs)} pair(s); the passes "
+            "are made once per pair).",
             "",
         ]
     lines += [

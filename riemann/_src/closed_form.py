@@ -554,6 +554,7 @@ def lowrank_curve(
             raise ValueError(f"lowrank_curve: rank {v!r}; accepted: integers >= 0")
         if option != "rank" and not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"lowrank_curve: {option} {v!r} is outside [0, 1]")
+    _check_saturation(saturation, delta, "lowrank_curve")
     quads, firsts, dots = np.zeros(len(points)), np.zeros(len(points)), np.zeros(len(points))
     named = _common.check_delta(delta, "lowrank_curve")
     for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
@@ -578,6 +579,18 @@ def lowrank_curve(
     return _read(saturation, firsts, quads, dots), firsts
 
 
+def _check_saturation(saturation: Saturation | None, delta: PyTree, who: str) -> None:
+    """Refuse curves measured along another ``ΔW``: the part along it would be silently wrong."""
+    if saturation is None:
+        return
+    norm = float(np.sqrt(float(trees.tree_vdot(delta, delta))))
+    if not np.isclose(norm, saturation.scale, rtol=1e-3):
+        raise ValueError(
+            f"{who}: saturation was measured along a ΔW of norm {saturation.scale:.6g}, this delta has "
+            f"norm {norm:.6g}; pass the curves of this delta"
+        )
+
+
 def _read(saturation: Saturation | None, first: np.ndarray, quad: np.ndarray, dot: np.ndarray) -> np.ndarray:
     """``first + quad`` per point, or ``first + φ(quad, a)`` through ``saturation`` with the part
     along ``ΔW`` ``a = ⟨X, ΔW⟩/‖ΔW‖²``."""
@@ -593,7 +606,7 @@ def _read(saturation: Saturation | None, first: np.ndarray, quad: np.ndarray, do
 @functools.partial(jax.jit, static_argnames=("bits", "blocks"))
 def _bits_leaf(
     g: jax.Array, h: jax.Array, x: jax.Array, multiple: jax.Array, bits: tuple[int, ...], blocks: str
-) -> tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(⟨g, X_B⟩, Σ h X_B², ⟨X_B, ΔW⟩)`` for every ``B`` of one leaf, ``X_B`` built by the edit's own
     functions: one compiled function per leaf shape (the sort of ``|ΔW|`` is shared by every ``B``)."""
     xw = trees.widen(x)
@@ -657,6 +670,7 @@ def bitdelta_bits_curve(
     bits = tuple(int(b) for b in bits)
     for b in bits:
         _bitdelta.check_bitdelta(b, multiple, "constant", blocks, scope)
+    _check_saturation(saturation, delta, "bitdelta_bits_curve")
     if scope == "matrix":  # one compiled function per leaf shape for every B
         first, quad, dot = np.zeros(len(bits)), np.zeros(len(bits)), np.zeros(len(bits))
         named = _common.check_delta(delta, "bitdelta_bits_curve")

@@ -65,7 +65,7 @@ DEFAULT_COHERENT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 # Multiples of a random-sign copy: DARE's noise is the copy times (1 − k)√(p/(1 − p)), 0.33 at
 # p = 0.1 and k = 0, 19.9 at p = 0.99 and k = −1.
 DEFAULT_NOISE_STEPS: tuple[float, ...] = tuple(float(s) for s in np.geomspace(0.01, 100.0, 21))
-DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to each measured error
+DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to the model's largest measured error
 RESOLUTION = 1e-4  # |C| below this fraction of |L(W_post)| is not held below the grid
 PRECISION = 0.01  # a step that rounding moves by more than this fraction is left out of the grid
 
@@ -127,9 +127,9 @@ class Curve:
         return q * float(np.interp(np.log(q), np.log(qs), ratio))
 
     def error(self, step: float) -> float:
-        """``ê(s)``: the envelope read as ``φ`` is: between grid steps a power law through its two
-        neighbours (linear in log–log; linear where the lower one is 0), so never above the next
-        grid value nor below the previous one; below the grid the first value scaled by ``s/s₀``
+        """``ê(s)``: between grid steps a power law through the two neighbouring grid values (linear
+        in log–log; linear in ``s`` where the lower one is 0 or not below the upper), so never above
+        the next grid value nor below the previous one; below the grid the first value scaled by ``s/s₀``
         (the band, from the spread of the first-order term over batches, is first order in the
         step); beyond it the last value scaled by ``(s/s_last)³``."""
         s = float(step)
@@ -143,7 +143,7 @@ class Curve:
         i = int(np.searchsorted(grid, s))
         lo, hi = float(e[i - 1]), float(e[i])
         if lo <= 0.0 or hi <= lo:
-            return lo + (hi - lo) * (s - grid[i - 1]) / (grid[i] - grid[i - 1])
+            return float(lo + (hi - lo) * (s - grid[i - 1]) / (grid[i] - grid[i - 1]))
         slope = np.log(hi / lo) / np.log(grid[i] / grid[i - 1])
         return float(lo * (s / grid[i - 1]) ** slope)
 
@@ -160,7 +160,7 @@ class Saturation:
       noise: along ``±s·(ε ⊙ ΔW)``, random-sign copies.
       delta: ``ΔW`` (a reference, for placing a change: its length and alignment).
       scale: ``‖ΔW‖``.
-      band: standard errors of the held-out mean in each error.
+      band: standard errors of the held-out mean in the envelope.
       cost: forward passes per calibration batch, spent once.
     """
 
@@ -394,8 +394,9 @@ def saturation(
       probes: random-sign copies.
       coherent_steps, noise_steps: step multiples, increasing.
       held_out: how many batches predictions will be judged on (default: as many as ``batches``).
-      band: standard errors of the held-out mean added to each measured error (none with a single
-        calibration batch: it has no spread to measure).
+      band: standard errors of the held-out mean (the spread over batches pooled over directions and
+        signs) added to the model's largest error at each step (none with a single calibration
+        batch: it has no spread to measure).
 
     Example:
       >>> import jax, jax.numpy as jnp

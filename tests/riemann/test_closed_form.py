@@ -498,6 +498,12 @@ def test_lowrank_and_bits_curves_read_each_point_through_the_curves_by_its_part_
                 assert v == pytest.approx(want(change), rel=1e-9, abs=1e-12), r
                 if r not in (0, 4):  # the tail is part along ΔW, part across: the curves differ
                     assert abs(v - p) > 1e-3
+        # Curves measured along another ΔW are refused: the part along it would be wrong.
+        other = riemann.Saturation(base.coherent, base.noise, delta, 2 * scale, 2.0, {"forward": 0})
+        with pytest.raises(ValueError, match="lowrank_curve: saturation was measured along a ΔW of norm"):
+            cf.lowrank_curve(sc, delta, ranks=[1], saturation=other)
+        with pytest.raises(ValueError, match="bitdelta_bits_curve: saturation was measured"):
+            cf.bitdelta_bits_curve(sc, delta, (0,), saturation=other)
         for scope in ("matrix", "global"):
             got, _ = cf.bitdelta_bits_curve(sc, delta, (0, 2), scope=scope, saturation=sat)
             for b, v in zip((0, 2), got):

@@ -69,6 +69,32 @@ def test_the_band_adds_standard_errors_of_the_held_out_mean():
     )
 
 
+def test_the_band_pools_the_spread_over_directions():
+    # Along ±s·(ε ⊙ ΔW), ΔW = (1, 1), the loss Σ x·cosh(w) + x₀·w₀·w₁ changes by
+    # (x₀ + x₁)(cosh s − 1) + ε₀ε₁·x₀·s² on each sign: the two copies' spreads over batches differ when
+    # their products ε₀ε₁ do (this key draws one of each).
+    def loss(p, x):
+        return jnp.sum(x * jnp.cosh(p["w"])) + x[0] * p["w"][0] * p["w"][1]
+
+    w, delta = {"w": jnp.zeros(2)}, {"w": jnp.ones(2)}
+    batches = [jnp.array([1.0, 1.0]), jnp.array([3.0, 1.0]), jnp.array([2.0, 4.0])]
+    kw = dict(key=jax.random.key(2), probes=2, coherent_steps=[1.0], noise_steps=[1.0], held_out=5)
+    args = (loss, w, delta, batches, _half_quadratic, {"w": jnp.zeros(2)})
+    band = (
+        riemann.saturation(*args, band=2.0, **kw).noise.errors[0]
+        - riemann.saturation(*args, band=0.0, **kw).noise.errors[0]
+    )
+    x = np.asarray(batches)
+
+    def var(product):
+        return np.var((x[:, 0] + x[:, 1]) * (np.cosh(1.0) - 1.0) + product * x[:, 0], ddof=1)
+
+    spread = 2.0 * np.sqrt(1 / 3 + 1 / 5)
+    pooled = spread * np.sqrt((var(1.0) + var(-1.0)) / 2)  # both signs of both copies
+    assert band == pytest.approx(pooled, rel=1e-4)
+    assert abs(band - spread * np.sqrt(max(var(1.0), var(-1.0)))) > 0.1  # not the larger copy's alone
+
+
 def _curve(q, c, errors=None):
     q, c = np.asarray(q, float), np.asarray(c, float)
     return Curve(np.arange(1.0, len(q) + 1), q, c, np.zeros_like(q) if errors is None else np.asarray(errors, float), 1)

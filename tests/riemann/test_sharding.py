@@ -90,4 +90,5 @@ def test_sharded_saturation_curves_match(pair):
     for a, b in ((ref.coherent, res.coherent), (ref.noise, res.noise)):
         np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(b.quadratic, a.quadratic, rtol=1e-5)
+        np.testing.assert_allclose(b.errors, a.errors, rtol=1e-3, atol=1e-7)
     assert res.scale == pytest.approx(ref.scale, rel=1e-6)
