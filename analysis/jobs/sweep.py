@@ -270,28 +270,28 @@ def sweep_pair(
     predicted, predict_s = _timed(predict)
 
     # Low rank and BitDelta's bits: each point's quadratic read through the curves by its part along
-    # ΔW ("mean", timed), as the main job reads a structured edit; the quadratic model's kept.
-    zero = [0.0] * len(LOWRANK_FRACTION)  # deterministic: no spread over masks
-    (lr_mean, lr_first), lowrank_s = _timed(
-        lambda: closed_form.lowrank_curve(curvature, scorer.delta, fractions=LOWRANK_FRACTION, saturation=sat)
+    # ΔW ("mean"), as the main job reads a structured edit, and the quadratic model's, from one pass.
+    def deterministic(parts: closed_form.CurveParts, x: str, grid: Sequence[Any]) -> dict[str, Any]:
+        return {
+            x: list(grid),
+            "mean": parts.values(sat).tolist(),
+            "quadratic": parts.values().tolist(),
+            "first": parts.first.tolist(),
+            "sd": [0.0] * len(grid),  # deterministic: no spread over masks
+        }
+
+    predicted["lowrank"], lowrank_s = _timed(
+        lambda: deterministic(
+            closed_form.lowrank_parts(curvature, scorer.delta, fractions=LOWRANK_FRACTION),
+            "fraction",
+            LOWRANK_FRACTION,
+        )
     )
-    predicted["lowrank"] = {
-        "fraction": list(LOWRANK_FRACTION),
-        "mean": lr_mean.tolist(),
-        "quadratic": closed_form.lowrank_curve(curvature, scorer.delta, fractions=LOWRANK_FRACTION)[0].tolist(),
-        "first": lr_first.tolist(),
-        "sd": zero,
-    }
-    (bit_mean, bit_first), bits_s = _timed(
-        lambda: closed_form.bitdelta_bits_curve(curvature, scorer.delta, BITDELTA_BITS, saturation=sat)
+    predicted["bitdelta_bits"], bits_s = _timed(
+        lambda: deterministic(
+            closed_form.bitdelta_bits_parts(curvature, scorer.delta, BITDELTA_BITS), "bits", BITDELTA_BITS
+        )
     )
-    predicted["bitdelta_bits"] = {
-        "bits": list(BITDELTA_BITS),
-        "mean": bit_mean.tolist(),
-        "quadratic": closed_form.bitdelta_bits_curve(curvature, scorer.delta, BITDELTA_BITS)[0].tolist(),
-        "first": bit_first.tolist(),
-        "sd": [0.0] * len(BITDELTA_BITS),
-    }
     predict_s += dare_s + lowrank_s + bits_s
     n_predicted = len(DARE_P) * len(DARE_K) + len(DARE_P) + len(DELLA_DENSITY) + len(EXPO_ALPHA)
     n_predicted += len(BITDELTA_MULTIPLE) + len(LOWRANK_FRACTION) + len(BITDELTA_BITS)

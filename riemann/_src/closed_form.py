@@ -542,6 +542,32 @@ def lowrank_curve(
       >>> values.round(4).tolist(), first.round(4).tolist()   # drop 3, 2, 1: −s² + ½s² each
       ([-7.0, -2.5, -0.5, 0.0], [-14.0, -5.0, -1.0, 0.0])
     """
+    parts = lowrank_parts(
+        shared,
+        delta,
+        ranks=ranks,
+        fractions=fractions,
+        energies=energies,
+        include=include,
+        exclude=exclude,
+        ndim=ndim,
+    )
+    return parts.values(saturation, who="lowrank_curve"), parts.first
+
+
+def lowrank_parts(
+    shared: SharedCurvature,
+    delta: PyTree,
+    *,
+    ranks: Sequence[int] | None = None,
+    fractions: Sequence[float] | None = None,
+    energies: Sequence[float] | None = None,
+    include: str | None = None,
+    exclude: str | None = _common.EMBEDDING_PATTERN,
+    ndim: int | tuple[int, ...] | None = 2,
+) -> CurveParts:
+    """:func:`lowrank_curve`'s parts per point (:class:`CurveParts`): one SVD per matrix, read with
+    or without the saturation curves by :meth:`CurveParts.values`."""
     given = [(n, v) for n, v in (("rank", ranks), ("fraction", fractions), ("energy", energies)) if v is not None]
     if len(given) != 1:
         raise ValueError(f"lowrank_curve: give exactly one of ranks, fractions, energies (got {len(given)})")
@@ -554,7 +580,6 @@ def lowrank_curve(
             raise ValueError(f"lowrank_curve: rank {v!r}; accepted: integers >= 0")
         if option != "rank" and not 0.0 <= float(v) <= 1.0:
             raise ValueError(f"lowrank_curve: {option} {v!r} is outside [0, 1]")
-    _check_saturation(saturation, delta, "lowrank_curve")
     quads, firsts, dots = np.zeros(len(points)), np.zeros(len(points)), np.zeros(len(points))
     named = _common.check_delta(delta, "lowrank_curve")
     for (name, x), g, h in zip(named, jax.tree.leaves(shared.grad), jax.tree.leaves(shared.diagonal)):
@@ -576,28 +601,36 @@ def lowrank_curve(
         quads += 0.5 * quad
         firsts += first
         dots += dot
-    return _read(saturation, firsts, quads, dots), firsts
+    return CurveParts(firsts, quads, dots, _norm(delta))
 
 
-def _check_saturation(saturation: Saturation | None, delta: PyTree, who: str) -> None:
-    """Refuse curves measured along another ``ΔW``: the part along it would be silently wrong."""
-    if saturation is None:
-        return
-    norm = float(np.sqrt(float(trees.tree_vdot(delta, delta))))
-    if not np.isclose(norm, saturation.scale, rtol=1e-3):
-        raise ValueError(
-            f"{who}: saturation was measured along a ΔW of norm {saturation.scale:.6g}, this delta has "
-            f"norm {norm:.6g}; pass the curves of this delta"
-        )
+@dataclasses.dataclass(frozen=True)
+class CurveParts:
+    """Per point of a deterministic family of changes ``X``: ``first = ⟨g, X⟩``,
+    ``quadratic = ½ Σ diag(H)·X²``, ``dot = ⟨X, ΔW⟩``, and ``scale = ‖ΔW‖`` (float64)."""
+
+    first: np.ndarray
+    quadratic: np.ndarray
+    dot: np.ndarray
+    scale: float
+
+    def values(self, saturation: Saturation | None = None, *, who: str = "CurveParts.values") -> np.ndarray:
+        """``first + quadratic`` per point, or through ``saturation`` (measured along this ``ΔW`` with
+        the same diagonal quadratic) ``first + φ(quadratic, a)``, with the part along ``ΔW``
+        ``a = dot/‖ΔW‖²``. Curves of another ``ΔW`` are refused: the part along it would be wrong."""
+        if saturation is None:
+            return self.first + self.quadratic
+        if not np.isclose(self.scale, saturation.scale, rtol=1e-3):
+            raise ValueError(
+                f"{who}: saturation was measured along a ΔW of norm {saturation.scale:.6g}, this delta has "
+                f"norm {self.scale:.6g}; pass the curves of this delta"
+            )
+        along = self.dot / saturation.scale**2
+        return self.first + np.array([saturation.phi(q, a) for q, a in zip(self.quadratic, along)], np.float64)
 
 
-def _read(saturation: Saturation | None, first: np.ndarray, quad: np.ndarray, dot: np.ndarray) -> np.ndarray:
-    """``first + quad`` per point, or ``first + φ(quad, a)`` through ``saturation`` with the part
-    along ``ΔW`` ``a = ⟨X, ΔW⟩/‖ΔW‖²``."""
-    if saturation is None:
-        return first + quad
-    along = dot / saturation.scale**2
-    return first + np.array([saturation.phi(q, a) for q, a in zip(quad, along)], np.float64)
+def _norm(delta: PyTree) -> float:
+    return float(np.sqrt(float(trees.tree_vdot(delta, delta))))
 
 
 # --- BitDelta: every magnitude-bit count from the edit itself ---------------------------------------
@@ -664,13 +697,40 @@ def bitdelta_bits_curve(
       >>> values.tolist()      # here ΔL = ½(|F_B|² − |ΔW|²); B = 2: one entry per block, no change
       [-2.125, -1.0, 0.0]
     """
+    parts = bitdelta_bits_parts(
+        shared,
+        delta,
+        bits,
+        multiple=multiple,
+        blocks=blocks,
+        scope=scope,
+        include=include,
+        exclude=exclude,
+        ndim=ndim,
+    )
+    return parts.values(saturation, who="bitdelta_bits_curve"), parts.first
+
+
+def bitdelta_bits_parts(
+    shared: SharedCurvature,
+    delta: PyTree,
+    bits: Sequence[int] = range(1, 9),
+    *,
+    multiple: float = 1.0,
+    blocks: str = "count",
+    scope: str = "matrix",
+    include: str | None = None,
+    exclude: str | None = _common.EMBEDDING_PATTERN,
+    ndim: int | tuple[int, ...] | None = 2,
+) -> CurveParts:
+    """:func:`bitdelta_bits_curve`'s parts per ``B`` (:class:`CurveParts`): the edit applied once per
+    ``B``, read with or without the saturation curves by :meth:`CurveParts.values`."""
     if shared.diagonal is None:
         raise ValueError("bitdelta_bits_curve needs the Hutchinson diagonal: compute shared_curvature with probes >= 1")
     trees.check_compatible(delta, shared.grad, ("delta", "the gradient"), wide=True)
     bits = tuple(int(b) for b in bits)
     for b in bits:
         _bitdelta.check_bitdelta(b, multiple, "constant", blocks, scope)
-    _check_saturation(saturation, delta, "bitdelta_bits_curve")
     if scope == "matrix":  # one compiled function per leaf shape for every B
         first, quad, dot = np.zeros(len(bits)), np.zeros(len(bits)), np.zeros(len(bits))
         named = _common.check_delta(delta, "bitdelta_bits_curve")
@@ -679,7 +739,7 @@ def bitdelta_bits_curve(
                 parts = _bits_leaf(g, h, _common.gathered(x), trees.scalar(multiple), bits, blocks)
                 f, q, d = (np.asarray(jax.device_get(a), np.float64) for a in parts)
                 first, quad, dot = first + f, quad + q, dot + d
-        return _read(saturation, first, 0.5 * quad, dot), first
+        return CurveParts(first, 0.5 * quad, dot, _norm(delta))
     firsts, quads, dots = [], [], []
     for b in bits:  # one set of block means over every selected leaf: the edit, once per B
         edited = _bitdelta.bitdelta(
@@ -697,5 +757,6 @@ def bitdelta_bits_curve(
         firsts.append(est.terms["first"])
         quads.append(est.terms["second"])
         dots.append(float(trees.tree_vdot(change, delta)))
-    first = np.asarray(firsts, np.float64)
-    return _read(saturation, first, np.asarray(quads, np.float64), np.asarray(dots, np.float64)), first
+    return CurveParts(
+        np.asarray(firsts, np.float64), np.asarray(quads, np.float64), np.asarray(dots, np.float64), _norm(delta)
+    )

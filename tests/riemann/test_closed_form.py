@@ -504,6 +504,17 @@ def test_lowrank_and_bits_curves_read_each_point_through_the_curves_by_its_part_
             cf.lowrank_curve(sc, delta, ranks=[1], saturation=other)
         with pytest.raises(ValueError, match="bitdelta_bits_curve: saturation was measured"):
             cf.bitdelta_bits_curve(sc, delta, (0,), saturation=other)
+        # The parts read both ways from one SVD / one pass: the curves' reading and the plain quadratic.
+        parts = cf.lowrank_parts(sc, delta, ranks=ranks)
+        np.testing.assert_array_equal(parts.values(sat), cf.lowrank_curve(sc, delta, ranks=ranks, saturation=sat)[0])
+        np.testing.assert_allclose(parts.values(), cf.lowrank_curve(sc, delta, ranks=ranks)[0], rtol=1e-12)
+        assert parts.scale == pytest.approx(scale) and parts.dot[0] == pytest.approx(
+            -sum(float(np.sum(np.asarray(delta[n]) ** 2)) for n in ("a", "b"))
+        )  # rank 0 removes both selected matrices: ⟨−ΔW_sel, ΔW⟩
+        bits = cf.bitdelta_bits_parts(sc, delta, (0, 2))
+        np.testing.assert_array_equal(bits.values(sat), cf.bitdelta_bits_curve(sc, delta, (0, 2), saturation=sat)[0])
+        with pytest.raises(ValueError, match="CurveParts.values: saturation was measured"):
+            parts.values(other)
         for scope in ("matrix", "global"):
             got, _ = cf.bitdelta_bits_curve(sc, delta, (0, 2), scope=scope, saturation=sat)
             for b, v in zip((0, 2), got):
