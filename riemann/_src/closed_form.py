@@ -601,7 +601,7 @@ def lowrank_parts(
         quads += 0.5 * quad
         firsts += first
         dots += dot
-    return CurveParts(firsts, quads, dots, _norm(delta))
+    return CurveParts(firsts, quads, dots, float(trees.tree_norm(delta)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -627,10 +627,6 @@ class CurveParts:
             )
         along = self.dot / saturation.scale**2
         return self.first + np.array([saturation.phi(q, a) for q, a in zip(self.quadratic, along)], np.float64)
-
-
-def _norm(delta: PyTree) -> float:
-    return float(np.sqrt(float(trees.tree_vdot(delta, delta))))
 
 
 # --- BitDelta: every magnitude-bit count from the edit itself ---------------------------------------
@@ -739,7 +735,7 @@ def bitdelta_bits_parts(
                 parts = _bits_leaf(g, h, _common.gathered(x), trees.scalar(multiple), bits, blocks)
                 f, q, d = (np.asarray(jax.device_get(a), np.float64) for a in parts)
                 first, quad, dot = first + f, quad + q, dot + d
-        return CurveParts(first, 0.5 * quad, dot, _norm(delta))
+        return CurveParts(first, 0.5 * quad, dot, float(trees.tree_norm(delta)))
     firsts, quads, dots = [], [], []
     for b in bits:  # one set of block means over every selected leaf: the edit, once per B
         edited = _bitdelta.bitdelta(
@@ -757,6 +753,5 @@ def bitdelta_bits_parts(
         firsts.append(est.terms["first"])
         quads.append(est.terms["second"])
         dots.append(float(trees.tree_vdot(change, delta)))
-    return CurveParts(
-        np.asarray(firsts, np.float64), np.asarray(quads, np.float64), np.asarray(dots, np.float64), _norm(delta)
-    )
+    first, quad, dot = (np.asarray(v, np.float64) for v in (firsts, quads, dots))
+    return CurveParts(first, quad, dot, float(trees.tree_norm(delta)))

@@ -150,6 +150,12 @@ def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
     return sum((p.astype(dt) for p in parts), jnp.zeros((), dt))
 
 
+@jax.jit
+def tree_norm(tree: PyTree) -> jax.Array:
+    """Frobenius norm ``‖tree‖`` over all leaves, in the accumulation dtype (one compiled pass)."""
+    return jnp.sqrt(tree_vdot(tree, tree))
+
+
 def scalar(x: float) -> jax.Array:
     """A float scalar in the widest float JAX allows now: float64 under ``jax_enable_x64``,
     else float32 — so quadrature nodes and weights are exact in float64 runs."""

@@ -113,11 +113,6 @@ def _loss_at_step(loss_fn: Any, params: PyTree, direction: PyTree, t: jax.Array,
 _loss_at_jit = jax.jit(_loss_at_step, static_argnums=0)
 
 
-@jax.jit
-def _norm(tree: PyTree) -> jax.Array:
-    return jnp.sqrt(trees.tree_vdot(tree, tree))
-
-
 def trust_region(
     loss_fn: Any,
     params: PyTree,
@@ -165,7 +160,7 @@ def trust_region(
             f"{len(batches)} batches but the curvature was computed on {curvature.num_batches}; "
             "pass the curvature's own batches"
         )
-    scale = float(_norm(direction))
+    scale = float(trees.tree_norm(direction))
     if not np.isfinite(scale) or scale == 0:
         raise ValueError(f"direction has norm {scale}; expected a finite, non-zero step (ΔW = W_post − W_pre)")
     losses = {}
@@ -251,7 +246,7 @@ def auto_estimate(
         )
         info = trust.judge(change, shared.value, q, tolerance, noise=noise, placed=placed)
     else:
-        norm = float(_norm(change))
+        norm = float(trees.tree_norm(change))
         rho = norm / trust.scale
         info = {
             "validity": trust.validity(norm, shared.value, tolerance),
