@@ -5,8 +5,8 @@ gradient along straight segments, estimators of an edit's loss change (the paper
 first and second order, a shared-curvature surrogate computed once for a whole suite, measured),
 the saturation curves that say how the loss leaves a shared quadratic along ``ΔW`` and along noise
 (and how far the result can be trusted), the diagonal surrogate's trust region along ``±ΔW``, and the
-``auto`` estimate that measures where a shared prediction does not hold,
-and the competitive / decreased / improved classification.
+``auto`` estimate that measures where a shared prediction does not hold, the cross-fitted first-order
+term of an edit built from the gradient, and the competitive / decreased / improved classification.
 Edit operators live in :mod:`riemann.edits`; closed forms of whole edit families (DARE over ``p × k``,
 DELLA, EXPO over ``α``) in :mod:`riemann.closed_form`; task-arithmetic weights chosen from one
 quadratic in ``λ`` per task in :mod:`riemann.merge_weights`; pytree helpers (inner products, widening to the
@@ -24,6 +24,8 @@ from riemann import tree_utils as tree_utils
 from riemann._src.classify import CLASSES as CLASSES
 from riemann._src.classify import choose_tolerance as choose_tolerance
 from riemann._src.classify import classify as classify
+from riemann._src.cross_fit import CrossFit as CrossFit
+from riemann._src.cross_fit import cross_fitted_first_order as cross_fitted_first_order
 from riemann._src.curvature import SharedCurvature as SharedCurvature
 from riemann._src.curvature import shared_curvature as shared_curvature
 from riemann._src.estimate import METHODS as METHODS

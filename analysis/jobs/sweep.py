@@ -202,6 +202,7 @@ def sweep_pair(
             curvature.grad,
             key=suite.saturation_key(seed),
             held_out=len(pair.batches),
+            gradient_steps=None,  # no swept family is built from the gradient
         )
     )
     # What the predictions need, and nothing else the scorer sets up (tolerances, accuracies, the

@@ -54,6 +54,9 @@ class Shared:
     # The pair's saturation curves along ΔW and random-sign copies (riemann.Saturation), or None
     # when no estimator asked for them.
     saturation: Any = None
+    # For the edit being scored, when it is built from the gradient and the per-batch gradients were
+    # kept: (riemann.CrossFit, the in-sample first-order term per leaf). Set per edit by the scorer.
+    cross_fit: Any = None
 
     @functools.cached_property
     def cache(self) -> dict[str, Any]:
@@ -155,6 +158,27 @@ def per_edit(name: str, description: str, cost: str, marker: str, **method: Any)
     return Estimator(name, method, description, cost, marker, None, score)
 
 
+def cross_fitted(est: riemann.Estimate, fit: riemann.CrossFit, in_sample: dict[str, float]) -> riemann.Estimate:
+    """``est`` with its first-order term ``⟨ḡ, x⟩`` (``in_sample``, per leaf) replaced by the
+    cross-fitted one (``fit``); the in-sample term and the cross-fit's standard error are kept in
+    ``terms`` (``first_in_sample``, ``first_stderr``)."""
+    import numpy as np
+
+    if est.settings.get("first_order") == "cross-fitted":  # auto's shared prediction already is
+        return est
+    first = float(est.terms["first"])
+    value = est.value - first + fit.value
+    modules = {k: v - in_sample.get(k, 0.0) + fit.modules.get(k, 0.0) for k, v in est.modules.items()}
+    return dataclasses.replace(
+        est,
+        value=value,
+        batch_values=np.array([value]),
+        modules=modules,
+        terms={**est.terms, "first": fit.value, "first_in_sample": first, "first_stderr": fit.stderr},
+        settings={**est.settings, "first_order": "cross-fitted", "cross_fit_folds": len(fit.folds)},
+    )
+
+
 def _first_order(shared: Shared, change: PyTree) -> riemann.Estimate:
     return shared.gradient.first_order(change)
 
@@ -162,16 +186,30 @@ def _first_order(shared: Shared, change: PyTree) -> riemann.Estimate:
 def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
     """``kfac-saturated``'s prediction where the saturation curves' error envelopes trust it, else
     measured. An edit built from the calibration gradient (``needs_grad``: the biased ΔW·∇L
-    split) is always measured: it was selected by that gradient, so the first-order term the
-    prediction takes from it is biased toward it (the winner's curse), in a way no envelope measured
-    along ΔW or noise can see."""
+    split) was selected by that gradient, so the in-sample first-order term is biased toward it
+    (the winner's curse), in a way no envelope measured along ΔW or noise can see: it is judged with
+    its cross-fitted first-order term, whose standard error (× the band) joins the envelope, when
+    the scorer made one (:attr:`Shared.cross_fit`), and else always measured."""
     import riemann
 
     if shared.saturation is None or shared.tolerance is None:
         raise ValueError("the auto estimator needs the saturation curves and the tolerance; none were computed")
     p = shared.pair
+    if edit is not None and edit.needs_grad and shared.cross_fit is not None:
+        return riemann.auto_estimate(
+            None,
+            shared.saturation,
+            p.loss_fn,
+            p.post,
+            change,
+            p.batches,
+            tolerance=shared.tolerance,
+            loss_post=shared.loss_post,
+            surrogate=lambda c: cross_fitted(_saturated(shared, c, edit), *shared.cross_fit),
+            noise=False,
+        )
     if edit is not None and edit.needs_grad:
-        predicted = auto_surrogate(shared)(change)
+        predicted = auto_surrogate(shared)(change, edit)
         m = riemann.estimate(p.loss_fn, p.post, change, p.batches, method="measured", loss_post=shared.loss_post)
         placed = {k: predicted.terms[k] for k in ("relative_step", "alignment")}
         info = {"validity": float("inf"), **placed, "model_error": float("inf")}
@@ -195,15 +233,16 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
         p.batches,
         tolerance=shared.tolerance,
         loss_post=shared.loss_post,
-        surrogate=auto_surrogate(shared),
+        surrogate=lambda c: _saturated(shared, c, edit),
         noise=edit is not None and edit.noise,
     )
 
 
-def auto_surrogate(shared: Shared) -> Callable[[PyTree], riemann.Estimate]:
+def auto_surrogate(shared: Shared) -> Callable[..., riemann.Estimate]:
     """The shared prediction ``auto`` judges and returns: ``kfac-saturated``'s (K-FAC's quadratic,
-    or the diagonal one where the pair has no factors, through the saturation curves)."""
-    return lambda change: _saturated(shared, change)
+    or the diagonal one where the pair has no factors, through the saturation curves), as
+    ``surrogate(change, edit=None)``."""
+    return lambda change, edit=None: _saturated(shared, change, edit)
 
 
 def _shared_curvature(shared: Shared, change: PyTree) -> riemann.Estimate:
@@ -335,7 +374,8 @@ register_estimator(
         {"method": "auto"},
         "the kfac-saturated prediction where its validity score (that predictor's error at this step length "
         "and alignment, measured once along ΔW and random-sign copies with a 2-standard-error band, over the "
-        "distance to a class boundary) is below 1; else measured, and always for edits built from the gradient",
+        "distance to a class boundary) is below 1; else measured. An edit built from the gradient is judged with its "
+        "cross-fitted first-order term, whose standard error joins the envelope",
         "kfac-saturated's passes, once per pair; 1 forward per batch per edit it measures",
         "*",
         "trust",
@@ -371,7 +411,7 @@ register_estimator(
 )
 
 
-def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
+def _saturated(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
     sat = shared.saturation
     curvature = _structured_curvature(shared, "kfac")
     if sat is None:
@@ -380,11 +420,14 @@ def _saturated(shared: Shared, change: PyTree) -> riemann.Estimate:
             est, method="kfac-saturated", settings={**est.settings, "saturated": False, "note": "no saturation curves"}
         )
     rho, cos = sat.place(change)
-    est = curvature.estimate(change, saturate=lambda q: sat.phi(q, cos * rho))
+    # An edit that is independent per-parameter noise across ΔW (DARE, DELLA) has only a chance
+    # part along S⊥, which the random-sign copies' curve already holds on average.
+    b = 0.0 if edit is not None and edit.noise else sat.place_gradient(change)
+    est = curvature.estimate(change, saturate=lambda q: sat.phi(q, cos * rho, b))
     return dataclasses.replace(
         est,
         method="kfac-saturated",
-        terms={**est.terms, "relative_step": rho, "alignment": cos},
+        terms={**est.terms, "relative_step": rho, "alignment": cos, "gradient_part": b},
         settings={**est.settings, "saturated": True, "saturation_probes": sat.noise.directions},
     )
 
@@ -402,5 +445,6 @@ register_estimator(
         "X",
         "saturation",
         _saturated,
+        takes_edit=True,
     )
 )

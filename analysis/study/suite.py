@@ -28,7 +28,7 @@ from analysis.study import artefact as artefacts
 from analysis.study import stats, tolerance
 from analysis.study.artefact import delta_of
 from analysis.study.checks import pair_checks
-from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names
+from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names, cross_fitted
 from riemann import edits
 from riemann.tree_utils import move_along, tree_vdot, widen
 
@@ -161,6 +161,7 @@ class Scorer:
         estimators: Sequence[str] | None = None,
         calibration: int = split.DEFAULT_CALIBRATION,
         progress: bool = False,
+        cross_fit: bool = False,
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_trust = any(ESTIMATORS[n].needs == "trust" for n in names)
@@ -178,8 +179,11 @@ class Scorer:
         cal = pair.calibration
         # The gradient alone (first order) and the probes (shared curvature) are timed apart so
         # that each estimator is charged what it needs; the probes' own gradient is the same g.
+        # With cross_fit, each calibration batch's gradient is kept (a copy of the parameters per
+        # batch) so that edits built from the gradient are scored on batches they did not see.
+        cross_fit = cross_fit and len(cal) > 1
         gradient, self.gradient_seconds = _timed(
-            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, cal, probes=0)
+            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, cal, probes=0, per_batch=cross_fit)
         )
         curvature, self.curvature_seconds = None, 0.0
         if needs_curvature:
@@ -323,9 +327,15 @@ class Scorer:
             if mask == 0:
                 norm = float(_norm(art.change))
             unmoved.append(art.unmoved_fraction)
+            fit, fit_s = _timed(lambda m=mask, c=art.change: self.cross_fit(edit, m, c))
+            shared = self.shared if fit is None else self.shared.replace(cross_fit=fit)
             for name in self.estimators:
                 if mask == 0 or ESTIMATORS[name].shared:
-                    est, t = _timed(lambda n=name, c=art.change: ESTIMATORS[n](self.shared, c, edit))
+                    est, t = _timed(lambda n=name, c=art.change, s=shared: ESTIMATORS[n](s, c, edit))
+                    if fit is not None and ESTIMATORS[name].shared:
+                        t += fit_s
+                        if "first" in est.terms:
+                            est = cross_fitted(est, *fit)
                     estimates[name].append(est)
                     seconds[name] += t
             m, t = _timed(
@@ -340,6 +350,21 @@ class Scorer:
             seconds["accuracy"] += t
         return Scored(edit, norm, estimates, measured, accuracy, unmoved, seconds)
 
+    def cross_fit(
+        self, edit: edits.Edit, mask: int, change: PyTree
+    ) -> tuple[riemann.CrossFit, dict[str, float]] | None:
+        """For an edit built from the gradient, when the per-batch gradients were kept: its
+        cross-fitted first-order term (:func:`riemann.cross_fitted_first_order`) and the in-sample
+        one per leaf, ``⟨ḡ, x⟩``, that the shared estimators hold; else ``None``."""
+        batch_grads = self.shared.gradient.batch_grads
+        if not edit.needs_grad or batch_grads is None:
+            return None
+        key = edit_key(self.seed, edit.name, mask) if edit.random else None
+        fit = riemann.cross_fitted_first_order(
+            lambda g: _minus(edit(self.delta, key=key, grad=g), self.delta), batch_grads
+        )
+        return fit, self.shared.gradient.first_order(change).modules
+
     def record(self, scored: Scored) -> dict[str, Any]:
         """One edit's record for ``results.json`` (see :func:`record`)."""
         acc_tol = self.accuracy_tolerance["value"] if self.accuracy_tolerance else None
@@ -351,6 +376,9 @@ class Scorer:
             accuracy_tolerance=acc_tol,
             low_precision=self.low_precision,
         )
+
+
+_minus = jax.jit(lambda a, b: jax.tree.map(lambda x, y: widen(x) - widen(y), a, b))
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -525,7 +553,14 @@ def analyse(
     store = MemoryStore() if store is None else store
     t0 = time.perf_counter()
     scorer = Scorer(
-        pair, seed=seed, seeds=seeds, probes=probes, estimators=estimators, calibration=calibration, progress=progress
+        pair,
+        seed=seed,
+        seeds=seeds,
+        probes=probes,
+        estimators=estimators,
+        calibration=calibration,
+        progress=progress,
+        cross_fit=any(e.needs_grad for e in parsed),
     )
     pair = scorer.pair
     checks = store.checks()

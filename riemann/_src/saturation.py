@@ -8,7 +8,14 @@ delta ``ΔW`` do:
 
 - **coherent**: ``ΔW`` itself (EXPO's steps, and the part of any change along ``ΔW``);
 - **noise**: random-sign copies ``ε ⊙ ΔW`` (``ε = ±1`` per parameter), which is what DARE's
-  rescaled masks are in the limit of many parameters, scaled by ``(1 − k)√(p/(1 − p))``.
+  rescaled masks are in the limit of many parameters, scaled by ``(1 − k)√(p/(1 − p))``;
+- **gradient** (when ``grad`` is given): the gradient-sign copy ``S = sign(g) ⊙ |ΔW|`` with its part
+  along ``ΔW`` taken out, ``S⊥ = S − κ·ΔW``, ``κ = ⟨S, ΔW⟩/‖ΔW‖²``. An edit selected by the gradient
+  (the biased ΔW·∇L split, gradient-saliency pruning) moves along it. The gradient lies in the top of
+  the Hessian's spectrum, and no shared curvature sees it there: a Kronecker factorisation pairs a
+  layer's inputs and output gradients as if independent, which they are least along the mean
+  gradient itself, and a diagonal drops the coupling altogether. Along ``S⊥`` the exact quadratic is
+  50–300× K-FAC's on the pairs this was built on; the curve measures what the loss actually does.
 
 Along each, on the calibration batches, the *even part* of the measured change
 
@@ -22,9 +29,11 @@ linearly, and the network's own non-linearity (layer norms, attention), which th
 the linearised network does not see. It needs nothing but ``loss_fn``: any loss works.
 
 An edit's change ``x`` splits into ``a·ΔW`` along ``ΔW`` (``a = c·ρ``, with ``ρ = ‖x‖/‖ΔW‖`` and
-``c = cos(x, ΔW)``) and the rest across it. Each part is read on its own curve::
+``c = cos(x, ΔW)``), ``b·S⊥`` along the gradient-sign direction (``b = ⟨x, S⊥⟩/‖S⊥‖²``) and the rest.
+Each part is read on its own curve::
 
-    ⟨g, x⟩ + φ_coherent(Q∥) + φ_noise(Q(x) − Q∥),      Q∥ = a²·Q(ΔW).
+    ⟨g, x⟩ + φ_coherent(Q∥) + φ_gradient(Q_g) + φ_noise(Q(x) − Q∥ − Q_g),
+    Q∥ = a²·Q(ΔW),  Q_g = b²·Q(S⊥).
 
 **Trust.** Each measured direction also gives the model's error there, on the calibration batches.
 The largest over directions and signs, plus what the test batches may add — a band of ``band``
@@ -32,9 +41,10 @@ standard errors of the mean change, ``sd·√(1/n_calibration + 1/n_held_out)``,
 change's spread over calibration batches pooled over directions and signs — made non-decreasing
 in ``s``, is an envelope ``e(s)``. It gives an edit the error
 
-    ê = e_coherent(|c|·ρ) + e_noise(√(1 − c²)·ρ) + [structured] |φ_coherent(Q⊥) − φ_noise(Q⊥)|
+    ê = e_coherent(|c|·ρ) + e_gradient(|b|) + e_noise(ρ_rest) + [structured] |φ_coherent(Q⊥) − φ_noise(Q⊥)|
 
-with ``Q⊥ = Q(x) − Q∥``. The last term is the doubt about an edit whose component across ``ΔW`` is
+with ``ρ_rest`` the length of what is left after the parts along ``ΔW`` and ``S⊥`` (relative to
+``‖ΔW‖``) and ``Q⊥ = Q(x) − Q∥ − Q_g``. The last term is the doubt about an edit whose component across ``ΔW`` is
 *structured* (low rank, BitDelta, magnitude trim): it may saturate like ``ΔW`` rather than like
 noise. Edits that *are* noise across ``ΔW`` (DARE, DELLA: each entry of ``ΔW`` times an independent
 random factor) are judged by the envelopes alone. :func:`riemann.auto_estimate` trusts the
@@ -65,6 +75,8 @@ DEFAULT_COHERENT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 # Multiples of a random-sign copy: DARE's noise is the copy times (1 − k)√(p/(1 − p)), 0.33 at
 # p = 0.1 and k = 0, 19.9 at p = 0.99 and k = −1.
 DEFAULT_NOISE_STEPS: tuple[float, ...] = tuple(float(s) for s in np.geomspace(0.01, 100.0, 21))
+# Multiples of S⊥, whose length is at most ‖ΔW‖: the biased split at k moves (1 − k)/2 of it.
+DEFAULT_GRADIENT_STEPS: tuple[float, ...] = DEFAULT_COHERENT_STEPS
 DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to the model's largest measured error
 RESOLUTION = 1e-4  # |C| below this fraction of |L(W_post)| is not held below the grid
 PRECISION = 0.01  # a step that rounding moves by more than this fraction is left out of the grid
@@ -153,7 +165,7 @@ class Curve:
 
 @dataclasses.dataclass(frozen=True)
 class Saturation:
-    """The pair's two saturation curves and what they were measured on (:func:`saturation`).
+    """The pair's saturation curves and what they were measured on (:func:`saturation`).
 
     Attributes:
       coherent: along ``±s·ΔW``.
@@ -162,6 +174,11 @@ class Saturation:
       scale: ``‖ΔW‖``.
       band: standard errors of the held-out mean in the envelope.
       cost: forward passes per calibration batch, spent once.
+      gradient: along ``±s·S⊥``, the gradient-sign copy of ``ΔW`` less its part along ``ΔW``
+        (``None`` when not measured: every change is then read as having no part there).
+      grad: the gradient ``S`` was made from (a reference, for placing a change).
+      gradient_shift: ``κ = ⟨S, ΔW⟩/‖ΔW‖²``, so that ``S⊥ = S − κ·ΔW``.
+      gradient_scale: ``‖S⊥‖``.
     """
 
     coherent: Curve
@@ -170,6 +187,10 @@ class Saturation:
     scale: float
     band: float
     cost: dict[str, int]
+    gradient: Curve | None = None
+    grad: PyTree = None
+    gradient_shift: float = 0.0
+    gradient_scale: float = 0.0
 
     def place(self, change: PyTree) -> tuple[float, float]:
         """``(ρ, c)``: the change's length relative to ``‖ΔW‖`` and its cosine with ``ΔW``
@@ -180,28 +201,49 @@ class Saturation:
         cos = dot / (norm * self.scale) if norm > 0 else 0.0
         return norm / self.scale, float(np.clip(cos, -1.0, 1.0))
 
-    def split(self, q: float, along: float) -> tuple[float, float]:
+    def place_gradient(self, change: PyTree) -> float:
+        """``b = ⟨x, S⊥⟩/‖S⊥‖²``: the change's part along the gradient-sign direction, in multiples
+        of ``S⊥`` (0 when that curve was not measured)."""
+        if self.gradient is None or self.gradient_scale == 0:
+            return 0.0
+        s_dot, d_dot = (float(v) for v in jax.device_get(_gradient_dots(change, self.delta, self.grad)))
+        b = (s_dot - self.gradient_shift * d_dot) / self.gradient_scale**2
+        return b if np.isfinite(b) else 0.0
+
+    def _gradient_part(self, gradient: float) -> float:
+        return 0.0 if self.gradient is None else float(gradient) ** 2 * self.gradient.unit
+
+    def split(self, q: float, along: float, gradient: float = 0.0) -> tuple[float, float]:
         """``(Q∥, Q⊥)``: the quadratic of the change's part along ``ΔW``, ``a²·Q(ΔW)`` for a part
-        ``a·ΔW`` (``along = a = c·ρ``), and the rest of ``q``."""
+        ``a·ΔW`` (``along = a = c·ρ``), and the rest of ``q`` less the part along ``S⊥``
+        (``b²·Q(S⊥)`` for a part ``b·S⊥``, ``gradient = b``)."""
         parallel = float(along) ** 2 * self.coherent.unit
-        return parallel, float(q) - parallel
+        return parallel, float(q) - parallel - self._gradient_part(gradient)
 
-    def phi(self, q: float, along: float) -> float:
-        """``φ_coherent(Q∥) + φ_noise(Q⊥)`` for a change of quadratic ``q`` whose part along ``ΔW`` is
-        ``along·ΔW``."""
-        parallel, across = self.split(q, along)
-        return self.coherent(parallel) + self.noise(across)
+    def phi(self, q: float, along: float, gradient: float = 0.0) -> float:
+        """``φ_coherent(Q∥) + φ_gradient(Q_g) + φ_noise(Q⊥)`` for a change of quadratic ``q`` whose
+        part along ``ΔW`` is ``along·ΔW`` and along ``S⊥`` is ``gradient·S⊥``."""
+        parallel, across = self.split(q, along, gradient)
+        out = self.coherent(parallel) + self.noise(across)
+        if self.gradient is not None:
+            out += self.gradient(self._gradient_part(gradient))
+        return out
 
-    def error(self, relative_step: float, cos: float, q: float, *, noise: bool = False) -> float:
-        """``ê`` for a change of relative length ``ρ``, alignment ``c`` and quadratic ``q`` (module
-        docstring); ``noise=True`` declares its component across ``ΔW`` to be independent
-        per-parameter noise, which the noise curve stands for."""
-        rho, cos = float(relative_step), float(cos)
+    def error(self, relative_step: float, cos: float, q: float, *, noise: bool = False, gradient: float = 0.0) -> float:
+        """``ê`` for a change of relative length ``ρ``, alignment ``c``, part ``gradient·S⊥`` along
+        the gradient-sign direction and quadratic ``q`` (module docstring); ``noise=True`` declares
+        its component across ``ΔW`` to be independent per-parameter noise, which the noise curve
+        stands for."""
+        rho, cos, b = float(relative_step), float(cos), float(gradient) if self.gradient is not None else 0.0
         if not np.isfinite(rho):
             return float("inf")
-        err = self.coherent.error(abs(cos) * rho) + self.noise.error(np.sqrt(max(0.0, 1.0 - cos**2)) * rho)
+        g_len = abs(b) * self.gradient_scale / self.scale  # relative to ‖ΔW‖, like ρ
+        rest = np.sqrt(max(0.0, (1.0 - cos**2) * rho**2 - g_len**2))
+        err = self.coherent.error(abs(cos) * rho) + self.noise.error(rest)
+        if self.gradient is not None:
+            err += self.gradient.error(abs(b))
         if not noise:
-            _, across = self.split(q, cos * rho)
+            _, across = self.split(q, cos * rho, b)
             err += abs(self.coherent(across) - self.noise(across))
         return float(err)
 
@@ -214,29 +256,38 @@ class Saturation:
         *,
         noise: bool = False,
         placed: tuple[float, float] | None = None,
+        gradient: float | None = None,
+        first_stderr: float = 0.0,
     ) -> dict:
         """The validity record of a shared prediction ``value`` of ``change`` (whose quadratic is
         ``quadratic``): ``validity = ê / margin``, ``margin`` the distance from ``value`` to the
         nearest class boundary ``±tolerance`` (``inf`` on a boundary or for a non-finite value).
-        ``placed``: ``(ρ, c)`` when already known (:meth:`place`, a pass over the parameters)."""
+        ``placed``: ``(ρ, c)`` and ``gradient``: ``b`` when already known (:meth:`place`,
+        :meth:`place_gradient`, each a pass over the parameters). ``first_stderr``: the standard
+        error of a first-order term estimated apart (a cross-fitted one); ``band`` of them join ``ê``."""
         if not tolerance >= 0:
             raise ValueError(f"tolerance={tolerance!r}; expected a number ≥ 0")
+        if not first_stderr >= 0:
+            raise ValueError(f"first_stderr={first_stderr!r}; expected a standard error ≥ 0")
         rho, cos = self.place(change) if placed is None else placed
-        err = self.error(rho, cos, quadratic, noise=noise)
+        b = self.place_gradient(change) if gradient is None else float(gradient)
+        err = self.error(rho, cos, quadratic, noise=noise, gradient=b) + self.band * float(first_stderr)
         margin = min(abs(value - tolerance), abs(value + tolerance))
         ok = np.isfinite(err) and np.isfinite(value) and margin > 0
         return {
             "validity": float(err / margin) if ok else float("inf"),
             "relative_step": rho,
             "alignment": cos,
+            "gradient_part": b,
             "model_error": err,
             "noise": bool(noise),
         }
 
     @classmethod
-    def from_record(cls, record: dict[str, Any], delta: PyTree = None) -> Saturation:
+    def from_record(cls, record: dict[str, Any], delta: PyTree = None, grad: PyTree = None) -> Saturation:
         """The curves back from :meth:`record` (``results.json``, ``sweep.json``): ``φ`` and the
-        errors as measured. ``delta`` (``ΔW``) is needed only to :meth:`place` a change."""
+        errors as measured. ``delta`` (``ΔW``) is needed only to :meth:`place` a change, ``grad``
+        (the gradient the curves were measured with) only to :meth:`place_gradient` it."""
 
         def curve(r: dict[str, Any]) -> Curve:
             arrays = {k: np.asarray(r[k], np.float64) for k in ("steps", "quadratic", "loss", "errors")}
@@ -249,14 +300,21 @@ class Saturation:
             scale=float(record["scale"]),
             band=float(record["band"]),
             cost=dict(record["cost"]),
+            gradient=curve(record["gradient"]) if record.get("gradient") else None,
+            grad=grad,
+            gradient_shift=float(record.get("gradient_shift", 0.0)),
+            gradient_scale=float(record.get("gradient_scale", 0.0)),
         )
 
     def record(self) -> dict[str, Any]:
-        """What ``results.json`` keeps: both curves, ``‖ΔW‖``, the band and the cost."""
+        """What ``results.json`` keeps: the curves, ``‖ΔW‖``, ``κ`` and ``‖S⊥‖``, the band and the cost."""
         return {
             "coherent": self.coherent.record(),
             "noise": self.noise.record(),
+            "gradient": None if self.gradient is None else self.gradient.record(),
             "scale": self.scale,
+            "gradient_shift": self.gradient_shift,
+            "gradient_scale": self.gradient_scale,
             "band": self.band,
             "cost": self.cost,
         }
@@ -272,6 +330,22 @@ def _loss_at(loss_fn: Any, params: PyTree, direction: PyTree, t: jax.Array, batc
 
 
 _loss_at_jit = jax.jit(_loss_at, static_argnums=0)
+
+
+def _gradient_sign(delta: PyTree, grad: PyTree) -> PyTree:
+    return jax.tree.map(lambda d, g: jnp.abs(d) * jnp.sign(g).astype(d.dtype), delta, grad)
+
+
+@jax.jit
+def _gradient_dots(change: PyTree, delta: PyTree, grad: PyTree) -> tuple[jax.Array, jax.Array]:
+    """``(⟨x, S⟩, ⟨x, ΔW⟩)`` with ``S = sign(g) ⊙ |ΔW|``, never held as a whole."""
+    return trees.tree_vdot(change, _gradient_sign(delta, grad)), trees.tree_vdot(change, delta)
+
+
+@jax.jit
+def _gradient_copy(delta: PyTree, grad: PyTree, shift: jax.Array) -> PyTree:
+    """``S⊥ = sign(g) ⊙ |ΔW| − κ·ΔW`` in one compiled function (keeps ``ΔW``'s sharding)."""
+    return jax.tree.map(lambda s, d: s - shift.astype(d.dtype) * d, _gradient_sign(delta, grad), delta)
 
 
 @jax.jit
@@ -374,13 +448,15 @@ def saturation(
     probes: int = 2,
     coherent_steps: Sequence[float] = DEFAULT_COHERENT_STEPS,
     noise_steps: Sequence[float] = DEFAULT_NOISE_STEPS,
+    gradient_steps: Sequence[float] | None = DEFAULT_GRADIENT_STEPS,
     held_out: int | None = None,
     band: float = DEFAULT_BAND,
 ) -> Saturation:
-    """Measure how ``loss_fn`` leaves the shared quadratic along ``±s·ΔW`` and random-sign copies.
+    """Measure how ``loss_fn`` leaves the shared quadratic along ``±s·ΔW``, random-sign copies and
+    the gradient-sign direction ``S⊥`` (module docstring).
 
-    Costs ``1 + 2·len(coherent_steps) + 2·probes·len(noise_steps)`` forward passes per batch, once,
-    and holds one copy of ``ΔW`` at a time.
+    Costs ``1 + 2·len(coherent_steps) + 2·probes·len(noise_steps) + 2·len(gradient_steps)`` forward
+    passes per batch, once, and holds one copy of ``ΔW`` at a time.
 
     Args:
       loss_fn: ``loss_fn(params, batch) -> scalar`` (any loss).
@@ -392,7 +468,9 @@ def saturation(
       grad: ``∇L(W_post)`` on ``batches``, like ``params``.
       key: PRNG key of the random signs (probe ``j``: ``fold_in(key, j)``, drawn per leaf name).
       probes: random-sign copies.
-      coherent_steps, noise_steps: step multiples, increasing.
+      coherent_steps, noise_steps, gradient_steps: step multiples, increasing (``gradient_steps=None``:
+        no gradient curve; neither is there one where ``S⊥`` is zero, a zero gradient or one whose
+        signs follow ``ΔW``'s).
       held_out: how many batches predictions will be judged on (default: as many as ``batches``).
       band: standard errors of the held-out mean (the spread over batches pooled over directions and
         signs) added to the model's largest error at each step (none with a single calibration
@@ -414,6 +492,7 @@ def saturation(
     if not band >= 0:
         raise ValueError(f"band={band!r}; expected a number of standard errors ≥ 0")
     cs, ns = _check_steps("coherent_steps", coherent_steps), _check_steps("noise_steps", noise_steps)
+    gs = None if gradient_steps is None else _check_steps("gradient_steps", gradient_steps)
     batches = list(batches)
     if not batches:
         raise ValueError("batches is empty; the saturation curves need at least one calibration batch")
@@ -442,11 +521,28 @@ def saturation(
     kw = {"band": float(band), "held_out": held_out, "low_precision": low}
     coherent = _curve(loss_fn, params, lambda _: delta, 1, batches, base, cs, first, quadratic, **kw)
     noise = _curve(loss_fn, params, copy, probes, batches, base, ns, first, quadratic, **kw)
+    gradient, shift, g_scale = None, 0.0, 0.0
+    if gs is not None:
+        trees.check_compatible(delta, grad, ("delta", "grad"), wide=True)
+        shift = float(_gradient_dots(delta, delta, grad)[0]) / scale**2
+        along = _gradient_copy(delta, grad, trees.scalar(shift))
+        g_scale = float(_norm_and_dot(along, along)[0])
+        del along
+        # Below this S is ΔW's own signs (or zero) up to rounding: there is no direction left to measure.
+        if np.isfinite(g_scale) and g_scale > 1e-6 * scale:
+            make = lambda _: _gradient_copy(delta, grad, trees.scalar(shift))  # noqa: E731
+            gradient = _curve(loss_fn, params, make, 1, batches, base, gs, first, quadratic, **kw)
+        else:
+            g_scale = 0.0
     return Saturation(
         coherent=coherent,
         noise=noise,
         delta=delta,
         scale=scale,
         band=float(band),
-        cost={"forward": 1 + 2 * len(cs) + 2 * probes * len(ns)},
+        cost={"forward": 1 + 2 * len(cs) + 2 * probes * len(ns) + (0 if gradient is None else 2 * len(gs))},
+        gradient=gradient,
+        grad=None if gradient is None else grad,
+        gradient_shift=shift,
+        gradient_scale=g_scale,
     )

@@ -244,7 +244,18 @@ def auto_estimate(
         placed = (
             (terms["relative_step"], terms["alignment"]) if {"relative_step", "alignment"} <= terms.keys() else None
         )
-        info = trust.judge(change, shared.value, q, tolerance, noise=noise, placed=placed)
+        # A first-order term estimated apart (cross-fitted) states its own standard error.
+        se = terms.get("first_stderr", 0.0)
+        info = trust.judge(
+            change,
+            shared.value,
+            q,
+            tolerance,
+            noise=noise,
+            placed=placed,
+            gradient=terms.get("gradient_part"),
+            first_stderr=se if np.isfinite(se) else float("inf"),
+        )
     else:
         norm = float(trees.tree_norm(change))
         rho = norm / trust.scale

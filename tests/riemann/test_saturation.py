@@ -232,3 +232,48 @@ def test_same_key_same_curves_and_refusals_name_the_argument():
         riemann.saturation(loss, w, delta, [], _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
     with pytest.raises(ValueError, match="delta has norm 0"):
         riemann.saturation(loss, w, {"w": jnp.zeros(4)}, b, _half_quadratic, {"w": jnp.zeros(4)}, key=jax.random.key(0))
+
+
+def test_the_gradient_curve_is_measured_along_the_gradient_signs_less_their_part_along_delta():
+    n = 4
+    w, delta, grad = {"w": jnp.zeros(n)}, {"w": jnp.array([1.0, -1.0, 1.0, 1.0])}, {"w": jnp.ones(n)}
+    steps = [0.25, 0.5, 1.0]
+    kw = dict(key=jax.random.key(0), coherent_steps=steps, noise_steps=steps, gradient_steps=steps)
+    sat = riemann.saturation(_cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, grad, **kw)
+    # S = sign(g)·|ΔW| = (1, 1, 1, 1); κ = ⟨S, ΔW⟩/‖ΔW‖² = 2/4; S⊥ = S − ½ΔW = (½, 3/2, ½, ½), ‖S⊥‖² = 3
+    v, s = np.array([0.5, 1.5, 0.5, 0.5]), np.asarray(steps)
+    assert sat.gradient_shift == pytest.approx(0.5) and sat.gradient_scale == pytest.approx(np.sqrt(3.0))
+    np.testing.assert_allclose(sat.gradient.quadratic, 0.5 * 3.0 * s**2, rtol=1e-6)
+    np.testing.assert_allclose(sat.gradient.loss, (np.cosh(np.outer(s, v)) - 1).sum(axis=1), rtol=1e-4)
+    assert sat.cost == {"forward": 1 + 2 * 3 + 2 * 2 * 3 + 2 * 3}
+    # A change 0.3·ΔW + 0.7·S⊥ + 0.2·r with r across both: each part placed, each read on its curve.
+    r = np.array([1.0, 0.0, -1.0, 0.0])
+    change = {"w": jnp.asarray(0.3 * np.array([1.0, -1.0, 1.0, 1.0]) + 0.7 * v + 0.2 * r)}
+    rho, cos = sat.place(change)
+    assert cos * rho == pytest.approx(0.3) and sat.place_gradient(change) == pytest.approx(0.7)
+    q = _half_quadratic(change)
+    q_par, q_grad = 0.09 * sat.coherent.unit, 0.49 * sat.gradient.unit
+    assert sat.split(q, 0.3, 0.7) == pytest.approx((q_par, q - q_par - q_grad))
+    want = sat.coherent(q_par) + sat.gradient(q_grad) + sat.noise(q - q_par - q_grad)
+    assert sat.phi(q, 0.3, 0.7) == pytest.approx(want)
+    assert sat.phi(q, 0.3, 0.7) != pytest.approx(sat.phi(q, 0.3))  # the part along S⊥ is read apart
+    # Its error: the gradient envelope at |b|, the noise envelope on what is left after both parts.
+    rest = np.sqrt((1 - cos**2) * rho**2 - (0.7 * np.sqrt(3.0) / 2.0) ** 2)
+    want = sat.coherent.error(abs(cos) * rho) + sat.noise.error(rest) + sat.gradient.error(0.7)
+    assert sat.error(rho, cos, q, noise=True, gradient=0.7) == pytest.approx(want)
+    assert sat.judge(change, 1.0, q, 0.5, noise=True)["gradient_part"] == pytest.approx(0.7)
+    # read back from results.json, with the gradient to place a change
+    back = Saturation.from_record(sat.record(), delta, grad)
+    assert back.place_gradient(change) == pytest.approx(0.7) and back.phi(q, 0.3, 0.7) == sat.phi(q, 0.3, 0.7)
+    # Not asked for, or nothing left of S once its part along ΔW is out (g's signs are ΔW's): no curve.
+    none = riemann.saturation(
+        _cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, grad, **{**kw, "gradient_steps": None}
+    )
+    same = riemann.saturation(_cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, delta, **kw)
+    for got in (none, same):
+        assert got.gradient is None and got.place_gradient(change) == 0.0
+        assert got.cost == {"forward": 1 + 2 * 3 + 2 * 2 * 3} and got.phi(q, 0.3, 0.7) == got.phi(q, 0.3)
+    with pytest.raises(ValueError, match="gradient_steps"):
+        riemann.saturation(
+            _cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, grad, **{**kw, "gradient_steps": [1.0, 0.5]}
+        )

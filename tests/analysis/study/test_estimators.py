@@ -82,7 +82,7 @@ def test_auto_is_told_how_an_edit_was_made():
         saturation=riemann.saturation(pair.loss_fn, pair.post, delta, pair.batches, q, g.grad, key=jax.random.key(1)),
     )
     auto = ESTIMATORS["auto"]
-    assert auto.takes_edit and not ESTIMATORS["kfac-saturated"].takes_edit
+    assert auto.takes_edit and ESTIMATORS["kfac-saturated"].takes_edit
     biased = edits.parse("biased_product:k=1.5")
     change = jax.tree.map(lambda x, d: x - d, biased(delta, grad=g.grad), delta)
     got = auto(shared, change, biased)
@@ -91,18 +91,19 @@ def test_auto_is_told_how_an_edit_was_made():
     assert got.value == pytest.approx(
         riemann.estimate(pair.loss_fn, pair.post, change, pair.batches, method="measured").value
     )
-    assert got.terms["shared"] == pytest.approx(ESTIMATORS["kfac-saturated"](shared, change).value)
+    assert got.terms["shared"] == pytest.approx(ESTIMATORS["kfac-saturated"](shared, change, biased).value)
     dare = edits.parse("dare:p=0.5")
     noisy = jax.tree.map(lambda x, d: x - d, dare(delta, key=jax.random.key(2)), delta)
     assert auto(shared, noisy, dare).terms["noise"] and not auto(shared, noisy).terms["noise"]
     # A noise edit is not charged the doubt between the curves: with curves that differ (φ_coh = 3q,
-    # φ_noise = q/2), a bare change is charged |φ_coh(Q⊥) − φ_noise(Q⊥)| more.
+    # φ_noise = q/2, no gradient curve), a bare change is charged |φ_coh(Q⊥) − φ_noise(Q⊥)| more.
     one = np.array([1.0])
     sat = shared.saturation
     differ = dataclasses.replace(
         sat,
         coherent=riemann.Curve(one, one * sat.coherent.unit, 3 * one * sat.coherent.unit, 0 * one, 1),
         noise=riemann.Curve(one, one, 0.5 * one, 0 * one, 2),
+        gradient=None,
     )
     shared2 = dataclasses.replace(shared, saturation=differ)
     with_noise, bare = auto(shared2, noisy, dare).terms, auto(shared2, noisy).terms

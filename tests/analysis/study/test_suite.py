@@ -75,12 +75,38 @@ def test_suite_records_and_agreement(pair):
     )
     assert {"shared", "measured"} == set(sources)  # this suite has steps on both sides of the boundary
     sat = res["shared"]["saturation"]
-    for curve in (sat["coherent"], sat["noise"]):
+    for curve in (sat["coherent"], sat["noise"], sat["gradient"]):
         assert curve["errors"] == sorted(curve["errors"]) and len(curve["loss"]) == len(curve["steps"])
-    assert sat["cost"] == {"forward": 1 + 2 * 6 + 2 * 2 * 21} and sat["band"] == 2.0
-    # The edit built from the calibration gradient is measured whatever its validity.
+    assert sat["cost"] == {"forward": 1 + 2 * 6 + 2 * 2 * 21 + 2 * 6} and sat["band"] == 2.0
+    # The edit built from the calibration gradient is judged with its cross-fitted first-order term
+    # (kfac-saturated's prediction, as recorded), the fit's standard error in the envelope.
     (biased,) = [r for r in res["edits"] if r["spec"] == "biased_product:k=1.5"]
-    assert biased["auto"]["auto"]["source"] == ["measured"]
+    a = biased["auto"]["auto"]
+    assert a["shared"] == [pytest.approx(biased["estimates"]["kfac-saturated"], rel=1e-9)]
+    assert (
+        np.isfinite(a["validity"][0]) and a["model_error"][0] >= 2.0 * biased["terms"]["kfac-saturated"]["first_stderr"]
+    )
+    # Its shared first-order term is cross-fitted: each calibration batch's own gradient scores the
+    # edit built from the other batches' mean (by hand here, with jax.grad per batch).
+    from riemann import edits
+
+    cal = split.split_pair(pair, seed=3).calibration
+    delta = jax.tree.map(lambda a, b: b - a, pair.pre, pair.post)
+    grads = [jax.grad(pair.loss_fn)(pair.post, b) for b in cal]
+    edit, folds = edits.parse("biased_product:k=1.5"), []
+    for i, g in enumerate(grads):
+        rest = jax.tree.map(lambda *xs: sum(xs) / len(xs), *[h for j, h in enumerate(grads) if j != i])
+        change = jax.tree.map(lambda e, d: e - d, edit(delta, grad=rest), delta)
+        folds.append(sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(change))))
+    assert biased["estimates"]["first-order"] == pytest.approx(np.mean(folds), rel=1e-4, abs=1e-7)
+    whole = jax.tree.map(lambda *xs: sum(xs) / len(xs), *grads)
+    change = jax.tree.map(lambda e, d: e - d, edit(delta, grad=whole), delta)
+    in_sample = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(change)))
+    for name in ("shared-curvature", "kfac-saturated"):
+        terms = biased["terms"][name]
+        assert terms["first"] == pytest.approx(np.mean(folds), rel=1e-4, abs=1e-7)
+        assert terms["first_in_sample"] == pytest.approx(in_sample, rel=1e-4, abs=1e-7)
+    assert abs(in_sample - np.mean(folds)) > 1e-4 * abs(in_sample)  # the two differ on this pair
     again = suite.analyse(pair, specs[:2], seed=3, progress=False, log=lambda s: None)
     assert again["edits"][1]["measured"] == res["edits"][1]["measured"]  # same seed, same numbers
     assert again["edits"][1]["estimates"] == res["edits"][1]["estimates"]
