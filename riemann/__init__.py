@@ -25,6 +25,7 @@ from riemann._src.classify import CLASSES as CLASSES
 from riemann._src.classify import choose_tolerance as choose_tolerance
 from riemann._src.classify import classify as classify
 from riemann._src.cross_fit import CrossFit as CrossFit
+from riemann._src.cross_fit import batch_gradients as batch_gradients
 from riemann._src.cross_fit import cross_fitted_first_order as cross_fitted_first_order
 from riemann._src.curvature import SharedCurvature as SharedCurvature
 from riemann._src.curvature import shared_curvature as shared_curvature

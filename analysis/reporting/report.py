@@ -324,9 +324,10 @@ def markdown(results: dict[str, Any]) -> str:
                 f"`{n}` measured {e['measured_fraction']:.0%} of the edits ({by_pair}; a random edit counts by "
                 "the share of its masks measured) — those whose validity "
                 "score (the shared prediction's error at the edit's step length and alignment with ΔW, measured "
-                "once along ΔW and random-sign copies of it on the calibration batches, over the distance to a "
-                "class boundary) was 1 or more, and those built from the calibration gradient — and returned the "
-                f"shared prediction for the rest; class agreement {_f(e['class_agreement'], 3)}.",
+                "once along ΔW, random-sign copies of it and its gradient-sign copy on the calibration batches, "
+                "over the distance to a class boundary) was 1 or more — and returned the shared prediction for "
+                "the rest; an edit built from the calibration gradient is judged with its cross-fitted "
+                f"first-order term and that term's standard error; class agreement {_f(e['class_agreement'], 3)}.",
             ]
     best = summ["best"]
     if best is not None:
@@ -419,9 +420,11 @@ def _envelopes(shared: dict) -> str:
         def one(c: dict) -> str:
             return ", ".join(f"{s:.3g}: {_f(e, 3)}" for s, e in zip(c["steps"], c["errors"]))
 
+        along_g = f"; along the gradient-sign copy S⊥: {one(sat['gradient'])}" if sat.get("gradient") else ""
         return (
             f"The shared prediction's error (with a {sat['band']:g}-standard-error band) on the calibration "
-            f"batches, by step along ±ΔW: {one(sat['coherent'])}; along random-sign copies of ΔW: {one(sat['noise'])}."
+            f"batches, by step along ±ΔW: {one(sat['coherent'])}; along random-sign copies of ΔW: "
+            f"{one(sat['noise'])}{along_g}."
         )
     tr = shared.get("trust_region") or {}  # results written before the two saturation curves
     errs = ", ".join(f"{s:g}: {_f(e, 3)}" for s, e in zip(tr.get("steps", []), tr.get("errors", [])))

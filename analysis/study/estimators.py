@@ -54,9 +54,9 @@ class Shared:
     # The pair's saturation curves along ΔW and random-sign copies (riemann.Saturation), or None
     # when no estimator asked for them.
     saturation: Any = None
-    # For the edit being scored, when it is built from the gradient and the per-batch gradients were
-    # kept: (riemann.CrossFit, the in-sample first-order term per leaf). Set per edit by the scorer.
-    cross_fit: Any = None
+    # For the edit being scored, when it is built from the gradient and was cross-fitted: the map
+    # from an estimate to the same with its first-order term cross-fitted. Set per edit by the scorer.
+    cross_fit: Callable[[riemann.Estimate], riemann.Estimate] | None = None
 
     @functools.cached_property
     def cache(self) -> dict[str, Any]:
@@ -158,23 +158,30 @@ def per_edit(name: str, description: str, cost: str, marker: str, **method: Any)
     return Estimator(name, method, description, cost, marker, None, score)
 
 
-def cross_fitted(est: riemann.Estimate, fit: riemann.CrossFit, in_sample: dict[str, float]) -> riemann.Estimate:
-    """``est`` with its first-order term ``⟨ḡ, x⟩`` (``in_sample``, per leaf) replaced by the
-    cross-fitted one (``fit``); the in-sample term and the cross-fit's standard error are kept in
-    ``terms`` (``first_in_sample``, ``first_stderr``)."""
+def cross_fitted(est: riemann.Estimate, fit: riemann.CrossFit, held_out: float = 0.0) -> riemann.Estimate:
+    """``est`` with its first-order term moved from in-sample to cross-fitted: less ``fit.bias`` (per
+    leaf too), so that what ``est`` rounded (a 16-bit edit's stored change) is kept. ``terms`` keep
+    the in-sample term (``first_in_sample``) and the cross-fit's standard error for held-out
+    batches, ``stderr·√(1 + held_out)`` with ``held_out = n_calibration/n_test`` (``first_stderr``:
+    what ``auto`` adds, times its band, to the error)."""
     import numpy as np
 
     if est.settings.get("first_order") == "cross-fitted":  # auto's shared prediction already is
         return est
     first = float(est.terms["first"])
-    value = est.value - first + fit.value
-    modules = {k: v - in_sample.get(k, 0.0) + fit.modules.get(k, 0.0) for k, v in est.modules.items()}
+    value = est.value - fit.bias
+    moved = {k: fit.in_sample_modules.get(k, 0.0) - fit.modules.get(k, 0.0) for k in fit.modules}
     return dataclasses.replace(
         est,
         value=value,
         batch_values=np.array([value]),
-        modules=modules,
-        terms={**est.terms, "first": fit.value, "first_in_sample": first, "first_stderr": fit.stderr},
+        modules={k: v - moved.get(k, 0.0) for k, v in est.modules.items()},
+        terms={
+            **est.terms,
+            "first": first - fit.bias,
+            "first_in_sample": first,
+            "first_stderr": fit.stderr * float(np.sqrt(1.0 + held_out)),
+        },
         settings={**est.settings, "first_order": "cross-fitted", "cross_fit_folds": len(fit.folds)},
     )
 
@@ -205,7 +212,7 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
             p.batches,
             tolerance=shared.tolerance,
             loss_post=shared.loss_post,
-            surrogate=lambda c: cross_fitted(_saturated(shared, c, edit), *shared.cross_fit),
+            surrogate=lambda c: shared.cross_fit(_saturated(shared, c, edit)),
             noise=False,
         )
     if edit is not None and edit.needs_grad:
@@ -433,15 +440,18 @@ def _saturated(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Esti
 
 
 # The shared predictor the main job leads with: K-FAC's quadratic, its part along ΔW read through how
-# the loss actually grows along ΔW and the rest through how it grows along noise (riemann.saturation).
+# the loss actually grows along ΔW, its part along the gradient-sign copy of ΔW through how it grows
+# there, and the rest through how it grows along noise (riemann.saturation).
 register_estimator(
     Estimator(
         "kfac-saturated",
         {"method": "kfac-saturated"},
         "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
-        "saturation curves φ — the measured even part of the loss along ΔW and along random-sign copies of it, "
-        "the change's part along ΔW read on the first, the rest on the second",
-        "K-FAC's 2 gradients + 97 forwards per batch + the diagonal's probes, once per pair",
+        "saturation curves φ — the measured even part of the loss along ΔW, along random-sign copies of it and "
+        "(when the suite has an edit built from the gradient) along its gradient-sign copy, each part of the "
+        "change read on its own curve; for an edit built from the gradient, the first order cross-fitted",
+        "K-FAC's 2 gradients + 97 forwards per batch + the diagonal's probes, once per pair (with an edit built "
+        "from the gradient: 16 forwards and 1 gradient more)",
         "X",
         "saturation",
         _saturated,

@@ -161,7 +161,7 @@ class Scorer:
         estimators: Sequence[str] | None = None,
         calibration: int = split.DEFAULT_CALIBRATION,
         progress: bool = False,
-        cross_fit: bool = False,
+        gradient_edits: Sequence[edits.Edit] = (),
     ) -> None:
         names = check_names(list(ESTIMATORS) if estimators is None else list(estimators))
         needs_trust = any(ESTIMATORS[n].needs == "trust" for n in names)
@@ -179,12 +179,28 @@ class Scorer:
         cal = pair.calibration
         # The gradient alone (first order) and the probes (shared curvature) are timed apart so
         # that each estimator is charged what it needs; the probes' own gradient is the same g.
-        # With cross_fit, each calibration batch's gradient is kept (a copy of the parameters per
-        # batch) so that edits built from the gradient are scored on batches they did not see.
-        cross_fit = cross_fit and len(cal) > 1
         gradient, self.gradient_seconds = _timed(
-            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, cal, probes=0, per_batch=cross_fit)
+            lambda: riemann.shared_curvature(pair.loss_fn, pair.post, cal, probes=0)
         )
+        # Edits built from the gradient: their first-order term on batches they did not see, each
+        # calibration batch's gradient streamed once more (one gradient pass per batch, once).
+        gradient_edits = [e for e in gradient_edits if e.needs_grad]
+        self.cross_fits: dict[tuple[str, int], riemann.CrossFit] = {}
+        self.cross_fit_seconds = 0.0
+        if gradient_edits and len(cal) > 1:
+            builds = {
+                (e.spec, m): functools.partial(_built, e, self.delta, edit_key(seed, e.name, m) if e.random else None)
+                for e in gradient_edits
+                for m in range(self.masks(e))
+            }
+            self.cross_fits, self.cross_fit_seconds = _timed(
+                lambda: riemann.cross_fitted_first_order(
+                    builds,
+                    riemann.batch_gradients(pair.loss_fn, pair.post, cal),
+                    mean=gradient.grad,
+                    num_batches=len(cal),
+                )
+            )
         curvature, self.curvature_seconds = None, 0.0
         if needs_curvature:
             # Probes are keyed by the seed alone: the same seed gives the same diagonal in every run.
@@ -244,6 +260,8 @@ class Scorer:
                     gradient.grad,
                     key=saturation_key(seed),
                     held_out=n_test,
+                    # Along the gradient's signs only edits built from the gradient move far.
+                    **({} if gradient_edits else {"gradient_steps": None}),
                 )
             )
             self.shared = self.shared.replace(saturation=sat)
@@ -289,6 +307,11 @@ class Scorer:
             # auto reads its trust from the same curves: kfac-saturated's cost is all it spends once.
             spent["trust"] = spent["kfac-saturated"]
         rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
+        if self.cross_fits:  # the predictors' extra gradient pass per batch (first-order keeps its own term)
+            for n, r in rec.items():
+                if ESTIMATORS[n].needs not in (None, "gradient"):
+                    passes = {**r["passes_per_batch"], "gradient": r["passes_per_batch"].get("gradient", 0) + 1}
+                    rec[n] = {"passes_per_batch": passes, "seconds": r["seconds"] + self.cross_fit_seconds}
         return {
             "probes": self.probes if c is not None else 0,
             "data": "calibration",
@@ -327,15 +350,18 @@ class Scorer:
             if mask == 0:
                 norm = float(_norm(art.change))
             unmoved.append(art.unmoved_fraction)
-            fit, fit_s = _timed(lambda m=mask, c=art.change: self.cross_fit(edit, m, c))
-            shared = self.shared if fit is None else self.shared.replace(cross_fit=fit)
+            fit = self.cross_fits.get((edit.spec, mask))
+            shared = self.shared
+            if fit is not None:
+                ratio = len(pair.calibration) / len(pair.batches)
+                shared = shared.replace(cross_fit=functools.partial(cross_fitted, fit=fit, held_out=ratio))
             for name in self.estimators:
                 if mask == 0 or ESTIMATORS[name].shared:
                     est, t = _timed(lambda n=name, c=art.change, s=shared: ESTIMATORS[n](s, c, edit))
-                    if fit is not None and ESTIMATORS[name].shared:
-                        t += fit_s
+                    # The first-order estimator stays the paper's in-sample term; the predictors move.
+                    if shared.cross_fit is not None and ESTIMATORS[name].needs not in (None, "gradient"):
                         if "first" in est.terms:
-                            est = cross_fitted(est, *fit)
+                            est = shared.cross_fit(est)
                     estimates[name].append(est)
                     seconds[name] += t
             m, t = _timed(
@@ -349,21 +375,6 @@ class Scorer:
             accuracy.append(acc)
             seconds["accuracy"] += t
         return Scored(edit, norm, estimates, measured, accuracy, unmoved, seconds)
-
-    def cross_fit(
-        self, edit: edits.Edit, mask: int, change: PyTree
-    ) -> tuple[riemann.CrossFit, dict[str, float]] | None:
-        """For an edit built from the gradient, when the per-batch gradients were kept: its
-        cross-fitted first-order term (:func:`riemann.cross_fitted_first_order`) and the in-sample
-        one per leaf, ``⟨ḡ, x⟩``, that the shared estimators hold; else ``None``."""
-        batch_grads = self.shared.gradient.batch_grads
-        if not edit.needs_grad or batch_grads is None:
-            return None
-        key = edit_key(self.seed, edit.name, mask) if edit.random else None
-        fit = riemann.cross_fitted_first_order(
-            lambda g: _minus(edit(self.delta, key=key, grad=g), self.delta), batch_grads
-        )
-        return fit, self.shared.gradient.first_order(change).modules
 
     def record(self, scored: Scored) -> dict[str, Any]:
         """One edit's record for ``results.json`` (see :func:`record`)."""
@@ -379,6 +390,11 @@ class Scorer:
 
 
 _minus = jax.jit(lambda a, b: jax.tree.map(lambda x, y: widen(x) - widen(y), a, b))
+
+
+def _built(edit: edits.Edit, delta: PyTree, key: jax.Array | None, grad: PyTree) -> PyTree:
+    """The change ``F(ΔW) − ΔW`` that ``edit`` makes from the gradient ``grad`` (unrounded)."""
+    return _minus(edit(delta, key=key, grad=grad), delta)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -560,7 +576,7 @@ def analyse(
         estimators=estimators,
         calibration=calibration,
         progress=progress,
-        cross_fit=any(e.needs_grad for e in parsed),
+        gradient_edits=[e for e in parsed if e.needs_grad],
     )
     pair = scorer.pair
     checks = store.checks()

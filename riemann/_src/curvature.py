@@ -24,7 +24,6 @@ the whole expected quadratic term (docs/theory.md, §5).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import zlib
 from collections.abc import Iterable
 from typing import Any
@@ -54,8 +53,6 @@ class SharedCurvature:
       probes: Rademacher probes per batch (each batch gets its own probes).
       num_batches: number of batches averaged.
       cost: passes per batch spent once: ``gradient`` (only when ``probes == 0``) and ``hvp``.
-      batch_grads: ``∇L_b(params)`` per batch when asked for (``per_batch=True``), else ``None``;
-        what :func:`riemann.cross_fitted_first_order` holds out.
     """
 
     grad: PyTree
@@ -65,7 +62,6 @@ class SharedCurvature:
     probes: int
     num_batches: int
     cost: dict[str, int]
-    batch_grads: tuple[PyTree, ...] | None = None
 
     def first_order(self, change: PyTree) -> Estimate:
         """``<g, ΔW~>``: the first-order term, with no new passes."""
@@ -152,11 +148,6 @@ def _grad_step(loss_fn: Any, acc_g: PyTree, params: PyTree, batch: Any, wg: jax.
 _grad_jit = jax.jit(_grad_step, static_argnums=0, donate_argnums=1)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _add_scaled(acc: PyTree, x: PyTree, w: jax.Array) -> PyTree:
-    return jax.tree_util.tree_map(lambda a, b: a + w.astype(a.dtype) * b.astype(a.dtype), acc, x)
-
-
 def shared_curvature(
     loss_fn: Any,
     params: PyTree,
@@ -165,7 +156,6 @@ def shared_curvature(
     probes: int = 8,
     key: jax.Array | None = None,
     progress: bool = False,
-    per_batch: bool = False,
 ) -> SharedCurvature:
     """Gradient and Hutchinson Hessian diagonal of the batch-mean loss at ``params``, once.
 
@@ -181,8 +171,6 @@ def shared_curvature(
       probes: Rademacher probes per batch (the curvature budget).
       key: PRNG key for the probes; required when ``probes > 0``.
       progress: show a progress bar.
-      per_batch: also keep each batch's gradient (``batch_grads``: one more copy of the parameters
-        per batch, in the accumulation dtype); only with ``probes=0``.
 
     Returns:
       A :class:`SharedCurvature`; ``.first_order(change)`` and ``.estimate(change)`` score edits.
@@ -205,8 +193,6 @@ def shared_curvature(
         )
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable as loss_fn(params, batch) -> scalar, got {loss_fn!r}")
-    if per_batch and probes:
-        raise ValueError(f"per_batch=True with probes={probes}; per-batch gradients are kept only with probes=0")
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("params has no array leaves; expected a pytree of floating arrays")
     trees.check_finite(params, "params")
@@ -216,16 +202,9 @@ def shared_curvature(
     nb = len(batches)
     acc_g = trees.zeros_like_wide(params)
     acc_d = trees.zeros_like_wide(params) if probes else None
-    losses, kept = [], []
+    losses = []
     with progress_bar(progress, desc="shared curvature", unit="pass", total=nb * max(probes, 1), leave=False) as bar:
         for b, batch in enumerate(batches):
-            if per_batch:
-                g_b, loss = pace(_grad_jit(loss_fn, trees.zeros_like_wide(params), params, batch, trees.scalar(1.0)))
-                acc_g = _add_scaled(acc_g, g_b, trees.scalar(1.0 / nb))
-                kept.append(g_b)
-                losses.append(loss)
-                bar.update(1)
-                continue
             if probes == 0:
                 acc_g, loss = pace(_grad_jit(loss_fn, acc_g, params, batch, trees.scalar(1.0 / nb)))
                 losses.append(loss)
@@ -254,5 +233,4 @@ def shared_curvature(
         probes=int(probes),
         num_batches=nb,
         cost={"gradient": 0 if probes else 1, "hvp": int(probes)},
-        batch_grads=tuple(kept) if per_batch else None,
     )

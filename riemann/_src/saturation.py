@@ -35,6 +35,10 @@ Each part is read on its own curve::
     ⟨g, x⟩ + φ_coherent(Q∥) + φ_gradient(Q_g) + φ_noise(Q(x) − Q∥ − Q_g),
     Q∥ = a²·Q(ΔW),  Q_g = b²·Q(S⊥).
 
+The parts are orthogonal in the plain inner product, not in ``G``'s: the cross terms
+``2ab⟨ΔW, G S⊥⟩`` and those with the rest stay in what the noise curve reads, which can make it
+negative (a negative ``q`` passes through ``φ`` as it is).
+
 **Trust.** Each measured direction also gives the model's error there, on the calibration batches.
 The largest over directions and signs, plus what the test batches may add — a band of ``band``
 standard errors of the mean change, ``sd·√(1/n_calibration + 1/n_held_out)``, with ``sd`` the
@@ -75,8 +79,9 @@ DEFAULT_COHERENT_STEPS: tuple[float, ...] = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
 # Multiples of a random-sign copy: DARE's noise is the copy times (1 − k)√(p/(1 − p)), 0.33 at
 # p = 0.1 and k = 0, 19.9 at p = 0.99 and k = −1.
 DEFAULT_NOISE_STEPS: tuple[float, ...] = tuple(float(s) for s in np.geomspace(0.01, 100.0, 21))
-# Multiples of S⊥, whose length is at most ‖ΔW‖: the biased split at k moves (1 − k)/2 of it.
-DEFAULT_GRADIENT_STEPS: tuple[float, ...] = DEFAULT_COHERENT_STEPS
+# Multiples of S⊥, whose length is at most ‖ΔW‖: the biased ΔW·∇L split at k, with a fraction q of
+# entries in the scaled group, moves (1 − k)/(2(1 − q)) of it (1 − k at q = ½; 2 at k = −1).
+DEFAULT_GRADIENT_STEPS: tuple[float, ...] = (*DEFAULT_COHERENT_STEPS, 1.5, 2.0)
 DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to the model's largest measured error
 RESOLUTION = 1e-4  # |C| below this fraction of |L(W_post)| is not held below the grid
 PRECISION = 0.01  # a step that rounding moves by more than this fraction is left out of the grid
@@ -206,6 +211,11 @@ class Saturation:
         of ``S⊥`` (0 when that curve was not measured)."""
         if self.gradient is None or self.gradient_scale == 0:
             return 0.0
+        if self.grad is None:
+            raise ValueError(
+                "these curves have a gradient curve but no gradient to place a change by: "
+                "Saturation.from_record(record, delta, grad=...) with the gradient they were measured with"
+            )
         s_dot, d_dot = (float(v) for v in jax.device_get(_gradient_dots(change, self.delta, self.grad)))
         b = (s_dot - self.gradient_shift * d_dot) / self.gradient_scale**2
         return b if np.isfinite(b) else 0.0
@@ -333,7 +343,8 @@ _loss_at_jit = jax.jit(_loss_at, static_argnums=0)
 
 
 def _gradient_sign(delta: PyTree, grad: PyTree) -> PyTree:
-    return jax.tree.map(lambda d, g: jnp.abs(d) * jnp.sign(g).astype(d.dtype), delta, grad)
+    # In the accumulation dtype: S and S⊥ = S − κ·ΔW are formed exactly from 16-bit deltas.
+    return jax.tree.map(lambda d, g: jnp.abs(trees.widen(d)) * jnp.sign(trees.widen(g)), delta, grad)
 
 
 @jax.jit
@@ -344,8 +355,9 @@ def _gradient_dots(change: PyTree, delta: PyTree, grad: PyTree) -> tuple[jax.Arr
 
 @jax.jit
 def _gradient_copy(delta: PyTree, grad: PyTree, shift: jax.Array) -> PyTree:
-    """``S⊥ = sign(g) ⊙ |ΔW| − κ·ΔW`` in one compiled function (keeps ``ΔW``'s sharding)."""
-    return jax.tree.map(lambda s, d: s - shift.astype(d.dtype) * d, _gradient_sign(delta, grad), delta)
+    """``S⊥ = sign(g) ⊙ |ΔW| − κ·ΔW`` in one compiled function (keeps ``ΔW``'s sharding), in the
+    accumulation dtype so that it is orthogonal to ``ΔW`` to that precision."""
+    return jax.tree.map(lambda s, d: s - shift.astype(s.dtype) * trees.widen(d), _gradient_sign(delta, grad), delta)
 
 
 @jax.jit
@@ -523,7 +535,7 @@ def saturation(
     noise = _curve(loss_fn, params, copy, probes, batches, base, ns, first, quadratic, **kw)
     gradient, shift, g_scale = None, 0.0, 0.0
     if gs is not None:
-        trees.check_compatible(delta, grad, ("delta", "grad"), wide=True)
+        trees.check_compatible(params, grad, ("params", "grad"), wide=True)
         shift = float(_gradient_dots(delta, delta, grad)[0]) / scale**2
         along = _gradient_copy(delta, grad, trees.scalar(shift))
         g_scale = float(_norm_and_dot(along, along)[0])

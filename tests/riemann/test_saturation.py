@@ -264,6 +264,8 @@ def test_the_gradient_curve_is_measured_along_the_gradient_signs_less_their_part
     assert sat.judge(change, 1.0, q, 0.5, noise=True)["gradient_part"] == pytest.approx(0.7)
     # read back from results.json, with the gradient to place a change
     back = Saturation.from_record(sat.record(), delta, grad)
+    with pytest.raises(ValueError, match="grad="):
+        Saturation.from_record(sat.record(), delta).place_gradient(change)
     assert back.place_gradient(change) == pytest.approx(0.7) and back.phi(q, 0.3, 0.7) == sat.phi(q, 0.3, 0.7)
     # Not asked for, or nothing left of S once its part along ΔW is out (g's signs are ΔW's): no curve.
     none = riemann.saturation(

@@ -43,7 +43,10 @@ def test_run_writes_results_report_and_figures(mlp_run):
     assert agree["gauss-legendre"]["spearman"] > 0.99
     # Shared estimators are charged their one-off passes; per-edit ones their per-edit passes.
     assert agree["first-order"]["passes_once_per_batch"] == {"gradient": 1, "hvp": 0}
-    assert agree["shared-curvature"]["passes_once_per_batch"] == {"gradient": 0, "hvp": 8}
+    # The probes' first gives the gradient; the suite's biased ΔW·∇L split adds one gradient per batch,
+    # streamed again for its cross-fitted first-order term (first-order itself keeps the in-sample one).
+    assert "biased_product:k=1.5" in MLP_EDITS
+    assert agree["shared-curvature"]["passes_once_per_batch"] == {"gradient": 1, "hvp": 8}
     assert agree["riemann"]["passes_per_edit_per_batch"]["gradient"] == 5
     # Gauss-Legendre's per-module terms are not reported, so it runs on forward-mode products.
     assert agree["gauss-legendre"]["passes_per_edit_per_batch"] == {"gradient": 0, "jvp": 8, "hvp": 0, "forward": 0}
