@@ -327,7 +327,8 @@ def markdown(results: dict[str, Any]) -> str:
                 "once along ΔW, random-sign copies of it and its gradient-sign copy on the calibration batches, "
                 "over the distance to a class boundary) was 1 or more — and returned the shared prediction for "
                 "the rest; an edit built from the calibration gradient is judged with its cross-fitted "
-                f"first-order term and that term's standard error; class agreement {_f(e['class_agreement'], 3)}.",
+                "first-order term and that term's standard error (measured when there is a single calibration "
+                f"batch to fit on); class agreement {_f(e['class_agreement'], 3)}.",
             ]
     best = summ["best"]
     if best is not None:

@@ -202,20 +202,8 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
     if shared.saturation is None or shared.tolerance is None:
         raise ValueError("the auto estimator needs the saturation curves and the tolerance; none were computed")
     p = shared.pair
-    if edit is not None and edit.needs_grad and shared.cross_fit is not None:
-        return riemann.auto_estimate(
-            None,
-            shared.saturation,
-            p.loss_fn,
-            p.post,
-            change,
-            p.batches,
-            tolerance=shared.tolerance,
-            loss_post=shared.loss_post,
-            surrogate=lambda c: shared.cross_fit(_saturated(shared, c, edit)),
-            noise=False,
-        )
-    if edit is not None and edit.needs_grad:
+    built_from_gradient = edit is not None and edit.needs_grad
+    if built_from_gradient and shared.cross_fit is None:
         predicted = auto_surrogate(shared)(change, edit)
         m = riemann.estimate(p.loss_fn, p.post, change, p.batches, method="measured", loss_post=shared.loss_post)
         placed = {k: predicted.terms[k] for k in ("relative_step", "alignment")}
@@ -240,7 +228,9 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
         p.batches,
         tolerance=shared.tolerance,
         loss_post=shared.loss_post,
-        surrogate=lambda c: _saturated(shared, c, edit),
+        surrogate=lambda c: (
+            _saturated(shared, c, edit) if not built_from_gradient else shared.cross_fit(_saturated(shared, c, edit))
+        ),
         noise=edit is not None and edit.noise,
     )
 
@@ -380,7 +370,8 @@ register_estimator(
         "auto",
         {"method": "auto"},
         "the kfac-saturated prediction where its validity score (that predictor's error at this step length "
-        "and alignment, measured once along ΔW and random-sign copies with a 2-standard-error band, over the "
+        "and alignment, measured once along ΔW, random-sign copies and the gradient-sign copy with a "
+        "2-standard-error band, over the "
         "distance to a class boundary) is below 1; else measured. An edit built from the gradient is judged with its "
         "cross-fitted first-order term, whose standard error joins the envelope",
         "kfac-saturated's passes, once per pair; 1 forward per batch per edit it measures",
@@ -448,10 +439,10 @@ register_estimator(
         {"method": "kfac-saturated"},
         "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
         "saturation curves φ — the measured even part of the loss along ΔW, along random-sign copies of it and "
-        "(when the suite has an edit built from the gradient) along its gradient-sign copy, each part of the "
-        "change read on its own curve; for an edit built from the gradient, the first order cross-fitted",
-        "K-FAC's 2 gradients + 97 forwards per batch + the diagonal's probes, once per pair (with an edit built "
-        "from the gradient: 16 forwards and 1 gradient more)",
+        "along its gradient-sign copy, each part of the change read on its own curve; for an edit built from the "
+        "gradient, the first order cross-fitted",
+        "K-FAC's 2 gradients + 113 forwards per batch + the diagonal's probes, once per pair (1 gradient more when "
+        "the suite has an edit built from the gradient)",
         "X",
         "saturation",
         _saturated,

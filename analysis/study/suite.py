@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -184,10 +185,13 @@ class Scorer:
         )
         # Edits built from the gradient: their first-order term on batches they did not see, each
         # calibration batch's gradient streamed once more (one gradient pass per batch, once).
-        gradient_edits = [e for e in gradient_edits if e.needs_grad]
+        # Only the predictors read it (first-order keeps the paper's in-sample term).
+        predictors = any(ESTIMATORS[n].needs not in (None, "gradient") for n in names)
+        gradient_edits = [e for e in gradient_edits if e.needs_grad] if predictors else []
         self.cross_fits: dict[tuple[str, int], riemann.CrossFit] = {}
         self.cross_fit_seconds = 0.0
-        if gradient_edits and len(cal) > 1:
+        self.can_cross_fit = predictors and len(cal) > 1
+        if gradient_edits and self.can_cross_fit:
             builds = {
                 (e.spec, m): functools.partial(_built, e, self.delta, edit_key(seed, e.name, m) if e.random else None)
                 for e in gradient_edits
@@ -260,8 +264,6 @@ class Scorer:
                     gradient.grad,
                     key=saturation_key(seed),
                     held_out=n_test,
-                    # Along the gradient's signs only edits built from the gradient move far.
-                    **({} if gradient_edits else {"gradient_steps": None}),
                 )
             )
             self.shared = self.shared.replace(saturation=sat)
@@ -351,6 +353,13 @@ class Scorer:
                 norm = float(_norm(art.change))
             unmoved.append(art.unmoved_fraction)
             fit = self.cross_fits.get((edit.spec, mask))
+            if fit is None and edit.needs_grad and self.can_cross_fit and mask == 0:
+                warnings.warn(
+                    f"[{pair.name}] {edit.spec} is built from the gradient but was not given to the scorer "
+                    "(Scorer(gradient_edits=...)): its predictions keep the in-sample first-order term, "
+                    "and auto measures it",
+                    stacklevel=2,
+                )
             shared = self.shared
             if fit is not None:
                 ratio = len(pair.calibration) / len(pair.batches)

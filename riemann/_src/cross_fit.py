@@ -131,6 +131,8 @@ def cross_fitted_first_order(
     if not single and not isinstance(build, Mapping):
         raise TypeError(f"build must be callable as build(gradient) -> change (or a mapping of them), got {build!r}")
     builds = {None: build} if single else dict(build)
+    if not builds:
+        raise ValueError("build is an empty mapping; expected at least one edit to cross-fit")
     for name, fn in builds.items():
         if not callable(fn):
             which = "build" if single else f"build[{name!r}]"

@@ -243,3 +243,21 @@ def test_bfloat16_measures_the_rounded_model_that_would_be_saved():
     with pytest.warns(UnmovedWarning):
         r2 = s2.record(s2.score(tiny))
     assert r2["measured"] == 0.0 and r2["estimates"]["riemann"] == 0.0 and r2["unmoved_fraction"] == 1.0
+
+
+def test_the_cross_fit_is_made_for_the_predictors_and_its_absence_is_warned(pair):
+    from riemann import edits
+
+    biased = edits.parse("biased_product:k=1.5")
+    alone = suite.Scorer(pair, estimators=["first-order"], gradient_edits=[biased])
+    assert alone.cross_fits == {} and alone.cross_fit_seconds == 0.0  # first-order keeps its own term
+    given = suite.Scorer(pair, estimators=["first-order", "shared-curvature"], probes=1, gradient_edits=[biased])
+    assert set(given.cross_fits) == {(biased.spec, 0)}
+    scored = given.score(biased)
+    assert scored.estimates["shared-curvature"][0].terms["first_in_sample"] == pytest.approx(
+        scored.estimates["first-order"][0].value, rel=1e-5
+    )
+    not_given = suite.Scorer(pair, estimators=["first-order", "shared-curvature"], probes=1)
+    with pytest.warns(UserWarning, match="built from the gradient but was not given"):
+        bare = not_given.score(biased)
+    assert "first_in_sample" not in bare.estimates["shared-curvature"][0].terms
