@@ -279,3 +279,27 @@ def test_the_gradient_curve_is_measured_along_the_gradient_signs_less_their_part
         riemann.saturation(
             _cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, grad, **{**kw, "gradient_steps": [1.0, 0.5]}
         )
+
+
+def test_the_gradient_direction_of_sixteen_bit_parameters_is_formed_in_float32():
+    def loss(p, x):
+        return 0.5 * jnp.sum(x * p["w"].astype(jnp.float32) ** 2)
+
+    n = 64
+    w = {"w": jnp.zeros(n, jnp.bfloat16)}  # steps stored to bf16's relative precision (2⁻⁸)
+    signs = np.where(np.arange(n) % 3 == 0, -1.0, 1.0)
+    delta = {"w": jnp.asarray(np.linspace(0.5, 1.5, n) * 2.0**-4, jnp.bfloat16)}  # ΔW stored in bf16 too
+    grad = {"w": jnp.asarray(signs, jnp.bfloat16)}  # a gradient in the parameters' dtype
+    q = lambda d: 0.5 * float(jnp.sum(d["w"].astype(jnp.float32) ** 2))  # noqa: E731
+    sat = riemann.saturation(loss, w, delta, [jnp.ones(n)], q, grad, key=jax.random.key(0),
+                             coherent_steps=[1.0], noise_steps=[1.0], gradient_steps=[1.0, 2.0])  # fmt: skip
+    d = np.asarray(delta["w"].astype(jnp.float32), np.float64)
+    s = np.abs(d) * signs
+    kappa = s @ d / (d @ d)
+    s_perp = s - kappa * d
+    assert sat.gradient_shift == pytest.approx(kappa, rel=1e-5)
+    assert sat.gradient_scale == pytest.approx(np.linalg.norm(s_perp), rel=1e-5)
+    # S⊥ itself is placed at b = 1 and at no part along ΔW; ΔW at b = 0
+    change = {"w": jnp.asarray(s_perp, jnp.float32)}
+    assert sat.place_gradient(change) == pytest.approx(1.0, rel=1e-4)
+    assert abs(sat.place(change)[1]) < 1e-5 and abs(sat.place_gradient(delta)) < 1e-5
