@@ -1,7 +1,8 @@
 """How far a shared prediction can be trusted, and the ``auto`` estimate that measures where it
 cannot. Two judges: the diagonal quadratic's trust region along ``±ΔW`` (this module, below), and
-the error envelopes of :func:`riemann.saturation` along ``ΔW`` and random-sign copies of it, read by
-a change's length and alignment (what the main job's ``auto`` uses; last paragraph).
+the error envelopes of :func:`riemann.saturation` along ``ΔW``, random-sign copies of it and its
+gradient-sign copy, read by a change's length and its parts along each (what the main job's ``auto``
+uses; last paragraph).
 
 The shared-curvature surrogate ``q(x) = ⟨g, x⟩ + ½ Σ diag(H)·x²`` (:mod:`riemann._src.curvature`)
 is a local model: its error grows with the step. Trust-region methods judge a local model the
@@ -29,9 +30,11 @@ than along ``±ΔW`` at the same relative length. A direction of high curvature 
 visit (a scale that moves a sensitive matrix, say) can break it; the measured fraction and the
 class agreement ``auto`` reaches say how often it held (``docs/theory.md``, §5).
 
-:func:`riemann.saturation` gives a stronger judge for a saturated prediction: envelopes along ``ΔW``
-and along random-sign copies of it, read by the change's alignment with ``ΔW``, with a band for
-held-out batches. :func:`auto_estimate` accepts either; the main job uses the saturation.
+:func:`riemann.saturation` gives a stronger judge for a saturated prediction: envelopes along ``ΔW``,
+along random-sign copies of it and along its gradient-sign copy, read by the change's parts along
+each, with a band for held-out batches. A prediction whose first-order term was estimated apart
+(``terms["first_stderr"]``, a cross-fitted one) has ``band`` of those standard errors added.
+:func:`auto_estimate` accepts either judge; the main job uses the saturation.
 """
 
 from __future__ import annotations
