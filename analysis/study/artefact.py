@@ -72,14 +72,15 @@ def compact(tree: PyTree, like: PyTree) -> PyTree:
 
 
 @jax.jit
-def _difference(pre: PyTree, post: PyTree) -> PyTree:
+def difference(pre: PyTree, post: PyTree) -> PyTree:
+    """``post − pre`` leaf by leaf, in each leaf's accumulation dtype (unrounded)."""
     return jax.tree.map(lambda a, b: widen(b) - widen(a), pre, post)
 
 
 def delta_of(pre: PyTree, post: PyTree) -> PyTree:
     """``ΔW = W_post − W_pre``, exactly: computed in float32 for 16-bit leaves (a 16-bit subtraction
     would round it) and stored in 16 bits where that loses nothing (:func:`compact`)."""
-    return compact(_difference(pre, post), post)
+    return compact(difference(pre, post), post)
 
 
 @jax.jit

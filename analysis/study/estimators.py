@@ -203,6 +203,7 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
         raise ValueError("the auto estimator needs the saturation curves and the tolerance; none were computed")
     p = shared.pair
     built_from_gradient = edit is not None and edit.needs_grad
+    finish = shared.cross_fit if built_from_gradient and shared.cross_fit is not None else (lambda est: est)
     if built_from_gradient and shared.cross_fit is None:
         predicted = auto_surrogate(shared)(change, edit)
         m = riemann.estimate(p.loss_fn, p.post, change, p.batches, method="measured", loss_post=shared.loss_post)
@@ -228,9 +229,7 @@ def _auto(shared: Shared, change: PyTree, edit: Any = None) -> riemann.Estimate:
         p.batches,
         tolerance=shared.tolerance,
         loss_post=shared.loss_post,
-        surrogate=lambda c: (
-            _saturated(shared, c, edit) if not built_from_gradient else shared.cross_fit(_saturated(shared, c, edit))
-        ),
+        surrogate=lambda c: finish(_saturated(shared, c, edit)),
         noise=edit is not None and edit.noise,
     )
 

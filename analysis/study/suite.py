@@ -27,7 +27,7 @@ from analysis.pairs import split
 from analysis.pairs.pair import Pair
 from analysis.study import artefact as artefacts
 from analysis.study import stats, tolerance
-from analysis.study.artefact import delta_of
+from analysis.study.artefact import delta_of, difference
 from analysis.study.checks import pair_checks
 from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names, cross_fitted
 from riemann import edits
@@ -185,8 +185,7 @@ class Scorer:
         )
         # Edits built from the gradient: their first-order term on batches they did not see, each
         # calibration batch's gradient streamed once more (one gradient pass per batch, once).
-        # Only the predictors read it (first-order keeps the paper's in-sample term).
-        predictors = any(ESTIMATORS[n].needs not in (None, "gradient") for n in names)
+        predictors = any(_reads_cross_fit(n) for n in names)
         gradient_edits = [e for e in gradient_edits if e.needs_grad] if predictors else []
         self.cross_fits: dict[tuple[str, int], riemann.CrossFit] = {}
         self.cross_fit_seconds = 0.0
@@ -311,7 +310,7 @@ class Scorer:
         rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
         if self.cross_fits:  # the predictors' extra gradient pass per batch (first-order keeps its own term)
             for n, r in rec.items():
-                if ESTIMATORS[n].needs not in (None, "gradient"):
+                if _reads_cross_fit(n):
                     passes = {**r["passes_per_batch"], "gradient": r["passes_per_batch"].get("gradient", 0) + 1}
                     rec[n] = {"passes_per_batch": passes, "seconds": r["seconds"] + self.cross_fit_seconds}
         return {
@@ -367,10 +366,8 @@ class Scorer:
             for name in self.estimators:
                 if mask == 0 or ESTIMATORS[name].shared:
                     est, t = _timed(lambda n=name, c=art.change, s=shared: ESTIMATORS[n](s, c, edit))
-                    # The first-order estimator stays the paper's in-sample term; the predictors move.
-                    if shared.cross_fit is not None and ESTIMATORS[name].needs not in (None, "gradient"):
-                        if "first" in est.terms:
-                            est = shared.cross_fit(est)
+                    if shared.cross_fit is not None and _reads_cross_fit(name) and "first" in est.terms:
+                        est = shared.cross_fit(est)
                     estimates[name].append(est)
                     seconds[name] += t
             m, t = _timed(
@@ -398,12 +395,15 @@ class Scorer:
         )
 
 
-_minus = jax.jit(lambda a, b: jax.tree.map(lambda x, y: widen(x) - widen(y), a, b))
-
-
 def _built(edit: edits.Edit, delta: PyTree, key: jax.Array | None, grad: PyTree) -> PyTree:
     """The change ``F(ΔW) − ΔW`` that ``edit`` makes from the gradient ``grad`` (unrounded)."""
-    return _minus(edit(delta, key=key, grad=grad), delta)
+    return difference(delta, edit(delta, key=key, grad=grad))
+
+
+def _reads_cross_fit(name: str) -> bool:
+    """Whether estimator ``name`` takes a gradient-built edit's cross-fitted first-order term: every
+    shared predictor but ``first-order`` itself, which stays the paper's in-sample term."""
+    return ESTIMATORS[name].needs not in (None, "gradient")
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:

@@ -32,6 +32,7 @@ import jax
 import numpy as np
 
 from riemann._src import trees
+from riemann._src.curvature import _grad_jit
 from riemann._src.pacing import pace
 
 PyTree = Any
@@ -63,18 +64,14 @@ class CrossFit:
         return self.in_sample - self.value
 
 
-def _grad_of(loss_fn: Any, params: PyTree, batch: Any) -> PyTree:
-    return trees.widen_tree(jax.grad(loss_fn)(params, batch))
-
-
-_grad_jit = jax.jit(_grad_of, static_argnums=0)
-
-
 def batch_gradients(loss_fn: Any, params: PyTree, batches: Iterable[Any]) -> Iterator[PyTree]:
     """``∇L_b(params)`` for each batch in turn, in the accumulation dtype, one gradient pass each
-    (a generator: one gradient is alive at a time)."""
+    (a generator: one gradient is alive at a time). The pass is :func:`riemann.shared_curvature`'s
+    own (``probes=0``), so their mean is its ``grad`` up to the order of summation."""
+    one = trees.scalar(1.0)
     for batch in batches:
-        yield pace(_grad_jit(loss_fn, params, batch))
+        g, _ = _grad_jit(loss_fn, trees.zeros_like_wide(params), params, batch, one)
+        yield pace(g)
 
 
 @jax.jit

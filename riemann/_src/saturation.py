@@ -537,15 +537,14 @@ def saturation(
     if gs is not None:
         trees.check_compatible(params, grad, ("params", "grad"), wide=True)
         shift = float(_gradient_dots(delta, delta, grad)[0]) / scale**2
-        along = _gradient_copy(delta, grad, trees.scalar(shift))
+        along = _gradient_copy(delta, grad, trees.scalar(shift))  # the one copy the curve measures along
         g_scale = float(_norm_and_dot(along, along)[0])
-        del along
         # Below this S is ΔW's own signs (or zero) up to rounding: there is no direction left to measure.
         if np.isfinite(g_scale) and g_scale > 1e-6 * scale:
-            make = lambda _: _gradient_copy(delta, grad, trees.scalar(shift))  # noqa: E731
-            gradient = _curve(loss_fn, params, make, 1, batches, base, gs, first, quadratic, **kw)
+            gradient = _curve(loss_fn, params, lambda _: along, 1, batches, base, gs, first, quadratic, **kw)
         else:
             g_scale = 0.0
+        del along
     return Saturation(
         coherent=coherent,
         noise=noise,
