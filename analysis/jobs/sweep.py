@@ -253,7 +253,7 @@ def sweep_pair(
             },
             "expo": {
                 "alpha": list(EXPO_ALPHA),
-                # through the curve along ΔW, pinned at W_pre; the quadratic model's two versions kept
+                # through the curve along ΔW (its even and odd parts); the quadratic model's two versions kept
                 "saturated": closed_form.expo_curve(stats, EXPO_ALPHA, saturation=sat).tolist(),
                 "cubic": closed_form.expo_curve(stats, EXPO_ALPHA).tolist(),
                 "quadratic": closed_form.expo_curve(stats, EXPO_ALPHA, cubic=False).tolist(),
@@ -426,10 +426,11 @@ def markdown(record: dict[str, Any]) -> str:
         f"Seed {record['seed']}; {record['seeds']} masks per measured random point; shared passes on the "
         "calibration batches only, measurements on the test batches. DARE's, drop-only's and DELLA's predictions "
         "are the second-order model's mean over masks read through the pair's saturation curves (E[ΔL] ≈ μ·b + "
-        "φ_ΔW(½μ²·s) + φ_noise(½v·s): the mean part on the curve along ΔW, the noise on the curve along random-sign "
-        "copies, both measured once; the plain quadratic μ·b + ½(μ²·q + v·s) is kept in sweep.json as 'quadratic'); "
-        "the ± is the first-order term's spread over masks; EXPO's ΔL(α) is α·b + φ_ΔW(½α²·s), pinned at W_pre "
-        "between it and W_post; "
+        "φ_ΔW(½μ²·s) + O_ΔW(μ) + φ_noise(½v·s): the mean part on the curve along ΔW, even and odd part, the noise "
+        "on the curve along random-sign copies, both measured once; the plain quadratic μ·b + ½(μ²·q + v·s) is "
+        "kept in sweep.json as 'quadratic'); the ± is the first-order term's spread over masks; EXPO's ΔL(α) is "
+        "α·b + φ_ΔW(½α²·s) + O_ΔW(α), the loss measured along ±ΔW up to |α| = 1 (W_pre included) and "
+        "extrapolated beyond; "
         "'within 2 SE' compares the predicted mean with the measured mean over masks. Low rank (a fraction of each "
         "matrix's rank kept) and BitDelta's magnitude bits are deterministic: their prediction is "
         "⟨g, X⟩ + φ(½ Σ diag(H)·X²) of the edit's exact change X, the part a·ΔW along ΔW (a = ⟨X, ΔW⟩/‖ΔW‖²) "

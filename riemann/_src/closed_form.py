@@ -193,7 +193,8 @@ def expo_curve(
 
     ``saturation`` (measured with the diagonal quadratic, as for :func:`dare_moments`) replaces
     ``½α²·q`` by the coherent curve's ``φ(½α²·s)``, the measured even part of the loss along ``±αΔW``,
-    and the cubic's coefficient by ``φ(½s) − b − gain``.
+    and the cubic by the curve's measured odd part ``O(α)`` (which holds ``L(W_pre)`` at ``α = −1``
+    itself); curves recorded without an odd part keep the cubic, with coefficient ``φ(½s) − b − gain``.
 
     Example:
       >>> st = DeltaStatistics(b=-1.0, q=4.0, s=0.0, r=0.0, gain=3.0, loss_post=0.0)
@@ -206,6 +207,8 @@ def expo_curve(
     else:
         even = np.vectorize(lambda x: saturation.coherent(0.5 * x * x * stats.s), otypes=[np.float64])(a)
         at_one = saturation.coherent(0.5 * stats.s)
+        if saturation.coherent.odd is not None:
+            return a * stats.b + even + np.vectorize(saturation.coherent.odd_at, otypes=[np.float64])(a)
     c = 0.0 if (not cubic or stats.gain is None) else at_one - stats.b - stats.gain
     inside = (a >= -1.0) & (a < 0.0)
     return a * stats.b + even + np.where(inside, c * a**3, 0.0)

@@ -22,8 +22,17 @@ Along each, on the calibration batches, the *even part* of the measured change
     C(s) = ½ [L(W_post + s·d) + L(W_post − s·d)] − L(W_post)
 
 is set against the shared quadratic of the same step, ``Q(s) = s²·Q(d)``, over a grid of step
-multiples ``s``; the odd orders are the gradient's business. The curve ``φ(Q(s)) = C(s)`` is then the
-loss change an edit of quadratic ``Q`` would see along that family. It holds what no curvature at
+multiples ``s``. The curve ``φ(Q(s)) = C(s)`` is then the loss change an edit of quadratic ``Q``
+would see along that family. Along ``ΔW`` the curve also keeps the *odd part* beyond the gradient's
+term,
+
+    O(s) = ½ [L(W_post + s·d) − L(W_post − s·d)] − s·⟨g, d⟩,
+
+the cubic and higher odd orders of the loss along ``d`` (between ``W_post`` and ``W_pre`` the loss
+is not symmetric about ``W_post``). Along random-sign copies it has mean zero over the signs. Along
+``S⊥``, which the calibration gradient chose, it is selected like the first-order term (on
+``vit/rotated`` it would move the biased split the wrong way, by ∓2.4 at ``k = 0.5, 1.5``), and
+cross-fitting it would take a curve per batch: there it stays in the error. It holds what no curvature at
 ``W_post`` can: a confident token's loss growing exponentially in its margin before it grows
 linearly, and the network's own non-linearity (layer norms, attention), which the cross-entropy of
 the linearised network does not see. It needs nothing but ``loss_fn``: any loss works.
@@ -32,18 +41,22 @@ An edit's change ``x`` splits into ``a·ΔW`` along ``ΔW`` (``a = c·ρ``, with
 ``c = cos(x, ΔW)``), ``b·S⊥`` along the gradient-sign direction (``b = ⟨x, S⊥⟩/‖S⊥‖²``) and the rest.
 Each part is read on its own curve::
 
-    ⟨g, x⟩ + φ_coherent(Q∥) + φ_gradient(Q_g) + φ_noise(Q(x) − Q∥ − Q_g),
+    ⟨g, x⟩ + φ_coherent(Q∥) + O_coherent(a) + φ_gradient(Q_g) + φ_noise(Q(x) − Q∥ − Q_g),
     Q∥ = a²·Q(ΔW),  Q_g = b²·Q(S⊥).
 
 The parts are orthogonal in the plain inner product, not in ``G``'s: the cross terms
 ``2ab⟨ΔW, G S⊥⟩`` and those with the rest stay in what the noise curve reads, which can make it
-negative (a negative ``q`` passes through ``φ`` as it is).
+negative (a negative ``q`` passes through ``φ`` as it is). Odd cross terms (``a²`` times the rest,
+and so on) are in no curve.
 
-**Trust.** Each measured direction also gives the model's error there, on the calibration batches.
-The largest over directions and signs, plus what the test batches may add — a band of ``band``
-standard errors of the mean change, ``sd·√(1/n_calibration + 1/n_held_out)``, with ``sd`` the
-change's spread over calibration batches pooled over directions and signs — made non-decreasing
-in ``s``, is an envelope ``e(s)``. It gives an edit the error
+**Trust.** Each measured direction also gives the model's error there, on the calibration batches:
+at every grid step as fitted and, at each inner step, with that step left out of the fit (a curve
+through every grid point is exact there in-sample; left out, the step shows what interpolating
+misses, across a gap twice the grid's, which errs on the safe side). The largest over directions,
+signs and both fits, plus what the test batches may add — a band of ``band`` standard errors of the
+mean change, ``sd·√(1/n_calibration + 1/n_held_out)``, with ``sd`` the change's spread over
+calibration batches pooled over directions and signs — made non-decreasing in ``s``, is an envelope
+``e(s)``. It gives an edit the error
 
     ê = e_coherent(|c|·ρ) + e_gradient(|b|) + e_noise(ρ_rest) + [structured] |φ_coherent(Q⊥) − φ_noise(Q⊥)|
 
@@ -101,6 +114,9 @@ class Curve:
       directions: how many directions (one for ``ΔW``; the probes for noise).
       floor: the smallest ``|C|`` resolved (float resolution of the loss); below the grid ``φ`` holds
         the ratio of the first point above it.
+      odd: ``O(s) = ½[L(W + s·d) − L(W − s·d)] − s·⟨g, d⟩``, the odd part beyond the first order,
+        along ``ΔW``; ``None`` where it stays in :attr:`errors` (random-sign copies, whose odd part
+        has mean zero over the signs; ``S⊥``, whose odd part the gradient that chose it biases).
 
     A grid ends early where the loss stops being finite (one that overflows far from ``W_post``),
     and starts late where 16-bit parameters round its first steps away.
@@ -112,6 +128,7 @@ class Curve:
     errors: np.ndarray
     directions: int
     floor: float = 0.0
+    odd: np.ndarray | None = None
 
     @property
     def unit(self) -> float:
@@ -142,6 +159,22 @@ class Curve:
                 return float(cs[-1] * (q / qs[-1]) ** slope)
             return q * float(ratio[-1])
         return q * float(np.interp(np.log(q), np.log(qs), ratio))
+
+    def odd_at(self, step: float) -> float:
+        """``O(s)`` at a signed step (``O(−s) = −O(s)``): linear in ``s`` between grid points, cubic
+        below the grid (the first odd order beyond the gradient), and beyond it proportional to ``s``
+        (far from ``W`` the loss grows about linearly on each side). 0 for a family without one."""
+        s = float(step)
+        if self.odd is None or not np.isfinite(s) or s == 0.0:
+            return 0.0
+        x, grid, o = abs(s), self.steps, self.odd
+        if x <= grid[0]:
+            v = o[0] * (x / grid[0]) ** 3
+        elif x >= grid[-1]:
+            v = o[-1] * (x / grid[-1])
+        else:
+            v = np.interp(x, grid, o)
+        return float(v if s > 0 else -v)
 
     def error(self, step: float) -> float:
         """``ê(s)``: between grid steps a power law through the two neighbouring grid values (linear
@@ -231,12 +264,13 @@ class Saturation:
         return parallel, float(q) - parallel - self._gradient_part(gradient)
 
     def phi(self, q: float, along: float, gradient: float = 0.0) -> float:
-        """``φ_coherent(Q∥) + φ_gradient(Q_g) + φ_noise(Q⊥)`` for a change of quadratic ``q`` whose
-        part along ``ΔW`` is ``along·ΔW`` and along ``S⊥`` is ``gradient·S⊥``."""
+        """``φ_coherent(Q∥) + O_coherent(a) + φ_gradient(Q_g) + φ_noise(Q⊥)`` for a
+        change of quadratic ``q`` whose part along ``ΔW`` is ``a·ΔW`` (``along = a``) and along ``S⊥``
+        is ``b·S⊥`` (``gradient = b``): everything beyond the first-order term ``⟨g, x⟩``."""
         parallel, across = self.split(q, along, gradient)
-        out = self.coherent(parallel) + self.noise(across)
+        out = self.coherent(parallel) + self.coherent.odd_at(along) + self.noise(across)
         if self.gradient is not None:
-            out += self.gradient(self._gradient_part(gradient))
+            out += self.gradient(self._gradient_part(gradient)) + self.gradient.odd_at(gradient)
         return out
 
     def error(self, relative_step: float, cos: float, q: float, *, noise: bool = False, gradient: float = 0.0) -> float:
@@ -301,7 +335,8 @@ class Saturation:
 
         def curve(r: dict[str, Any]) -> Curve:
             arrays = {k: np.asarray(r[k], np.float64) for k in ("steps", "quadratic", "loss", "errors")}
-            return Curve(**arrays, directions=int(r["directions"]), floor=float(r.get("floor", 0.0)))
+            odd = None if r.get("odd") is None else np.asarray(r["odd"], np.float64)  # records before it: none
+            return Curve(**arrays, directions=int(r["directions"]), floor=float(r.get("floor", 0.0)), odd=odd)
 
         return cls(
             coherent=curve(record["coherent"]),
@@ -376,6 +411,26 @@ def _realised(params: PyTree, direction: PyTree, t: jax.Array) -> jax.Array:
     return jnp.sqrt(trees.tree_vdot(diff, diff))
 
 
+def _leave_one_out(curve: Curve) -> Iterable[tuple[Any, Curve]]:
+    """``(steps, curve)`` pairs to judge the model by: every step on the whole curve, then each
+    inner step on the curve without it (the ends would be extrapolation, which the envelope's growth
+    beyond the grid already stands for)."""
+    yield slice(None), curve
+    for k in range(1, len(curve.steps) - 1):
+        keep = np.arange(len(curve.steps)) != k
+        yield (
+            [k],
+            dataclasses.replace(
+                curve,
+                steps=curve.steps[keep],
+                quadratic=curve.quadratic[keep],
+                loss=curve.loss[keep],
+                errors=curve.errors[keep],
+                odd=None if curve.odd is None else curve.odd[keep],
+            ),
+        )
+
+
 def _check_steps(name: str, steps: Sequence[float]) -> np.ndarray:
     s = np.asarray(list(steps), np.float64)
     if s.ndim != 1 or len(s) == 0 or not np.all(np.isfinite(s)) or np.any(s <= 0) or np.any(np.diff(s) <= 0):
@@ -397,9 +452,11 @@ def _curve(
     band: float,
     held_out: int,
     low_precision: bool,
+    odd: bool,
 ) -> Curve:
     """Measure one family: per direction, sign, step and batch, ``L(params ± s·d) − L(params)``.
-    Directions are made one at a time (``make(i)``), so at most one copy of ``ΔW`` is alive."""
+    Directions are made one at a time (``make(i)``), so at most one copy of ``ΔW`` is alive.
+    ``odd``: keep the odd part beyond the first order (one direction, ``ΔW``) as model, not error."""
     n = len(batches)
     changes = np.empty((count, 2, len(steps), n))  # direction, sign (+, −), step, batch
     precise = np.ones(len(steps), bool)
@@ -426,6 +483,8 @@ def _curve(
         raise FloatingPointError(f"the loss along a saturation direction {why}")
     steps, changes = steps[keep], changes[:, :, keep]
     even = 0.5 * (changes[:, 0] + changes[:, 1]).mean(axis=-1)  # direction, step
+    # The odd part beyond the gradient's term (module docstring: kept along ΔW alone).
+    odd_part = 0.5 * (changes[:, 0] - changes[:, 1]).mean(axis=-1) - np.outer(firsts, steps) if odd else None
     curve = Curve(
         steps=steps,
         quadratic=steps**2 * float(np.mean(quads)),
@@ -433,17 +492,23 @@ def _curve(
         errors=np.zeros_like(steps),
         directions=count,
         floor=RESOLUTION * float(np.mean(np.abs(base))),
+        odd=None if odd_part is None else odd_part.mean(axis=0),
     )
-    # The model each direction is judged by: its own first-order term and quadratic, through φ. Its
-    # error is the largest over directions and signs; the spread over batches is pooled over them
-    # (each alone has n − 1 degrees of freedom, and the largest of several such estimates is biased
-    # upwards).
+    # The model each direction is judged by: its own first-order term and quadratic, through φ (and
+    # the odd part). Its error at a step is the largest over directions and signs, in-sample and, at
+    # an inner step, with that step left out of the grid: what interpolating across a gap misses,
+    # which in-sample a curve through every grid point cannot show. The spread over batches is pooled
+    # over directions and signs (each alone has n − 1 degrees of freedom, and the largest of several
+    # such estimates is biased upwards).
     spread = np.sqrt(1.0 / n + 1.0 / held_out)
     errors = np.zeros_like(steps)
-    for i in range(count):
-        for j, sign in enumerate((1.0, -1.0)):
-            model = np.array([sign * s * firsts[i] + curve(s**2 * quads[i]) for s in steps])
-            errors = np.maximum(errors, np.abs(changes[i, j].mean(axis=-1) - model))
+    for at, fit in _leave_one_out(curve):
+        for i in range(count):
+            for j, sign in enumerate((1.0, -1.0)):
+                model = np.array(
+                    [sign * s * firsts[i] + fit(s**2 * quads[i]) + fit.odd_at(sign * s) for s in steps[at]]
+                )
+                errors[at] = np.maximum(errors[at], np.abs(changes[i, j][at].mean(axis=-1) - model))
     se = np.sqrt(changes.var(axis=-1, ddof=1).mean(axis=(0, 1))) * spread if n > 1 else np.zeros_like(errors)
     return dataclasses.replace(curve, errors=np.maximum.accumulate(errors + band * se))
 
@@ -531,8 +596,8 @@ def saturation(
         return _signed_copy(delta, jax.random.fold_in(key, j))
 
     kw = {"band": float(band), "held_out": held_out, "low_precision": low}
-    coherent = _curve(loss_fn, params, lambda _: delta, 1, batches, base, cs, first, quadratic, **kw)
-    noise = _curve(loss_fn, params, copy, probes, batches, base, ns, first, quadratic, **kw)
+    coherent = _curve(loss_fn, params, lambda _: delta, 1, batches, base, cs, first, quadratic, odd=True, **kw)
+    noise = _curve(loss_fn, params, copy, probes, batches, base, ns, first, quadratic, odd=False, **kw)
     gradient, shift, g_scale = None, 0.0, 0.0
     if gs is not None:
         trees.check_compatible(params, grad, ("params", "grad"), wide=True)
@@ -541,7 +606,7 @@ def saturation(
         g_scale = float(_norm_and_dot(along, along)[0])
         # Below this S is ΔW's own signs (or zero) up to rounding: there is no direction left to measure.
         if np.isfinite(g_scale) and g_scale > 1e-6 * scale:
-            gradient = _curve(loss_fn, params, lambda _: along, 1, batches, base, gs, first, quadratic, **kw)
+            gradient = _curve(loss_fn, params, lambda _: along, 1, batches, base, gs, first, quadratic, odd=False, **kw)
         else:
             g_scale = 0.0
         del along

@@ -156,6 +156,24 @@ def test_expo_curve_is_exact_on_a_loss_cubic_along_the_delta():
         grid = np.linspace(-1.0, 2.0, 31)
         pred = cf.expo_curve(st, grid)
         assert cf.best_alpha(st, grid) == (grid[int(np.argmin(pred))] if pred.min() < 0 else 0.0)
+        # Through curves measured along ±ΔW (even and odd part), at every grid step on both sides,
+        # W_pre included, the measured loss; between steps the even part is exact (quadratic here) and
+        # the odd part c₃α³, c₃ = −0.2·⟨e, ΔW⟩³, linear between grid steps.
+        steps = [0.25, 0.5, 0.75, 1.0]
+        sat = riemann.saturation(
+            loss, post, delta, batches, lambda x: sc.estimate(x).terms["second"], sc.grad,
+            key=jax.random.key(1), coherent_steps=steps, noise_steps=[1.0], gradient_steps=None,
+        )  # fmt: skip
+        on_grid = np.array([-1.0, -0.75, -0.5, -0.25, 0.25, 0.5, 0.75, 1.0])
+        measured = [float(loss({"w": post["w"] + a * delta["w"]}, 1.0) - loss(post, 1.0)) for a in on_grid]
+        np.testing.assert_allclose(cf.expo_curve(st, on_grid, saturation=sat), measured, rtol=1e-7, atol=1e-9)
+        assert cf.expo_curve(st, [-1.0], saturation=sat)[0] == pytest.approx(st.gain, rel=1e-7)
+        between = np.array([-0.6, 0.6])
+        truth = [float(loss({"w": post["w"] + a * delta["w"]}, 1.0) - loss(post, 1.0)) for a in between]
+        c3 = -0.2 * float(e @ delta["w"]) ** 3
+        linear = 0.5**3 + (0.6 - 0.5) / 0.25 * (0.75**3 - 0.5**3)
+        want = np.asarray(truth) + np.sign(between) * c3 * (linear - 0.6**3)
+        np.testing.assert_allclose(cf.expo_curve(st, between, saturation=sat), want, rtol=1e-7)
 
 
 def test_bad_arguments_are_refused():

@@ -23,7 +23,14 @@ def _half_quadratic(d):  # the exact Hessian at 0 of Σ x·cosh(w) for x = 1: ½
     return 0.5 * float(jnp.sum(d["w"] ** 2))
 
 
-def test_curves_are_the_even_part_against_the_quadratic_and_errors_the_odd_part():
+def _left_out(curve, k):
+    """``curve`` without grid step ``k``, by hand."""
+    keep = np.arange(len(curve.steps)) != k
+    odd = None if curve.odd is None else curve.odd[keep]
+    return Curve(curve.steps[keep], curve.quadratic[keep], curve.loss[keep], curve.errors[keep], 1, odd=odd)
+
+
+def test_curves_are_the_even_part_against_the_quadratic_the_odd_part_along_delta_and_errors_left_out():
     n = 4
     w, delta = {"w": jnp.zeros(n)}, {"w": jnp.array([1.0, -1.0, 1.0, 1.0])}
     steps = [0.25, 0.5, 1.0, 2.0]
@@ -38,10 +45,29 @@ def test_curves_are_the_even_part_against_the_quadratic_and_errors_the_odd_part(
         np.testing.assert_allclose(curve.loss, even, rtol=1e-4)  # float32 losses
         # φ(Q(s)) = C(s) at every grid point
         np.testing.assert_allclose([curve(q) for q in curve.quadratic], even, rtol=1e-4)
-    # The model (no gradient, φ exact at grid points) errs by the odd part alone: |ε₀|³·s³/6,
-    # one batch so no band.
-    np.testing.assert_allclose(sat.coherent.errors, s**3 / 6.0, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(sat.noise.errors, s**3 / 6.0, rtol=1e-4, atol=1e-5)
+    # Along ΔW (first entry +1) the odd part is w₀³/6; a random-sign copy's is ±s³/6, chance.
+    np.testing.assert_allclose(sat.coherent.odd, s**3 / 6.0, rtol=1e-4, atol=1e-6)
+    assert sat.noise.odd is None
+    for k, x in enumerate(s):  # the model along ±s·ΔW is the measured loss on both sides
+        for sign in (1.0, -1.0):
+            want = even[k] + sign * x**3 / 6.0
+            assert sat.phi(sat.coherent.quadratic[k], sign * x) == pytest.approx(want, rel=1e-4, abs=1e-6)
+
+    # Errors (one batch, so no band), made non-decreasing. In-sample the coherent model is exact; at
+    # the inner steps it misses what the curve without that step interpolates wrongly.
+    def miss(curve, k, odd):
+        fit = _left_out(curve, k)
+        return max(
+            abs(even[k] + sign * s[k] ** 3 / 6.0 - fit(curve.quadratic[k]) - fit.odd_at(sign * s[k]) * odd)
+            for sign in (1.0, -1.0)
+        )
+
+    raw = np.array([0.0, miss(sat.coherent, 1, True), miss(sat.coherent, 2, True), 0.0])
+    np.testing.assert_allclose(sat.coherent.errors, np.maximum.accumulate(raw), rtol=1e-4, atol=1e-5)
+    assert sat.coherent.errors[1] > 0.01  # the odd part is not linear in s: the left-out step shows it
+    # Random-sign copies keep their odd part as error, in-sample and left out.
+    raw = np.maximum(s**3 / 6.0, [0.0, miss(sat.noise, 1, False), miss(sat.noise, 2, False), 0.0])
+    np.testing.assert_allclose(sat.noise.errors, np.maximum.accumulate(raw), rtol=1e-4, atol=1e-5)
     assert sat.noise.directions == 3 and sat.coherent.directions == 1
     assert sat.scale == pytest.approx(2.0)
     assert sat.cost == {"forward": 1 + 2 * 4 + 2 * 3 * 4}
@@ -65,8 +91,8 @@ def test_the_band_adds_standard_errors_of_the_held_out_mean():
     se = np.sqrt((per.var(ddof=1) + minus.var(ddof=1)) / 2) * np.sqrt(1 / 3 + 1 / 5)  # pooled over signs
     assert banded.coherent.errors[0] - plain.coherent.errors[0] == pytest.approx(2.0 * se, rel=1e-4)
     assert banded.band == 2.0 and plain.coherent.errors[0] == pytest.approx(
-        np.mean(np.asarray(batches)[:, 0]) / 6, rel=1e-4
-    )
+        0.0, abs=1e-5
+    )  # the odd part x₀·w₀³/6 is modelled along ΔW: one step, nothing left out
 
 
 def test_the_band_pools_the_spread_over_directions():
@@ -127,6 +153,16 @@ def test_error_reads_the_envelope_linear_below_power_law_between_and_cubic_beyon
     assert flat.error(0.75) == pytest.approx(0.6)
     with pytest.raises(ValueError, match="step="):
         curve.error(-1.0)
+
+
+def test_the_odd_part_is_odd_linear_between_cubic_below_and_proportional_beyond():
+    curve = dataclasses.replace(_curve([1.0, 4.0, 9.0], [1.0, 4.0, 9.0]), odd=np.array([-0.5, 1.0, 4.0]))  # s = 1, 2, 3
+    for sign in (1.0, -1.0):
+        assert curve.odd_at(sign * 1.5) == pytest.approx(sign * 0.25)  # halfway between −0.5 and 1
+        assert curve.odd_at(sign * 0.5) == pytest.approx(sign * -0.5 / 8)  # (s/s₀)³ below
+        assert curve.odd_at(sign * 6.0) == pytest.approx(sign * 8.0)  # ∝ s beyond
+        assert curve.odd_at(sign * 1.0) == pytest.approx(sign * -0.5)  # negative at s = 1, positive at −1
+    assert curve.odd_at(0.0) == 0.0 and _curve([1.0], [1.0]).odd_at(0.7) == 0.0  # none measured: 0
 
 
 def _saturation(delta):
@@ -254,7 +290,9 @@ def test_the_gradient_curve_is_measured_along_the_gradient_signs_less_their_part
     q = _half_quadratic(change)
     q_par, q_grad = 0.09 * sat.coherent.unit, 0.49 * sat.gradient.unit
     assert sat.split(q, 0.3, 0.7) == pytest.approx((q_par, q - q_par - q_grad))
-    want = sat.coherent(q_par) + sat.gradient(q_grad) + sat.noise(q - q_par - q_grad)
+    # The odd part is model along ΔW only: along S⊥, chosen by the gradient, it stays in the error.
+    assert sat.gradient.odd is None and sat.coherent.odd is not None
+    want = sat.coherent(q_par) + sat.gradient(q_grad) + sat.noise(q - q_par - q_grad) + sat.coherent.odd_at(0.3)
     assert sat.phi(q, 0.3, 0.7) == pytest.approx(want)
     assert sat.phi(q, 0.3, 0.7) != pytest.approx(sat.phi(q, 0.3))  # the part along S⊥ is read apart
     # Its error: the gradient envelope at |b|, the noise envelope on what is left after both parts.
