@@ -422,8 +422,15 @@ def _envelopes(shared: dict) -> str:
             return ", ".join(f"{s:.3g}: {_f(e, 3)}" for s, e in zip(c["steps"], c["errors"]))
 
         along_g = f"; along the gradient-sign copy S⊥: {one(sat['gradient'])}" if sat.get("gradient") else ""
+        multiple = sat.get("quantile")  # the band's multiple of an estimated standard error
+        if "quantile" not in sat:  # written before the band took the Student-t multiple
+            band = f"a {sat['band']:g}-standard-error band"
+        elif multiple is None:  # infinite: one calibration batch
+            band = "no band: one calibration batch has no spread to estimate, so nothing is trusted"
+        else:
+            band = f"a {multiple:.3g}-standard-error band, the Student-t multiple covering {sat['band']:g} known ones"
         return (
-            f"The shared prediction's error (with a {sat['band']:g}-standard-error band) on the calibration "
+            f"The shared prediction's error ({band}) on the calibration "
             f"batches, by step along ±ΔW: {one(sat['coherent'])}; along random-sign copies of ΔW: "
             f"{one(sat['noise'])}{along_g}."
         )

@@ -370,7 +370,7 @@ register_estimator(
         {"method": "auto"},
         "the kfac-saturated prediction where its validity score (that predictor's error at this step length "
         "and alignment, measured once along ΔW, random-sign copies and the gradient-sign copy with a "
-        "2-standard-error band, over the "
+        "band covering what 2 known standard errors would (a Student-t multiple of the estimated one), over the "
         "distance to a class boundary) is below 1; else measured. An edit built from the gradient is judged with its "
         "cross-fitted first-order term, whose standard error joins the envelope",
         "kfac-saturated's passes, once per pair; 1 forward per batch per edit it measures",

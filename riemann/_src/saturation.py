@@ -53,10 +53,13 @@ and so on) are in no curve.
 at every grid step as fitted and, at each inner step, with that step left out of the fit (a curve
 through every grid point is exact there in-sample; left out, the step shows what interpolating
 misses, across a gap twice the grid's, which errs on the safe side). The largest over directions,
-signs and both fits, plus what the test batches may add — a band of ``band`` standard errors of the
-mean change, ``sd·√(1/n_calibration + 1/n_held_out)``, with ``sd`` the change's spread over
-calibration batches pooled over directions and signs — made non-decreasing in ``s``, is an envelope
-``e(s)``. It gives an edit the error
+signs and both fits, plus what the test batches may add — a band around the mean change, its
+standard error ``sd·√(1/n_calibration + 1/n_held_out)`` (``sd`` the change's spread over
+calibration batches, pooled over directions and signs) times the Student-t quantile with
+``n_calibration − 1`` degrees of freedom that covers what ``band`` known standard errors would
+(:func:`band_quantile`; ``sd`` is estimated from a handful of batches: 3.31 for ``band = 2`` and
+4 batches; no band at all can be set from one batch, so then the envelope is infinite and nothing
+is trusted) — made non-decreasing in ``s``, is an envelope ``e(s)``. It gives an edit the error
 
     ê = e_coherent(|c|·ρ) + e_gradient(|b|) + e_noise(ρ_rest) + [structured] |φ_coherent(Q⊥) − φ_noise(Q⊥)|
 
@@ -186,6 +189,8 @@ class Curve:
         if not s >= 0:
             raise ValueError(f"step={step!r}; expected a length ≥ 0")
         grid, e = self.steps, self.errors
+        if not np.all(np.isfinite(e)):  # a band from one batch (or a record that lost it): unknown
+            return float("inf")
         if s <= grid[0]:
             return float(e[0] * (s / grid[0]))
         if s > grid[-1]:
@@ -210,13 +215,16 @@ class Saturation:
       noise: along ``±s·(ε ⊙ ΔW)``, random-sign copies.
       delta: ``ΔW`` (a reference, for placing a change: its length and alignment).
       scale: ``‖ΔW‖``.
-      band: standard errors of the held-out mean in the envelope.
+      band: known standard errors of the held-out mean whose coverage the envelope's band has.
       cost: forward passes per calibration batch, spent once.
       gradient: along ``±s·S⊥``, the gradient-sign copy of ``ΔW`` less its part along ``ΔW``
         (``None`` when not measured: every change is then read as having no part there).
       grad: the gradient ``S`` was made from (a reference, for placing a change).
       gradient_shift: ``κ = ⟨S, ΔW⟩/‖ΔW‖²``, so that ``S⊥ = S − κ·ΔW``.
       gradient_scale: ``‖S⊥‖``.
+      quantile: the multiple of an estimated standard error the envelopes take for ``band``
+        (:func:`band_quantile` of the calibration batches; ``None``: ``band`` itself, as recorded
+        before it).
     """
 
     coherent: Curve
@@ -229,6 +237,7 @@ class Saturation:
     grad: PyTree = None
     gradient_shift: float = 0.0
     gradient_scale: float = 0.0
+    quantile: float | None = None
 
     def place(self, change: PyTree) -> tuple[float, float]:
         """``(ρ, c)``: the change's length relative to ``‖ΔW‖`` and its cosine with ``ΔW``
@@ -315,7 +324,9 @@ class Saturation:
             raise ValueError(f"first_stderr={first_stderr!r}; expected a standard error ≥ 0")
         rho, cos = self.place(change) if placed is None else placed
         b = self.place_gradient(change) if gradient is None else float(gradient)
-        err = self.error(rho, cos, quadratic, noise=noise, gradient=b) + self.band * float(first_stderr)
+        err = self.error(rho, cos, quadratic, noise=noise, gradient=b)
+        if first_stderr:
+            err += (self.band if self.quantile is None else self.quantile) * float(first_stderr)
         margin = min(abs(value - tolerance), abs(value + tolerance))
         ok = np.isfinite(err) and np.isfinite(value) and margin > 0
         return {
@@ -349,6 +360,7 @@ class Saturation:
             grad=grad,
             gradient_shift=float(record.get("gradient_shift", 0.0)),
             gradient_scale=float(record.get("gradient_scale", 0.0)),
+            quantile=None if record.get("quantile") is None else float(record["quantile"]),
         )
 
     def record(self) -> dict[str, Any]:
@@ -361,6 +373,7 @@ class Saturation:
             "gradient_shift": self.gradient_shift,
             "gradient_scale": self.gradient_scale,
             "band": self.band,
+            "quantile": self.quantile,
             "cost": self.cost,
         }
 
@@ -409,6 +422,25 @@ def _realised(params: PyTree, direction: PyTree, t: jax.Array) -> jax.Array:
     moved = trees.move_along(params, direction, t)
     diff = jax.tree.map(lambda a, b: trees.widen(a) - trees.widen(b), moved, params)
     return jnp.sqrt(trees.tree_vdot(diff, diff))
+
+
+def band_quantile(band: float, batches: int) -> float:
+    """The multiple of a standard error *estimated* from ``batches`` batches that covers what
+    ``band`` *known* standard errors cover for a normal mean: the Student-t quantile with
+    ``batches − 1`` degrees of freedom at ``Φ(band)`` (for ``band = 2``: 3.31 with 4 batches, 2.42
+    with 8, 2.0 in the limit); ``inf`` for a single batch (no spread to estimate), 0 for ``band = 0``.
+
+    Example:
+      >>> round(band_quantile(2.0, 4), 2), round(band_quantile(2.0, 8), 2), band_quantile(2.0, 1)
+      (3.31, 2.42, inf)
+    """
+    from scipy import stats
+
+    if band == 0:
+        return 0.0
+    if batches < 2:
+        return float("inf")
+    return float(stats.t.ppf(stats.norm.cdf(band), batches - 1))
 
 
 def _leave_one_out(curve: Curve) -> Iterable[tuple[Any, Curve]]:
@@ -510,7 +542,9 @@ def _curve(
                 )
                 errors[at] = np.maximum(errors[at], np.abs(changes[i, j][at].mean(axis=-1) - model))
     se = np.sqrt(changes.var(axis=-1, ddof=1).mean(axis=(0, 1))) * spread if n > 1 else np.zeros_like(errors)
-    return dataclasses.replace(curve, errors=np.maximum.accumulate(errors + band * se))
+    with np.errstate(invalid="ignore"):  # a single batch: no spread, an unknown band (inf · 0)
+        banded = errors + np.where(se > 0, band_quantile(band, n) * se, 0.0 if band == 0 or n > 1 else np.inf)
+    return dataclasses.replace(curve, errors=np.maximum.accumulate(banded))
 
 
 def saturation(
@@ -549,9 +583,10 @@ def saturation(
         no gradient curve; neither is there one where ``S⊥`` is zero, a zero gradient or one whose
         signs follow ``ΔW``'s).
       held_out: how many batches predictions will be judged on (default: as many as ``batches``).
-      band: standard errors of the held-out mean (the spread over batches pooled over directions and
-        signs) added to the model's largest error at each step (none with a single calibration
-        batch: it has no spread to measure).
+      band: the coverage of the band added to the model's largest error at each step, in known
+        standard errors of the held-out mean; the spread over batches (pooled over directions and
+        signs) estimates the standard error, so the band is :func:`band_quantile` of it (infinite
+        with a single calibration batch, which has no spread to estimate; ``band=0``: no band).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -621,4 +656,5 @@ def saturation(
         grad=None if gradient is None else grad,
         gradient_shift=shift,
         gradient_scale=g_scale,
+        quantile=band_quantile(float(band), len(batches)),
     )

@@ -32,8 +32,9 @@ class agreement ``auto`` reaches say how often it held (``docs/theory.md``, §5)
 
 :func:`riemann.saturation` gives a stronger judge for a saturated prediction: envelopes along ``ΔW``,
 along random-sign copies of it and along its gradient-sign copy, read by the change's parts along
-each, with a band for held-out batches. A prediction whose first-order term was estimated apart
-(``terms["first_stderr"]``, a cross-fitted one) has ``band`` of those standard errors added.
+each, with a band for held-out batches (the Student-t multiple of an estimated standard error). A
+prediction whose first-order term was estimated apart (``terms["first_stderr"]``, a cross-fitted one)
+has the same multiple of that standard error added.
 :func:`auto_estimate` accepts either judge; the main job uses the saturation.
 """
 

@@ -4,11 +4,13 @@ change's placement (length, alignment) and the error an edit is given."""
 
 import dataclasses
 import inspect
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 import riemann
 from riemann import Curve, Saturation
@@ -36,7 +38,7 @@ def test_curves_are_the_even_part_against_the_quadratic_the_odd_part_along_delta
     steps = [0.25, 0.5, 1.0, 2.0]
     sat = riemann.saturation(
         _cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, {"w": jnp.zeros(n)},
-        key=jax.random.key(0), probes=3, coherent_steps=steps, noise_steps=steps,
+        key=jax.random.key(0), probes=3, coherent_steps=steps, noise_steps=steps, band=0.0,
     )  # fmt: skip
     s = np.asarray(steps)
     even = n * (np.cosh(s) - 1.0)  # every copy ε ⊙ ΔW has |entries| 1: the same even part
@@ -53,7 +55,7 @@ def test_curves_are_the_even_part_against_the_quadratic_the_odd_part_along_delta
             want = even[k] + sign * x**3 / 6.0
             assert sat.phi(sat.coherent.quadratic[k], sign * x) == pytest.approx(want, rel=1e-4, abs=1e-6)
 
-    # Errors (one batch, so no band), made non-decreasing. In-sample the coherent model is exact; at
+    # Errors (no band asked for), made non-decreasing. In-sample the coherent model is exact; at
     # the inner steps it misses what the curve without that step interpolates wrongly.
     def miss(curve, k, odd):
         fit = _left_out(curve, k)
@@ -78,6 +80,26 @@ def test_curves_are_the_even_part_against_the_quadratic_the_odd_part_along_delta
     assert back.place(delta) == pytest.approx((1.0, 1.0))
 
 
+def test_one_batch_has_no_spread_to_band_by_so_nothing_is_trusted():
+    w, delta = {"w": jnp.zeros(2)}, {"w": jnp.array([1.0, 1.0])}
+    kw = dict(key=jax.random.key(0), coherent_steps=[0.5, 1.0], noise_steps=[0.5, 1.0])
+    sat = riemann.saturation(_cosh_loss, w, delta, [jnp.ones(2)], _half_quadratic, {"w": jnp.zeros(2)}, **kw)
+    assert sat.quantile == np.inf and np.all(np.isinf(sat.noise.errors))
+    assert sat.noise.error(0.0) == np.inf and sat.error(0.3, 0.5, 0.1) == np.inf
+    assert sat.judge(delta, 5.0, 1.0, 0.1)["validity"] == np.inf  # auto measures it
+    back = Saturation.from_record(json.loads(json.dumps(files_clean(sat.record()))), delta)
+    assert back.error(0.3, 0.5, 0.1) == np.inf  # results.json writes the infinities as null
+
+
+def files_clean(record):
+    """As ``results.json`` holds it: non-finite numbers as ``null``."""
+    if isinstance(record, dict):
+        return {k: files_clean(v) for k, v in record.items()}
+    if isinstance(record, list):
+        return [files_clean(v) for v in record]
+    return None if isinstance(record, float) and not np.isfinite(record) else record
+
+
 def test_the_band_adds_standard_errors_of_the_held_out_mean():
     w, delta = {"w": jnp.zeros(2)}, {"w": jnp.array([1.0, 1.0])}
     batches = [jnp.array([1.0, 1.0]), jnp.array([3.0, 1.0]), jnp.array([2.0, 2.0])]
@@ -89,7 +111,11 @@ def test_the_band_adds_standard_errors_of_the_held_out_mean():
     per = np.array([(np.sum(x) * (np.cosh(1.0) - 1.0) + x[0] / 6.0) for x in map(np.asarray, batches)])
     minus = np.array([(np.sum(x) * (np.cosh(1.0) - 1.0) - x[0] / 6.0) for x in map(np.asarray, batches)])
     se = np.sqrt((per.var(ddof=1) + minus.var(ddof=1)) / 2) * np.sqrt(1 / 3 + 1 / 5)  # pooled over signs
-    assert banded.coherent.errors[0] - plain.coherent.errors[0] == pytest.approx(2.0 * se, rel=1e-4)
+    # The spread is estimated from 3 batches: 2 known standard errors' coverage takes the Student-t
+    # quantile with 2 degrees of freedom at Φ(2), 4.53 standard errors.
+    multiple = scipy_stats.t.ppf(scipy_stats.norm.cdf(2.0), 2)
+    assert banded.quantile == pytest.approx(multiple) and multiple == pytest.approx(4.527, abs=1e-3)
+    assert banded.coherent.errors[0] - plain.coherent.errors[0] == pytest.approx(multiple * se, rel=1e-4)
     assert banded.band == 2.0 and plain.coherent.errors[0] == pytest.approx(
         0.0, abs=1e-5
     )  # the odd part x₀·w₀³/6 is modelled along ΔW: one step, nothing left out
@@ -115,7 +141,7 @@ def test_the_band_pools_the_spread_over_directions():
     def var(product):
         return np.var((x[:, 0] + x[:, 1]) * (np.cosh(1.0) - 1.0) + product * x[:, 0], ddof=1)
 
-    spread = 2.0 * np.sqrt(1 / 3 + 1 / 5)
+    spread = scipy_stats.t.ppf(scipy_stats.norm.cdf(2.0), 2) * np.sqrt(1 / 3 + 1 / 5)  # 3 batches
     pooled = spread * np.sqrt((var(1.0) + var(-1.0)) / 2)  # both signs of both copies
     assert band == pytest.approx(pooled, rel=1e-4)
     assert abs(band - spread * np.sqrt(max(var(1.0), var(-1.0)))) > 0.1  # not the larger copy's alone

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 import riemann
 from analysis.cli import main
@@ -105,13 +106,16 @@ def test_suite_records_and_agreement(pair):
         assert terms["first_in_sample"] == pytest.approx(in_sample, rel=1e-4, abs=1e-7), name
         assert terms["first_stderr"] == pytest.approx(se, rel=1e-4), name
     # auto judges it (no longer always measured) by kfac-saturated's cross-fitted prediction, the
-    # fit's standard error twice (the band) added to the curves' error.
+    # fit's standard error added to the curves' error as many times as the band takes (2 known
+    # standard errors' coverage, from this many calibration batches: the Student-t quantile).
     a = biased["auto"]["auto"]
     assert a["shared"] == [pytest.approx(biased["estimates"]["kfac-saturated"], rel=1e-9)]
     sat_back = riemann.Saturation.from_record(res["shared"]["saturation"], delta, whole)
     kfs = biased["terms"]["kfac-saturated"]
     curves = sat_back.error(kfs["relative_step"], kfs["alignment"], kfs["second"], gradient=kfs["gradient_part"])
-    assert a["model_error"][0] == pytest.approx(curves + 2.0 * se, rel=1e-4)
+    multiple = scipy_stats.t.ppf(scipy_stats.norm.cdf(2.0), len(cal) - 1)
+    assert sat_back.quantile == pytest.approx(multiple) and multiple > 2.0
+    assert a["model_error"][0] == pytest.approx(curves + multiple * se, rel=1e-4)
     again = suite.analyse(pair, specs[:2], seed=3, progress=False, log=lambda s: None)
     assert again["edits"][1]["measured"] == res["edits"][1]["measured"]  # same seed, same numbers
     assert again["edits"][1]["estimates"] == res["edits"][1]["estimates"]
