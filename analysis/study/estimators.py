@@ -438,7 +438,7 @@ register_estimator(
         {"method": "kfac-saturated"},
         "first order + φ(½⟨ΔW~, GΔW~⟩): K-FAC's quadratic (Fisher diagonal elsewhere) through the pair's "
         "saturation curves φ — the measured even part of the loss along ΔW, along random-sign copies of it and "
-        "along its gradient-sign copy, and the odd part along ΔW and the gradient-sign copy, each part of the "
+        "along its gradient-sign copy, and the odd part along ΔW, each part of the "
         "change read on its own curve; for an edit built from the gradient, the first order cross-fitted",
         "K-FAC's 2 gradients + 113 forwards per batch + the diagonal's probes, once per pair (1 gradient more when "
         "the suite has an edit built from the gradient)",

@@ -24,9 +24,10 @@ even at ``p = 0.3``; elsewhere large steps saturate); the spread given is that o
 term only, and the Hutchinson diagonal adds its own noise to ``s``. Given ``saturation=`` (a
 :class:`riemann.Saturation` measured with the diagonal quadratic ``x ↦ ½ Σ diag(H)·x²``),
 :func:`dare_moments` and :func:`della_moments` read the expected quadratic through its curves
-instead: ``E[ΔL] ≈ μ·b + φ_coherent(½μ²·s) + φ_noise(½ Σ diag(H)_i v_i ΔW_i²)``, the mean part
-``μ·ΔW`` on the curve along ``ΔW`` and the noise on the curve along random-sign copies (one ``μ``
-for every entry; DELLA's ``μ = 0``); :func:`expo_curve` reads ``½α²·s`` on the curve along ``ΔW``;
+instead: ``E[ΔL] ≈ μ·b + φ_coherent(½μ²·s) + O_coherent(μ) + φ_noise(½ Σ diag(H)_i v_i ΔW_i²)``,
+the mean part ``μ·ΔW`` on the curve along ``ΔW`` (with the loss's measured odd part there) and the
+noise on the curve along random-sign copies (one ``μ`` for every entry; DELLA's ``μ = 0``);
+:func:`expo_curve` reads ``½α²·s`` and the odd part at ``α`` on the curve along ``ΔW``;
 :func:`lowrank_curve` and :func:`bitdelta_bits_curve` read each point's ``½ Σ diag(H)·X²`` split by
 its part ``⟨X, ΔW⟩/‖ΔW‖²`` along ``ΔW``, as the main job's ``kfac-saturated`` reads an edit.
 """
@@ -194,7 +195,8 @@ def expo_curve(
     ``saturation`` (measured with the diagonal quadratic, as for :func:`dare_moments`) replaces
     ``½α²·q`` by the coherent curve's ``φ(½α²·s)``, the measured even part of the loss along ``±αΔW``,
     and the cubic by the curve's measured odd part ``O(α)`` (which holds ``L(W_pre)`` at ``α = −1``
-    itself); curves recorded without an odd part keep the cubic, with coefficient ``φ(½s) − b − gain``.
+    itself); curves recorded without an odd part keep the cubic, with coefficient ``φ(½s) − b − gain``;
+    ``cubic=False`` leaves out either.
 
     Example:
       >>> st = DeltaStatistics(b=-1.0, q=4.0, s=0.0, r=0.0, gain=3.0, loss_post=0.0)
@@ -207,7 +209,7 @@ def expo_curve(
     else:
         even = np.vectorize(lambda x: saturation.coherent(0.5 * x * x * stats.s), otypes=[np.float64])(a)
         at_one = saturation.coherent(0.5 * stats.s)
-        if saturation.coherent.odd is not None:
+        if saturation.coherent.odd is not None and cubic:
             return a * stats.b + even + np.vectorize(saturation.coherent.odd_at, otypes=[np.float64])(a)
     c = 0.0 if (not cubic or stats.gain is None) else at_one - stats.b - stats.gain
     inside = (a >= -1.0) & (a < 0.0)

@@ -52,12 +52,12 @@ and so on) are in no curve.
 **Trust.** Each measured direction also gives the model's error there, on the calibration batches:
 at every grid step as fitted and, at each inner step, with that step left out of the fit (a curve
 through every grid point is exact there in-sample; left out, the step shows what interpolating
-misses, across a gap twice the grid's, which errs on the safe side). The largest over directions,
+misses across the two neighbouring intervals, which errs on the safe side). The largest over directions,
 signs and both fits, plus what the test batches may add — a band around the mean change, its
 standard error ``sd·√(1/n_calibration + 1/n_held_out)`` (``sd`` the change's spread over
 calibration batches, pooled over directions and signs) times the Student-t quantile with
 ``n_calibration − 1`` degrees of freedom that covers what ``band`` known standard errors would
-(:func:`band_quantile`; ``sd`` is estimated from a handful of batches: 3.31 for ``band = 2`` and
+(``band_quantile``; ``sd`` is estimated from a handful of batches: 3.31 for ``band = 2`` and
 4 batches; no band at all can be set from one batch, so then the envelope is infinite and nothing
 is trusted) — made non-decreasing in ``s``, is an envelope ``e(s)``. It gives an edit the error
 
@@ -98,7 +98,7 @@ DEFAULT_NOISE_STEPS: tuple[float, ...] = tuple(float(s) for s in np.geomspace(0.
 # Multiples of S⊥, whose length is at most ‖ΔW‖: the biased ΔW·∇L split at k, with a fraction q of
 # entries in the scaled group, moves (1 − k)/(2(1 − q)) of it (1 − k at q = ½; 2 at k = −1).
 DEFAULT_GRADIENT_STEPS: tuple[float, ...] = (*DEFAULT_COHERENT_STEPS, 1.5, 2.0)
-DEFAULT_BAND = 2.0  # standard errors of the held-out mean added to the model's largest measured error
+DEFAULT_BAND = 2.0  # the band's coverage, in known standard errors of the held-out mean (band_quantile)
 RESOLUTION = 1e-4  # |C| below this fraction of |L(W_post)| is not held below the grid
 PRECISION = 0.01  # a step that rounding moves by more than this fraction is left out of the grid
 
@@ -106,14 +106,15 @@ PRECISION = 0.01  # a step that rounding moves by more than this fraction is lef
 @dataclasses.dataclass(frozen=True)
 class Curve:
     """The even part ``C`` of the measured change against the quadratic ``Q`` along one family of
-    directions, and the prediction's error there.
+    directions (along ``ΔW``, its odd part ``O`` too), and the prediction's error there.
 
     Attributes:
       steps: step multiples ``s`` (increasing; relative to ``‖ΔW‖``).
       quadratic: ``Q(s)``, the shared quadratic of the step, mean over directions.
       loss: ``C(s)``, mean over directions and batches.
-      errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model|`` over directions
-        and signs plus ``band·se`` (the spread over batches pooled over them), at steps ``≤ s``.
+      errors: the envelope ``e(s)`` (non-decreasing): the largest ``|ΔL − model|`` over directions,
+        signs and the fits with and without each inner step, plus the band, ``band_quantile(band,
+        n)·se`` (``se`` from the spread over batches pooled over them), at steps ``≤ s``.
       directions: how many directions (one for ``ΔW``; the probes for noise).
       floor: the smallest ``|C|`` resolved (float resolution of the loss); below the grid ``φ`` holds
         the ratio of the first point above it.
@@ -223,8 +224,8 @@ class Saturation:
       gradient_shift: ``κ = ⟨S, ΔW⟩/‖ΔW‖²``, so that ``S⊥ = S − κ·ΔW``.
       gradient_scale: ``‖S⊥‖``.
       quantile: the multiple of an estimated standard error the envelopes take for ``band``
-        (:func:`band_quantile` of the calibration batches; ``None``: ``band`` itself, as recorded
-        before it).
+        (``band_quantile`` of the calibration batches; ``inf`` from one batch; ``None``: ``band``
+        itself, as in records written before it).
     """
 
     coherent: Curve
@@ -279,7 +280,7 @@ class Saturation:
         parallel, across = self.split(q, along, gradient)
         out = self.coherent(parallel) + self.coherent.odd_at(along) + self.noise(across)
         if self.gradient is not None:
-            out += self.gradient(self._gradient_part(gradient)) + self.gradient.odd_at(gradient)
+            out += self.gradient(self._gradient_part(gradient))
         return out
 
     def error(self, relative_step: float, cos: float, q: float, *, noise: bool = False, gradient: float = 0.0) -> float:
@@ -317,7 +318,8 @@ class Saturation:
         nearest class boundary ``±tolerance`` (``inf`` on a boundary or for a non-finite value).
         ``placed``: ``(ρ, c)`` and ``gradient``: ``b`` when already known (:meth:`place`,
         :meth:`place_gradient`, each a pass over the parameters). ``first_stderr``: the standard
-        error of a first-order term estimated apart (a cross-fitted one); ``band`` of them join ``ê``."""
+        error of a first-order term estimated apart (a cross-fitted one); the band's multiple of it
+        (:attr:`quantile`) joins ``ê``."""
         if not tolerance >= 0:
             raise ValueError(f"tolerance={tolerance!r}; expected a number ≥ 0")
         if not first_stderr >= 0:
@@ -344,13 +346,19 @@ class Saturation:
         errors as measured. ``delta`` (``ΔW``) is needed only to :meth:`place` a change, ``grad``
         (the gradient the curves were measured with) only to :meth:`place_gradient` it."""
 
-        def curve(r: dict[str, Any]) -> Curve:
+        def curve(r: dict[str, Any], odd: bool = False) -> Curve:
             arrays = {k: np.asarray(r[k], np.float64) for k in ("steps", "quadratic", "loss", "errors")}
-            odd = None if r.get("odd") is None else np.asarray(r["odd"], np.float64)  # records before it: none
-            return Curve(**arrays, directions=int(r["directions"]), floor=float(r.get("floor", 0.0)), odd=odd)
+            # Only the curve along ΔW has an odd part (records before it: none).
+            part = np.asarray(r["odd"], np.float64) if odd and r.get("odd") is not None else None
+            return Curve(**arrays, directions=int(r["directions"]), floor=float(r.get("floor", 0.0)), odd=part)
+
+        # results.json writes an infinite quantile (one calibration batch) as null; records before it
+        # have no quantile at all
+        quantile = record.get("quantile", None)
+        quantile = float("inf") if "quantile" in record and quantile is None else quantile
 
         return cls(
-            coherent=curve(record["coherent"]),
+            coherent=curve(record["coherent"], odd=True),
             noise=curve(record["noise"]),
             delta=delta,
             scale=float(record["scale"]),
@@ -360,7 +368,7 @@ class Saturation:
             grad=grad,
             gradient_shift=float(record.get("gradient_shift", 0.0)),
             gradient_scale=float(record.get("gradient_scale", 0.0)),
-            quantile=None if record.get("quantile") is None else float(record["quantile"]),
+            quantile=None if quantile is None else float(quantile),
         )
 
     def record(self) -> dict[str, Any]:
@@ -373,7 +381,7 @@ class Saturation:
             "gradient_shift": self.gradient_shift,
             "gradient_scale": self.gradient_scale,
             "band": self.band,
-            "quantile": self.quantile,
+            **({} if self.quantile is None else {"quantile": self.quantile}),
             "cost": self.cost,
         }
 
@@ -427,12 +435,12 @@ def _realised(params: PyTree, direction: PyTree, t: jax.Array) -> jax.Array:
 def band_quantile(band: float, batches: int) -> float:
     """The multiple of a standard error *estimated* from ``batches`` batches that covers what
     ``band`` *known* standard errors cover for a normal mean: the Student-t quantile with
-    ``batches − 1`` degrees of freedom at ``Φ(band)`` (for ``band = 2``: 3.31 with 4 batches, 2.42
+    ``batches − 1`` degrees of freedom at ``Φ(band)`` (for ``band = 2``: 3.31 with 4 batches, 2.43
     with 8, 2.0 in the limit); ``inf`` for a single batch (no spread to estimate), 0 for ``band = 0``.
 
     Example:
       >>> round(band_quantile(2.0, 4), 2), round(band_quantile(2.0, 8), 2), band_quantile(2.0, 1)
-      (3.31, 2.42, inf)
+      (3.31, 2.43, inf)
     """
     from scipy import stats
 
@@ -440,15 +448,17 @@ def band_quantile(band: float, batches: int) -> float:
         return 0.0
     if batches < 2:
         return float("inf")
-    return float(stats.t.ppf(stats.norm.cdf(band), batches - 1))
+    return float(stats.t.isf(stats.norm.sf(band), batches - 1))  # upper tails: no rounding to 1
 
 
 def _leave_one_out(curve: Curve) -> Iterable[tuple[Any, Curve]]:
     """``(steps, curve)`` pairs to judge the model by: every step on the whole curve, then each
-    inner step on the curve without it (the ends would be extrapolation, which the envelope's growth
-    beyond the grid already stands for)."""
+    inner step on the curve without it. The ends would be extrapolation, which the envelope's growth
+    beyond the grid stands for; on a grid of two steps there is no inner one, and each end is left
+    out in turn (a single step has nothing to leave out)."""
     yield slice(None), curve
-    for k in range(1, len(curve.steps) - 1):
+    n = len(curve.steps)
+    for k in range(1, n - 1) if n > 2 else range(n if n == 2 else 0):
         keep = np.arange(len(curve.steps)) != k
         yield (
             [k],
@@ -516,7 +526,9 @@ def _curve(
     steps, changes = steps[keep], changes[:, :, keep]
     even = 0.5 * (changes[:, 0] + changes[:, 1]).mean(axis=-1)  # direction, step
     # The odd part beyond the gradient's term (module docstring: kept along ΔW alone).
-    odd_part = 0.5 * (changes[:, 0] - changes[:, 1]).mean(axis=-1) - np.outer(firsts, steps) if odd else None
+    # From a single step it would be exact in-sample with nothing to leave out: there it stays error.
+    keep_odd = odd and len(steps) > 1
+    odd_part = 0.5 * (changes[:, 0] - changes[:, 1]).mean(axis=-1) - np.outer(firsts, steps) if keep_odd else None
     curve = Curve(
         steps=steps,
         quadratic=steps**2 * float(np.mean(quads)),
@@ -585,7 +597,7 @@ def saturation(
       held_out: how many batches predictions will be judged on (default: as many as ``batches``).
       band: the coverage of the band added to the model's largest error at each step, in known
         standard errors of the held-out mean; the spread over batches (pooled over directions and
-        signs) estimates the standard error, so the band is :func:`band_quantile` of it (infinite
+        signs) estimates the standard error, so the band is ``band_quantile`` times it (infinite
         with a single calibration batch, which has no spread to estimate; ``band=0``: no band).
 
     Example:

@@ -89,6 +89,44 @@ def test_one_batch_has_no_spread_to_band_by_so_nothing_is_trusted():
     assert sat.judge(delta, 5.0, 1.0, 0.1)["validity"] == np.inf  # auto measures it
     back = Saturation.from_record(json.loads(json.dumps(files_clean(sat.record()))), delta)
     assert back.error(0.3, 0.5, 0.1) == np.inf  # results.json writes the infinities as null
+    assert back.quantile == np.inf
+
+
+def test_a_grid_of_two_steps_is_judged_leaving_out_each_end():
+    w, delta = {"w": jnp.zeros(4)}, {"w": jnp.array([1.0, -1.0, 1.0, 1.0])}
+    kw = dict(key=jax.random.key(0), coherent_steps=[0.5, 1.0], noise_steps=[1.0], band=0.0)
+    sat = riemann.saturation(_cosh_loss, w, delta, [jnp.ones(4)], _half_quadratic, {"w": jnp.zeros(4)}, **kw)
+    c = sat.coherent
+    np.testing.assert_allclose(c.odd, np.array([0.5, 1.0]) ** 3 / 6, rtol=1e-4)  # exact in-sample
+    misses = [
+        max(
+            abs(c.loss[k] + sign * c.odd[k] - _left_out(c, k)(c.quadratic[k]) - _left_out(c, k).odd_at(sign * x))
+            for sign in (1.0, -1.0)
+        )
+        for k, x in enumerate(c.steps)
+    ]
+    np.testing.assert_allclose(c.errors, np.maximum.accumulate(misses), rtol=1e-6)
+    assert c.errors[1] > 0.05  # from 0.5 alone the odd part grows ∝ s, the loss's as s³
+
+
+def test_records_written_before_the_odd_part_and_the_quantile_read_as_they_were():
+    w, delta = {"w": jnp.zeros(2)}, {"w": jnp.array([1.0, 1.0])}
+    batches = [jnp.array([1.0, 1.0]), jnp.array([3.0, 1.0]), jnp.array([2.0, 2.0])]
+    kw = dict(key=jax.random.key(0), coherent_steps=[0.5, 1.0], noise_steps=[1.0])
+    sat = riemann.saturation(_cosh_loss, w, delta, batches, _half_quadratic, {"w": jnp.zeros(2)}, **kw)
+    old = sat.record()
+    del old["quantile"], old["coherent"]["odd"], old["noise"]["odd"]
+    back = Saturation.from_record(old, delta)
+    assert back.quantile is None and back.coherent.odd is None
+    assert back.phi(1.0, -0.4) == pytest.approx(
+        back.coherent(0.16 * back.coherent.unit) + back.noise(1.0 - 0.16 * back.coherent.unit)
+    )
+    assert sat.phi(1.0, -0.4) == pytest.approx(back.phi(1.0, -0.4) + sat.coherent.odd_at(-0.4))
+    # the cross-fit's standard error joins with band's multiple then, with the t multiple now
+    plain = back.judge(delta, 5.0, 1.0, 0.1)["model_error"]
+    assert back.judge(delta, 5.0, 1.0, 0.1, first_stderr=0.1)["model_error"] == pytest.approx(plain + 0.2)
+    now = sat.judge(delta, 5.0, 1.0, 0.1)["model_error"]
+    assert sat.judge(delta, 5.0, 1.0, 0.1, first_stderr=0.1)["model_error"] == pytest.approx(now + 0.1 * sat.quantile)
 
 
 def files_clean(record):
@@ -117,8 +155,9 @@ def test_the_band_adds_standard_errors_of_the_held_out_mean():
     assert banded.quantile == pytest.approx(multiple) and multiple == pytest.approx(4.527, abs=1e-3)
     assert banded.coherent.errors[0] - plain.coherent.errors[0] == pytest.approx(multiple * se, rel=1e-4)
     assert banded.band == 2.0 and plain.coherent.errors[0] == pytest.approx(
-        0.0, abs=1e-5
-    )  # the odd part x₀·w₀³/6 is modelled along ΔW: one step, nothing left out
+        np.mean(np.asarray(batches)[:, 0]) / 6, rel=1e-4
+    )  # from a single step the odd part x₀·w₀³/6 is not modelled: nothing could be left out to judge it
+    assert plain.coherent.odd is None
 
 
 def test_the_band_pools_the_spread_over_directions():
@@ -300,7 +339,7 @@ def test_the_gradient_curve_is_measured_along_the_gradient_signs_less_their_part
     n = 4
     w, delta, grad = {"w": jnp.zeros(n)}, {"w": jnp.array([1.0, -1.0, 1.0, 1.0])}, {"w": jnp.ones(n)}
     steps = [0.25, 0.5, 1.0]
-    kw = dict(key=jax.random.key(0), coherent_steps=steps, noise_steps=steps, gradient_steps=steps)
+    kw = dict(key=jax.random.key(0), coherent_steps=steps, noise_steps=steps, gradient_steps=steps, band=0.0)
     sat = riemann.saturation(_cosh_loss, w, delta, [jnp.ones(n)], _half_quadratic, grad, **kw)
     # S = sign(g)·|ΔW| = (1, 1, 1, 1); κ = ⟨S, ΔW⟩/‖ΔW‖² = 2/4; S⊥ = S − ½ΔW = (½, 3/2, ½, ½), ‖S⊥‖² = 3
     v, s = np.array([0.5, 1.5, 0.5, 0.5]), np.asarray(steps)
