@@ -198,8 +198,8 @@ def pair_section(res: dict[str, Any], prefix: str) -> list[str]:
         if "measured_fraction" in a:
             lines += [
                 "",
-                f"`{n}` measured {a['measured_fraction']:.0%} of the edits (validity score ≥ 1, or built from "
-                "the calibration gradient): "
+                f"`{n}` measured {a['measured_fraction']:.0%} of the edits (validity score ≥ 1 on a mask; an edit "
+                "built from the calibration gradient also when one calibration batch left nothing to cross-fit): "
                 + (", ".join(f"`{s}`" for s in a["measured_edits"]) or "none")
                 + ". "
                 + _envelopes(res["shared"]),
