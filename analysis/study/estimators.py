@@ -166,8 +166,6 @@ def cross_fitted(est: riemann.Estimate, fit: riemann.CrossFit, held_out: float =
     what ``auto`` adds, times its band, to the error)."""
     import numpy as np
 
-    if est.settings.get("first_order") == "cross-fitted":  # auto's shared prediction already is
-        return est
     first = float(est.terms["first"])
     value = est.value - fit.bias
     moved = {k: fit.in_sample_modules.get(k, 0.0) - fit.modules.get(k, 0.0) for k in fit.modules}

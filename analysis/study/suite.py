@@ -366,7 +366,8 @@ class Scorer:
             for name in self.estimators:
                 if mask == 0 or ESTIMATORS[name].shared:
                     est, t = _timed(lambda n=name, c=art.change, s=shared: ESTIMATORS[n](s, c, edit))
-                    if shared.cross_fit is not None and _reads_cross_fit(name) and "first" in est.terms:
+                    # auto judges the cross-fitted prediction itself (Shared.cross_fit), so it returns one
+                    if shared.cross_fit is not None and _reads_cross_fit(name) and ESTIMATORS[name].needs != "trust":
                         est = shared.cross_fit(est)
                     estimates[name].append(est)
                     seconds[name] += t

@@ -458,8 +458,8 @@ def _leave_one_out(curve: Curve) -> Iterable[tuple[Any, Curve]]:
     out in turn (a single step has nothing to leave out)."""
     yield slice(None), curve
     n = len(curve.steps)
-    for k in range(1, n - 1) if n > 2 else range(n if n == 2 else 0):
-        keep = np.arange(len(curve.steps)) != k
+    for k in range(1, n - 1) if n > 2 else range(n) if n == 2 else ():
+        keep = np.arange(n) != k
         yield (
             [k],
             dataclasses.replace(
@@ -491,14 +491,15 @@ def _curve(
     first: Callable[[PyTree], float],
     quadratic: Callable[[PyTree], float],
     *,
-    band: float,
+    quantile: float,
     held_out: int,
     low_precision: bool,
     odd: bool,
 ) -> Curve:
     """Measure one family: per direction, sign, step and batch, ``L(params ± s·d) − L(params)``.
     Directions are made one at a time (``make(i)``), so at most one copy of ``ΔW`` is alive.
-    ``odd``: keep the odd part beyond the first order (one direction, ``ΔW``) as model, not error."""
+    ``odd``: keep the odd part beyond the first order (one direction, ``ΔW``) as model, not error.
+    ``quantile``: the band's multiple of the standard error (:func:`band_quantile`)."""
     n = len(batches)
     changes = np.empty((count, 2, len(steps), n))  # direction, sign (+, −), step, batch
     precise = np.ones(len(steps), bool)
@@ -553,10 +554,11 @@ def _curve(
                     [sign * s * firsts[i] + fit(s**2 * quads[i]) + fit.odd_at(sign * s) for s in steps[at]]
                 )
                 errors[at] = np.maximum(errors[at], np.abs(changes[i, j][at].mean(axis=-1) - model))
-    se = np.sqrt(changes.var(axis=-1, ddof=1).mean(axis=(0, 1))) * spread if n > 1 else np.zeros_like(errors)
-    with np.errstate(invalid="ignore"):  # a single batch: no spread, an unknown band (inf · 0)
-        banded = errors + np.where(se > 0, band_quantile(band, n) * se, 0.0 if band == 0 or n > 1 else np.inf)
-    return dataclasses.replace(curve, errors=np.maximum.accumulate(banded))
+    if n > 1:
+        band = quantile * np.sqrt(changes.var(axis=-1, ddof=1).mean(axis=(0, 1))) * spread
+    else:  # a single batch has no spread: no band asked for, or an unknown one
+        band = np.full_like(errors, 0.0 if quantile == 0 else np.inf)
+    return dataclasses.replace(curve, errors=np.maximum.accumulate(errors + band))
 
 
 def saturation(
@@ -642,7 +644,8 @@ def saturation(
     def copy(j: int) -> PyTree:
         return _signed_copy(delta, jax.random.fold_in(key, j))
 
-    kw = {"band": float(band), "held_out": held_out, "low_precision": low}
+    quantile = band_quantile(float(band), len(batches))
+    kw = {"quantile": quantile, "held_out": held_out, "low_precision": low}
     coherent = _curve(loss_fn, params, lambda _: delta, 1, batches, base, cs, first, quadratic, odd=True, **kw)
     noise = _curve(loss_fn, params, copy, probes, batches, base, ns, first, quadratic, odd=False, **kw)
     gradient, shift, g_scale = None, 0.0, 0.0
@@ -668,5 +671,5 @@ def saturation(
         grad=None if gradient is None else grad,
         gradient_shift=shift,
         gradient_scale=g_scale,
-        quantile=band_quantile(float(band), len(batches)),
+        quantile=quantile,
     )
