@@ -29,9 +29,9 @@ from analysis.study import artefact as artefacts
 from analysis.study import stats, tolerance
 from analysis.study.artefact import delta_of, difference
 from analysis.study.checks import pair_checks
-from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names, cross_fitted
+from analysis.study.estimators import DEFAULT_PROBES, ESTIMATORS, Shared, check_names, cross_fitted, starts_at_post
 from riemann import edits
-from riemann.tree_utils import move_along, tree_vdot, widen
+from riemann.tree_utils import accum_dtype, move_along, tree_vdot, widen
 
 PyTree = Any
 # The Hutchinson probes' key is folded from the seed with this constant, apart from every edit key.
@@ -40,6 +40,9 @@ _PROBE_SALT = 0x48757463
 _KFAC_SALT = 0x4B464143
 # The saturation curves' random signs: the same seed gives the same curves in the main job and the sweep.
 _SATURATION_SALT = 0x53415455
+# Above this, the per-test-batch gradients at W_post are not held for the suite (each edit's left
+# rule then computes its first node itself): 8 test batches of an 8B model would be 256 GB.
+HELD_GRADIENT_BYTES = 1 << 30
 
 
 def saturation_key(seed: int) -> jax.Array:
@@ -103,6 +106,11 @@ _move_along = jax.jit(move_along)
 @functools.partial(jax.jit, static_argnums=0)
 def _loss(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batch: Any) -> jax.Array:
     return widen(loss_fn(params, batch))
+
+
+def held_gradient_bytes(params: PyTree, batches: int) -> int:
+    """Bytes that one gradient per batch takes, in the accumulation dtype (float32 for 16-bit weights)."""
+    return batches * sum(int(np.size(x)) * accum_dtype(jnp.result_type(x)).itemsize for x in jax.tree.leaves(params))
 
 
 def batch_losses(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batches: Sequence[Any]) -> np.ndarray:
@@ -242,6 +250,15 @@ class Scorer:
         # Per-batch L(W_post) on the test batches: measuring each edit then costs one forward.
         self.loss_post = batch_losses(pair.loss_fn, pair.post, pair.batches)
         self.accuracy_post = pair.accuracy_fn(pair.post, pair.batches) if pair.accuracy_fn else None
+        # Every edit's path starts at W_post: a per-edit rule with a node there (the paper's left
+        # rule) shares that node's gradient on each test batch, computed here once instead of per edit.
+        self.start_gradients, self.start_seconds = None, 0.0
+        if any(ESTIMATORS[n].needs is None and starts_at_post(ESTIMATORS[n].method) for n in names) and (
+            held_gradient_bytes(pair.post, len(pair.batches)) <= HELD_GRADIENT_BYTES
+        ):
+            self.start_gradients, self.start_seconds = _timed(
+                lambda: list(riemann.batch_gradients(pair.loss_fn, pair.post, pair.batches))
+            )
         self.shared = Shared(
             pair,
             gradient,
@@ -250,6 +267,8 @@ class Scorer:
             loss_post=self.loss_post,
             kfac=kfac_factors,
             kfac_note=kfac_note,
+            start_gradients=self.start_gradients,
+            start_losses=None if self.start_gradients is None else [float(v) for v in self.loss_post],
         )
         if needs_saturation:
             kfac_only = self.shared  # placed on the curves by the quadratic that scores the edits
@@ -307,6 +326,10 @@ class Scorer:
             }
             # auto reads its trust from the same curves: kfac-saturated's cost is all it spends once.
             spent["trust"] = spent["kfac-saturated"]
+        if self.start_gradients is not None:  # the first node of a per-edit rule, on the test batches
+            for n in self.estimators:
+                if ESTIMATORS[n].needs is None and starts_at_post(ESTIMATORS[n].method):
+                    spent[n] = {"passes_per_batch": {"gradient": 1}, "seconds": self.start_seconds, "data": "test"}
         rec = {n: spent.get(n, spent.get(e.needs)) for n, e in ESTIMATORS.items() if n in spent or e.needs in spent}
         if self.cross_fits:  # the predictors' extra gradient pass per batch (first-order keeps its own term)
             for n, r in rec.items():

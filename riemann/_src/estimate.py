@@ -119,6 +119,8 @@ def estimate(
     rtol: float = 1e-3,
     atol: float = 0.0,
     max_evaluations: int = 15 * 15,
+    start_gradients: Any = None,
+    start_losses: Any = None,
 ) -> Estimate:
     """Estimate ``ΔL = L(post + change) − L(post)`` for an edit with ``change = F(ΔW) − ΔW``.
 
@@ -140,6 +142,11 @@ def estimate(
       loss_post: for ``"measured"``: the per-batch losses at ``post`` when already known (e.g.
         ``riemann.shared_curvature(...).batch_losses``), so measuring a suite costs one forward
         pass per batch per edit instead of two.
+      start_gradients, start_losses: for ``"riemann"`` with a rule that has a node at ``t = 0`` (the
+        paper's left rule) and for ``"first-order"``: ``∇L_b(post)`` and ``L_b(post)`` per batch
+        when already known (:func:`riemann.batch_gradients`): that node costs no pass, so a suite
+        scored from one ``post`` spends ``n − 1`` gradients per batch per edit (see
+        :func:`riemann.integrate_path`).
 
     Returns:
       An :class:`Estimate`.
@@ -159,6 +166,8 @@ def estimate(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; accepted methods: {', '.join(METHODS)}")
     if method == "riemann" and rule == "gauss-kronrod":
+        if start_gradients is not None or start_losses is not None:
+            raise ValueError("start_gradients/start_losses: the adaptive rule has no node at t = 0 to use them")
         mode = "leaves" if mode == "accumulate" else mode  # per-module terms, without an accumulator
         res = _kronrod.integrate_kronrod(
             loss_fn,
@@ -173,12 +182,17 @@ def estimate(
         )
         settings = {"rule": res.rule, "rtol": rtol, "atol": atol, "max_evaluations": max_evaluations, "mode": mode}
         return dataclasses.replace(_from_path(res, "riemann", settings), error=res.error, converged=res.converged)
+    known = {"start_gradients": start_gradients, "start_losses": start_losses}
     if method == "riemann":
-        res = _path.integrate_path(loss_fn, post, change, batches, rule=rule, n=n, progress=progress, mode=mode)
+        res = _path.integrate_path(
+            loss_fn, post, change, batches, rule=rule, n=n, progress=progress, mode=mode, **known
+        )
         return _from_path(res, "riemann", {"rule": res.rule, "n": res.n, "mode": mode})
     if method == "first-order":
-        res = _path.integrate_path(loss_fn, post, change, batches, rule="left", n=1)
+        res = _path.integrate_path(loss_fn, post, change, batches, rule="left", n=1, **known)
         return _from_path(res, "first-order", {})
+    if start_gradients is not None or start_losses is not None:
+        raise ValueError(f"start_gradients/start_losses are for 'riemann' and 'first-order', not {method!r}")
     _steps.check_inputs(loss_fn, post, change)
     if method == "second-order":
         return _second_order(loss_fn, post, change, batches)

@@ -44,6 +44,8 @@ def integrate_path(
     endpoints: bool = False,
     progress: bool = False,
     mode: str = "accumulate",
+    start_gradients: Sequence[PyTree] | None = None,
+    start_losses: Sequence[Any] | None = None,
 ) -> PathIntegral:
     """Quadrature of ``∫_0^1 <∇L(start + t·direction), direction> dt``, averaged over batches.
 
@@ -70,6 +72,11 @@ def integrate_path(
         ``modules`` empty. ``"leaves"``: one gradient per node reduced against the direction leaf by
         leaf at once (``nodes × leaves`` scalars): the value and per-module terms of any rule with
         no float32 accumulator (``grad`` is ``None``) — what an 8B model's per-module terms need.
+      start_gradients, start_losses: ``∇L_b(start)`` and ``L_b(start)`` for each batch, when already
+        known (:func:`riemann.batch_gradients`; the losses of the same batches): a rule's node at
+        ``t = 0`` — the left rule's first, which is the gradient every direction from ``start``
+        shares — then costs no pass, and scoring many directions from one ``start`` spends
+        ``n − 1`` gradients per batch on each (:attr:`PathIntegral.evaluations` counts only those).
 
     Returns:
       A :class:`PathIntegral`.
@@ -95,13 +102,32 @@ def integrate_path(
     if not batches:
         raise ValueError("batches is empty; expected at least one batch for loss_fn(params, batch)")
     state = stepwise.path_state(start, rule=rule, n=n, num_batches=len(batches), endpoints=endpoints, mode=mode)
-    return _run(loss_fn, state, start, direction, batches, progress)
+    known = stepwise.check_start(start, state.nodes, len(batches), start_gradients, start_losses)
+    res = _run(loss_fn, state, start, direction, batches, progress, start_gradients, start_losses)
+    return dataclasses.replace(res, evaluations=res.evaluations - 1) if known else res
 
 
 def _run(
-    loss_fn: LossFn, state: PathState, start: PyTree, direction: PyTree, batches: Sequence[Any], progress: bool
+    loss_fn: LossFn,
+    state: PathState,
+    start: PyTree,
+    direction: PyTree,
+    batches: Sequence[Any],
+    progress: bool,
+    start_gradients: Sequence[PyTree] | None = None,
+    start_losses: Sequence[Any] | None = None,
 ) -> PathIntegral:
-    state = stepwise.advance_path(loss_fn, state, start, direction, batches, progress=progress, check=False)
+    state = stepwise.advance_path(
+        loss_fn,
+        state,
+        start,
+        direction,
+        batches,
+        progress=progress,
+        check=False,
+        start_gradients=start_gradients,
+        start_losses=start_losses,
+    )
     return stepwise.path_result(loss_fn, state, start, direction, batches)
 
 

@@ -64,6 +64,21 @@ def _grad_step(
 grad_step = jax.jit(_grad_step, static_argnums=0, donate_argnums=1)
 
 
+def _known_step(
+    acc: PyTree | None, g: PyTree, direction: PyTree, w: jax.Array, *, leaves: bool = False
+) -> tuple[PyTree | None, jax.Array]:
+    """A node at ``t = 0`` whose gradient ``g = ∇L(start)`` is already known: ``acc += w·g`` (when
+    there is an accumulator) and ``⟨g, direction⟩``, or the per-leaf terms (``leaves``), with no
+    pass through the model."""
+    if acc is not None:
+        acc = jax.tree_util.tree_map(lambda a, gi: a + w.astype(a.dtype) * gi.astype(a.dtype), acc, g)
+    dot = jnp.stack(trees.leaf_vdots(g, direction)) if leaves else trees.tree_vdot(g, direction)
+    return acc, dot
+
+
+known_step = jax.jit(_known_step, static_argnames="leaves", donate_argnums=0)
+
+
 def _jvp_step(
     loss_fn: LossFn, start: PyTree, direction: PyTree, t: jax.Array, batch: Any
 ) -> tuple[jax.Array, jax.Array]:

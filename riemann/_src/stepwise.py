@@ -208,6 +208,8 @@ def advance_path(
     on_step: Callable[[PathState], None] | None = None,
     progress: bool = False,
     check: bool = True,
+    start_gradients: Sequence[PyTree] | None = None,
+    start_losses: Sequence[Any] | None = None,
 ) -> PathState:
     """The state ``steps`` (batch, node) steps further (all remaining by default).
 
@@ -215,10 +217,13 @@ def advance_path(
     N steps); ``progress`` shows a bar over the steps. The inputs are checked (structure, dtypes,
     finiteness, naming the offending leaf) on a fresh state unless ``check=False`` says the
     caller has done so. In ``accumulate`` mode the given state's accumulator is donated to the
-    first step: continue from the returned state.
+    first step: continue from the returned state. ``start_gradients`` and ``start_losses``: each
+    batch's ``∇L(start)`` and ``L(start)`` when already known (:func:`check_start`); a node at
+    ``t = 0`` then reads them instead of a pass through the model.
     """
     if not isinstance(batches, Sequence) or len(batches) != state.num_batches:
         raise ValueError(f"batches must be a sequence of the state's {state.num_batches} batches")
+    known = check_start(start, state.nodes, state.num_batches, start_gradients, start_losses)
     if state.acc is not None and any(x.is_deleted() for x in jax.tree_util.tree_leaves(state.acc)):
         raise ValueError(
             f"this state (step {state.step}) was advanced already: its accumulator was donated to the next step. "
@@ -246,7 +251,10 @@ def advance_path(
         while step < stop:
             b, i = divmod(step, per_batch)
             batch = batches[b]
-            if state.mode == "forward":
+            if known and state.nodes[i] == 0.0:
+                acc, dot = _steps.known_step(acc, start_gradients[b], direction, ws[i], leaves=state.mode == "leaves")
+                loss = trees.widen(start_losses[b])
+            elif state.mode == "forward":
                 loss, dot = _steps.jvp_step(loss_fn, start, direction, ts[i], batch)
             elif state.mode == "leaves":  # a vector of per-leaf terms; its sum is ⟨∇L, D⟩
                 loss, dot = _steps.leaf_step(loss_fn, start, direction, ts[i], batch)
@@ -265,6 +273,35 @@ def advance_path(
             if on_step is not None:
                 on_step(now())
     return now()
+
+
+def check_start(
+    start: PyTree,
+    nodes: np.ndarray,
+    num_batches: int,
+    gradients: Sequence[PyTree] | None,
+    losses: Sequence[Any] | None,
+) -> bool:
+    """Whether known per-batch gradients and losses at ``start`` (``∇L_b(start)``, ``L_b(start)``,
+    e.g. from :func:`riemann.batch_gradients` and the losses of the same batches) replace the node
+    at ``t = 0``; refuses them given one without the other, for a different number of batches, for
+    a rule with no node at ``t = 0``, or shaped unlike ``start`` (naming the leaf)."""
+    if gradients is None and losses is None:
+        return False
+    if gradients is None or losses is None:
+        raise ValueError("start_gradients and start_losses go together: give both (∇L and L at start per batch)")
+    if not isinstance(gradients, Sequence) or not isinstance(losses, Sequence):
+        raise ValueError("start_gradients and start_losses must be sequences, one entry per batch")
+    if len(gradients) != num_batches or len(losses) != num_batches:
+        raise ValueError(
+            f"start_gradients has {len(gradients)} and start_losses {len(losses)} entries for {num_batches} "
+            "batches; expected one per batch"
+        )
+    if not np.any(nodes == 0.0):
+        raise ValueError("start_gradients given, but the rule has no node at t = 0 to use them (left, trapezoid do)")
+    for b, g in enumerate(gradients):
+        trees.check_compatible(start, g, ("start", f"start_gradients[{b}]"), wide=True)
+    return True
 
 
 def path_result(

@@ -305,3 +305,74 @@ def test_forward_mode_gives_the_same_integral_without_a_gradient():
         riemann.integrate_path(loss, start, direction, batches, mode="backward")
     est = riemann.estimate(loss, start, direction, batches, mode="forward")
     assert est.value == pytest.approx(riemann.estimate(loss, start, direction, batches).value, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["accumulate", "forward", "leaves"])
+@pytest.mark.parametrize("rule,n", [("left", 5), ("trapezoid", 3)])
+def test_known_gradients_at_the_start_replace_the_first_node(mode, rule, n):
+    # Two batches: the node at t = 0 reads ∇L_b(start) and L_b(start) given per batch instead of a
+    # pass, one gradient fewer per batch, and the result is the one the pass would have given.
+    loss, start, direction, batch = quadratic_problem()
+    other = {"A": batch["A"] * 2.0, "b": -batch["b"]}
+    batches = [batch, other]
+    grads = list(riemann.batch_gradients(loss, start, batches))
+    losses = [float(loss(start, b)) for b in batches]
+    plain = riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n, mode=mode, endpoints=True)
+    known = riemann.integrate_path(
+        loss,
+        start,
+        direction,
+        batches,
+        rule=rule,
+        n=n,
+        mode=mode,
+        endpoints=True,
+        start_gradients=grads,
+        start_losses=losses,
+    )
+    assert known.evaluations == plain.evaluations - 1
+    np.testing.assert_allclose(known.batch_values, plain.batch_values, rtol=1e-6)
+    np.testing.assert_allclose(known.integrand, plain.integrand, rtol=1e-6)
+    assert known.loss_start == pytest.approx(plain.loss_start, rel=1e-6)
+    for k, v in plain.modules.items():
+        assert known.modules[k] == pytest.approx(v, rel=1e-5, abs=1e-6)
+    if mode == "accumulate":
+        np.testing.assert_allclose(flat(known.grad), flat(plain.grad), rtol=1e-6)
+    # Wrong gradients give a different answer: they are used, not recomputed.
+    shifted = [jax.tree.map(lambda x: x + 1.0, g) for g in grads]
+    off = riemann.integrate_path(
+        loss, start, direction, batches, rule=rule, n=n, mode=mode, start_gradients=shifted, start_losses=losses
+    )
+    w = riemann.quadrature(rule, n)[1][0]
+    assert off.value - plain.value == pytest.approx(w * float(jnp.sum(flat(direction))), rel=1e-5)
+
+
+def test_known_start_gradients_are_checked():
+    loss, start, direction, batch = quadratic_problem()
+    g = next(riemann.batch_gradients(loss, start, [batch]))
+    with pytest.raises(ValueError, match="go together"):
+        riemann.integrate_path(loss, start, direction, [batch], start_gradients=[g])
+    with pytest.raises(ValueError, match="1 batches"):
+        riemann.integrate_path(loss, start, direction, [batch], start_gradients=[g, g], start_losses=[0.0, 0.0])
+    with pytest.raises(ValueError, match="no node at t = 0"):
+        riemann.integrate_path(
+            loss, start, direction, [batch], rule="midpoint", start_gradients=[g], start_losses=[0.0]
+        )
+    with pytest.raises(ValueError, match=r"start_gradients\[0\]"):
+        riemann.integrate_path(loss, start, direction, [batch], start_gradients=[{"u": g["u"]}], start_losses=[0.0])
+    with pytest.raises(ValueError, match="adaptive rule"):
+        riemann.estimate(loss, start, direction, [batch], rule="gauss-kronrod", start_gradients=[g], start_losses=[0.0])
+    with pytest.raises(ValueError, match="not 'measured'"):
+        riemann.estimate(loss, start, direction, [batch], method="measured", start_gradients=[g], start_losses=[0.0])
+
+
+def test_estimate_with_known_start_gradients_costs_a_gradient_less():
+    loss, start, direction, batch = quadratic_problem()
+    g = list(riemann.batch_gradients(loss, start, [batch]))
+    kw = {"start_gradients": g, "start_losses": [float(loss(start, batch))]}
+    plain, known = (riemann.estimate(loss, start, direction, [batch], **k) for k in ({}, kw))
+    assert (plain.cost["gradient"], known.cost["gradient"]) == (5, 4)
+    assert known.value == pytest.approx(plain.value, rel=1e-6)
+    assert known.terms["first"] == pytest.approx(plain.terms["first"], rel=1e-6)
+    first = riemann.estimate(loss, start, direction, [batch], method="first-order", **kw)
+    assert first.cost["gradient"] == 0 and first.value == pytest.approx(plain.terms["first"], rel=1e-6)

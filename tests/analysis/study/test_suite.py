@@ -265,3 +265,25 @@ def test_the_cross_fit_is_made_for_the_predictors_and_its_absence_is_warned(pair
     with pytest.warns(UserWarning, match="built from the gradient but was not given"):
         bare = not_given.score(biased)
     assert "first_in_sample" not in bare.estimates["shared-curvature"][0].terms
+
+
+def test_the_left_rule_reads_its_first_node_from_gradients_held_for_the_suite(pair, monkeypatch):
+    # The paper's left rule starts at W_post, where every edit's path has the same gradient: the
+    # scorer holds it per test batch and each edit spends 4 gradients per batch, with the same value
+    # as computing all 5; Gauss-Legendre (no node at t = 0) is not given them. Too big to hold: 5.
+    from riemann import edits
+
+    edit = edits.parse("dare:p=0.5,k=0")
+    held = suite.Scorer(pair, estimators=["riemann", "gauss-legendre"])
+    assert held.start_gradients is not None and len(held.start_gradients) == len(held.pair.batches)
+    monkeypatch.setattr(suite, "HELD_GRADIENT_BYTES", 0)
+    not_held = suite.Scorer(pair, estimators=["riemann", "gauss-legendre"])
+    assert not_held.start_gradients is None
+    a, b = held.score(edit).estimates, not_held.score(edit).estimates
+    assert (a["riemann"][0].cost["gradient"], b["riemann"][0].cost["gradient"]) == (4, 5)
+    assert a["riemann"][0].value == pytest.approx(b["riemann"][0].value, rel=1e-6)
+    assert a["gauss-legendre"][0].cost == b["gauss-legendre"][0].cost
+    assert held.shared_record()["estimators"]["riemann"]["passes_per_batch"] == {"gradient": 1}
+    assert "riemann" not in not_held.shared_record()["estimators"]
+    sizes = sum(x.size for x in jax.tree.leaves(pair.post))
+    assert suite.held_gradient_bytes(pair.post, 3) == 3 * 4 * sizes
