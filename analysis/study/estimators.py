@@ -39,8 +39,9 @@ class Shared:
     ``W_post`` (``riemann.shared_curvature(..., probes=0)``, which also holds the per-batch
     ``L(W_post)``) and, when an estimator needs them, the Hutchinson Hessian diagonal, the
     K-FAC factors, the saturation curves (:func:`riemann.saturation`, on the same calibration
-    batches: they also hold ``auto``'s error envelopes), the pair's classification tolerance and
-    the per-batch ``L(W_post)`` on the test batches."""
+    batches: they also hold ``auto``'s error envelopes), the pair's classification tolerance, the
+    per-batch ``L(W_post)`` on the test batches and, for a per-edit rule with a node at ``t = 0``,
+    the per-test-batch gradients there."""
 
     pair: Pair
     gradient: riemann.SharedCurvature
@@ -272,8 +273,9 @@ register_estimator(
     per_edit(
         "riemann",
         "the paper's computed Eq. 1 term: left rule, C = 5, gradients inside the segment (the first, at W_post, "
-        "computed once for the suite)",
-        "4 gradients per batch per edit, and 1 per batch once per pair (the first node, at W_post)",
+        "computed once for the suite where the per-batch gradients fit in 1 GiB)",
+        "4 gradients per batch per edit and 1 per batch once per pair (the first node, at W_post); "
+        "5 per edit where the per-batch gradients would not fit in 1 GiB",
         "o",
         method="riemann",
         rule="left",

@@ -257,7 +257,8 @@ class Scorer:
             held_gradient_bytes(pair.post, len(pair.batches)) <= HELD_GRADIENT_BYTES
         ):
             self.start_gradients, self.start_seconds = _timed(
-                lambda: list(riemann.batch_gradients(pair.loss_fn, pair.post, pair.batches))
+                # finished before the clock stops: their time is riemann's, not the next pass's
+                lambda: jax.block_until_ready(list(riemann.batch_gradients(pair.loss_fn, pair.post, pair.batches)))
             )
         self.shared = Shared(
             pair,
@@ -301,7 +302,8 @@ class Scorer:
         }
 
     def shared_record(self) -> dict[str, Any]:
-        """What was computed once for the suite, per shared estimator: passes per batch and seconds."""
+        """What was computed once for the suite, per shared estimator (and per per-edit rule whose first
+        node, at ``W_post``, is held: on the test batches, ``data: "test"``): passes per batch and seconds."""
         g, c = self.shared.gradient, self.shared.curvature
         spent = {"gradient": {"passes_per_batch": g.cost, "seconds": self.gradient_seconds}}
         if c is not None:

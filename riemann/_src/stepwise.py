@@ -219,7 +219,10 @@ def advance_path(
     caller has done so. In ``accumulate`` mode the given state's accumulator is donated to the
     first step: continue from the returned state. ``start_gradients`` and ``start_losses``: each
     batch's ``∇L(start)`` and ``L(start)`` when already known (:func:`check_start`); a node at
-    ``t = 0`` then reads them instead of a pass through the model.
+    ``t = 0`` then reads them instead of a pass through the model (in ``forward`` mode with 16-bit
+    parameters that node is then the wide gradient's product with the wide direction, not the jvp
+    along the direction rounded to the parameters' dtype). :func:`path_result` counts every node in
+    ``evaluations``; :func:`riemann.integrate_path` counts the one not spent.
     """
     if not isinstance(batches, Sequence) or len(batches) != state.num_batches:
         raise ValueError(f"batches must be a sequence of the state's {state.num_batches} batches")
@@ -290,8 +293,8 @@ def check_start(
         return False
     if gradients is None or losses is None:
         raise ValueError("start_gradients and start_losses go together: give both (∇L and L at start per batch)")
-    if not isinstance(gradients, Sequence) or not isinstance(losses, Sequence):
-        raise ValueError("start_gradients and start_losses must be sequences, one entry per batch")
+    if not isinstance(gradients, Sequence) or not hasattr(losses, "__len__"):
+        raise ValueError("start_gradients and start_losses must be sequences (losses: or an array), one per batch")
     if len(gradients) != num_batches or len(losses) != num_batches:
         raise ValueError(
             f"start_gradients has {len(gradients)} and start_losses {len(losses)} entries for {num_batches} "
