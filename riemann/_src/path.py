@@ -102,9 +102,9 @@ def integrate_path(
     if not batches:
         raise ValueError("batches is empty; expected at least one batch for loss_fn(params, batch)")
     state = stepwise.path_state(start, rule=rule, n=n, num_batches=len(batches), endpoints=endpoints, mode=mode)
-    known = stepwise.check_start(start, state.nodes, len(batches), start_gradients, start_losses)
     res = _run(loss_fn, state, start, direction, batches, progress, start_gradients, start_losses)
-    return dataclasses.replace(res, evaluations=res.evaluations - 1) if known else res
+    # advance_path has checked them: given, they replaced the node at t = 0 (path_result counts it)
+    return res if start_gradients is None else dataclasses.replace(res, evaluations=res.evaluations - 1)
 
 
 def _run(

@@ -57,8 +57,12 @@ def _grad_step(
     """``acc += w·∇L(start + t·direction)``; also the loss and ``⟨∇L, direction⟩`` at the node."""
     point = trees.move_along(start, direction, t)
     loss, g = jax.value_and_grad(loss_fn)(point, batch)
-    acc = jax.tree_util.tree_map(lambda a, gi: a + w.astype(a.dtype) * gi.astype(a.dtype), acc, g)
-    return acc, trees.widen(loss), trees.tree_vdot(g, direction)
+    return _accumulate(acc, g, w), trees.widen(loss), trees.tree_vdot(g, direction)
+
+
+def _accumulate(acc: PyTree, g: PyTree, w: jax.Array) -> PyTree:
+    """``acc + w·g`` in the accumulator's dtype."""
+    return jax.tree_util.tree_map(lambda a, gi: a + w.astype(a.dtype) * gi.astype(a.dtype), acc, g)
 
 
 grad_step = jax.jit(_grad_step, static_argnums=0, donate_argnums=1)
@@ -71,7 +75,7 @@ def _known_step(
     there is an accumulator) and ``⟨g, direction⟩``, or the per-leaf terms (``leaves``), with no
     pass through the model."""
     if acc is not None:
-        acc = jax.tree_util.tree_map(lambda a, gi: a + w.astype(a.dtype) * gi.astype(a.dtype), acc, g)
+        acc = _accumulate(acc, g, w)
     dot = jnp.stack(trees.leaf_vdots(g, direction)) if leaves else trees.tree_vdot(g, direction)
     return acc, dot
 
