@@ -650,6 +650,13 @@ def _sign_agreement(pred: np.ndarray, meas: np.ndarray) -> float:
     return float(np.mean(np.sign(pred[nonzero]) == np.sign(meas[nonzero]))) if nonzero.any() else float("nan")
 
 
+def _sign_agreement_rows(pred: np.ndarray, meas: np.ndarray) -> np.ndarray:
+    nonzero = meas != 0
+    count = nonzero.sum(axis=1)
+    same = ((np.sign(pred) == np.sign(meas)) & nonzero).sum(axis=1)
+    return np.where(count > 0, same / np.maximum(count, 1), np.nan)
+
+
 def _class_agreement(pc: np.ndarray, mc: np.ndarray) -> float:
     return float(np.mean(pc == mc)) if len(pc) else float("nan")
 
@@ -660,16 +667,20 @@ def metrics(
     """Spearman, class agreement, sign agreement and median ``|log(|pred|/|meas|)|`` of predictions
     against measurements, each with its bootstrap 95 % interval over edits (``<name>_ci95``)."""
     cols = (np.asarray(pred, np.float64), np.asarray(meas, np.float64), np.asarray(pc), np.asarray(mc))
-    fns: dict[str, Callable[..., float]] = {
-        "spearman": lambda p, m, a, b: stats.spearman(p, m),
-        "class_agreement": lambda p, m, a, b: _class_agreement(a, b),
-        "sign_agreement": lambda p, m, a, b: _sign_agreement(p, m),
-        "median_abs_log_ratio": lambda p, m, a, b: stats.median_abs_log_ratio(p, m),
+    # Each statistic of one set of edits, and of many resamples at once (a row each) for its interval.
+    fns: dict[str, tuple[Callable[..., float], Callable[..., np.ndarray]]] = {
+        "spearman": (lambda p, m, a, b: stats.spearman(p, m), lambda p, m, a, b: stats.spearman_rows(p, m)),
+        "class_agreement": (lambda p, m, a, b: _class_agreement(a, b), lambda p, m, a, b: np.mean(a == b, axis=1)),
+        "sign_agreement": (lambda p, m, a, b: _sign_agreement(p, m), lambda p, m, a, b: _sign_agreement_rows(p, m)),
+        "median_abs_log_ratio": (
+            lambda p, m, a, b: stats.median_abs_log_ratio(p, m),
+            lambda p, m, a, b: stats.median_abs_log_ratio_rows(p, m),
+        ),
     }
     out: dict[str, Any] = {"edits": len(cols[0])}
-    for name, fn in fns.items():
+    for name, (fn, rows) in fns.items():
         out[name] = fn(*cols) if len(cols[0]) else float("nan")
-        out[f"{name}_ci95"] = stats.bootstrap_ci(fn, *cols, seed=seed)
+        out[f"{name}_ci95"] = stats.bootstrap_ci(fn, *cols, seed=seed, rows=rows)
     return out
 
 
@@ -739,7 +750,7 @@ def accuracy_correlation(records: list[dict[str, Any]], *, seed: int = 0) -> dic
     dl, da = (np.array(c, np.float64) for c in zip(*rows))
     return {
         "spearman": stats.spearman(dl, da),
-        "spearman_ci95": stats.bootstrap_ci(stats.spearman, dl, da, seed=seed),
+        "spearman_ci95": stats.bootstrap_ci(stats.spearman, dl, da, seed=seed, rows=stats.spearman_rows),
         "edits": len(rows),
     }
 

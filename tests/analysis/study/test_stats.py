@@ -46,3 +46,30 @@ def test_bootstrap_degenerate_cases():
 def test_median_abs_log_ratio():
     assert stats.median_abs_log_ratio([2.0, -1.0, 0.0], [1.0, 1.0, 5.0]) == pytest.approx(np.log(2) / 2)
     assert np.isnan(stats.median_abs_log_ratio([0.0], [1.0]))
+
+
+def test_row_statistics_equal_the_statistic_of_each_row():
+    rng = np.random.default_rng(0)
+    x = np.round(rng.standard_normal((50, 12)), 1)  # ties within rows
+    y = x + rng.standard_normal((50, 12))
+    x[3] = 1.0  # a constant row: NaN
+    y[4, :6], x[5, :] = 0.0, np.where(np.arange(12) < 6, 0.0, x[5])  # zeros: skipped by the log ratio
+    y[6] = 0.0  # nothing to compare: NaN
+    for rows, one in (
+        (stats.spearman_rows, stats.spearman),
+        (stats.median_abs_log_ratio_rows, stats.median_abs_log_ratio),
+    ):
+        got, want = rows(x, y), np.array([one(a, b) for a, b in zip(x, y)])
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(stats._ranks_rows(x), np.array([stats._ranks(a) for a in x]))
+
+
+def test_bootstrap_over_rows_draws_the_same_resamples_as_the_loop():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(40)
+    y = x + rng.standard_normal(40)
+    y[:8] = y[0]
+    loop = stats.bootstrap_ci(stats.spearman, x, y, seed=7)
+    rows = stats.bootstrap_ci(stats.spearman, x, y, seed=7, rows=stats.spearman_rows)
+    assert rows == pytest.approx(loop, rel=1e-12) and rows != stats.bootstrap_ci(stats.spearman, x, y, seed=8)

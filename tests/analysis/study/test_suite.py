@@ -287,3 +287,26 @@ def test_the_left_rule_reads_its_first_node_from_gradients_held_for_the_suite(pa
     assert "riemann" not in not_held.shared_record()["estimators"]
     sizes = sum(x.size for x in jax.tree.leaves(pair.post))
     assert suite.held_gradient_bytes(pair.post, 3) == 3 * 4 * sizes
+
+
+def test_metrics_intervals_are_the_bootstrap_of_each_statistic():
+    from analysis.study import stats
+
+    rng = np.random.default_rng(3)
+    meas = rng.standard_normal(30)
+    meas[:4] = 0.0  # no sign, no log ratio
+    pred = meas + 0.5 * rng.standard_normal(30)
+    classes = np.array(riemann.CLASSES)
+    pc, mc = classes[rng.integers(0, 3, 30)], classes[rng.integers(0, 3, 30)]
+    got = suite.metrics(pred, meas, pc, mc, seed=4)
+    one = {
+        "spearman": lambda p, m, a, b: stats.spearman(p, m),
+        "class_agreement": lambda p, m, a, b: float(np.mean(a == b)),
+        "sign_agreement": lambda p, m, a, b: (
+            float(np.mean(np.sign(p[m != 0]) == np.sign(m[m != 0]))) if (m != 0).any() else float("nan")
+        ),
+        "median_abs_log_ratio": lambda p, m, a, b: stats.median_abs_log_ratio(p, m),
+    }
+    for name, fn in one.items():
+        want = stats.bootstrap_ci(fn, pred, meas, pc, mc, seed=4)
+        assert got[f"{name}_ci95"] == pytest.approx(want, rel=1e-12), name
