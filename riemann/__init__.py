@@ -38,6 +38,7 @@ from riemann._src.kronrod import kronrod_rule as kronrod_rule
 from riemann._src.pacing import pace as pace
 from riemann._src.path import integrate_adaptive as integrate_adaptive
 from riemann._src.path import integrate_path as integrate_path
+from riemann._src.path import integrate_rules as integrate_rules
 from riemann._src.progress import progress_bar as progress_bar
 from riemann._src.quadrature import RULES as RULES
 from riemann._src.quadrature import Quadrature as Quadrature

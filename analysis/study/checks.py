@@ -42,21 +42,26 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
     """Every rule of :data:`COMPLETENESS_RULES` on ``W_pre → W_post``: its value, its gap to the
     exact change and the relative gap; also the Gauss–Legendre integral itself, whose per-module
     terms attribute the gain."""
-    table, reference = {}, None
+    # The other rules need values alone, which forward-mode products give without a gradient
+    # accumulator, and they share nodes: their 13 distinct nodes are evaluated once
+    # (riemann.integrate_rules), where each rule run alone would spend 25 and 5 more forwards.
+    shared = [(rule, n) for rule, n in COMPLETENESS_RULES if rule != "gauss-legendre"]
     with riemann.progress_bar(
         progress, desc=f"{pair.name} completeness", unit="rule", total=len(COMPLETENESS_RULES), leave=False
     ) as bar:
-        for rule, n in COMPLETENESS_RULES:
-            # Only Gauss-Legendre's per-module terms are kept; the other rules need values alone,
-            # which forward-mode products give without a gradient accumulator.
-            mode = "accumulate" if rule == "gauss-legendre" else "forward"
-            res = riemann.integrate_path(
-                pair.loss_fn, pair.pre, delta, pair.batches, rule=rule, n=n, endpoints=True, mode=mode
-            )
-            table[f"{rule}:{n}"] = {"value": res.value, "gap": res.gap, "relative_gap": res.relative_gap}
-            if rule == "gauss-legendre":
-                reference = res
-            bar.update(1)
+        values = riemann.integrate_rules(pair.loss_fn, pair.pre, delta, pair.batches, shared, endpoints=True)
+        bar.update(len(shared))
+        (n_gl,) = [n for rule, n in COMPLETENESS_RULES if rule == "gauss-legendre"]
+        # Only Gauss–Legendre's per-module terms are kept.
+        reference = riemann.integrate_path(
+            pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=n_gl, endpoints=True
+        )
+        bar.update(1)
+    values["gauss-legendre", n_gl] = reference
+    table = {
+        f"{rule}:{n}": {"value": res.value, "gap": res.gap, "relative_gap": res.relative_gap}
+        for (rule, n), res in ((rn, values[rn]) for rn in COMPLETENESS_RULES)
+    }
     return table, reference
 
 

@@ -107,6 +107,102 @@ def integrate_path(
     return res if start_gradients is None else dataclasses.replace(res, evaluations=res.evaluations - 1)
 
 
+def integrate_rules(
+    loss_fn: LossFn,
+    start: PyTree,
+    direction: PyTree,
+    batches: Iterable[Any],
+    rules: Sequence[tuple[str, int]],
+    *,
+    endpoints: bool = False,
+    mode: str = "forward",
+    progress: bool = False,
+) -> dict[tuple[str, int], PathIntegral]:
+    """Several rules' quadratures of the same integral, each distinct node evaluated once.
+
+    Rules on one segment share nodes (the left and right Riemann sums share all but one; the
+    trapezoid and Simpson rules with the same ``n`` share all), and a node's integrand
+    ``⟨∇L_b(start + t·direction), direction⟩`` does not depend on the rule that weights it. So
+    the union of the rules' nodes is evaluated once per batch, and each rule's
+    :class:`PathIntegral` is formed from its own nodes, exactly as :func:`integrate_path` forms it
+    (the same per-node values, weighted in the same order). The cost is one evaluation per
+    distinct node and batch (plus a forward pass at an end point no rule has, with ``endpoints``).
+
+    ``mode`` is ``"forward"`` (values) or ``"leaves"`` (values and per-module terms); the
+    accumulator of ``"accumulate"`` sums one rule's weights and cannot be shared.
+
+    Returns:
+      ``{(rule, n): PathIntegral}`` in the order of ``rules``; each result's ``evaluations`` is its
+      own node count (what it would cost alone).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> loss = lambda p, x: jnp.sum(jnp.exp(x * p["w"]))
+      >>> res = integrate_rules(loss, {"w": jnp.array([0.0])}, {"w": jnp.array([1.0])}, [jnp.array([1.0])],
+      ...                       [("left", 4), ("right", 4), ("trapezoid", 5)], endpoints=True)
+      >>> [round(r.value, 4) for r in res.values()], round(res["trapezoid", 5].loss_end - 1.0, 4)
+      ([1.5124, 1.9420, 1.7272], 1.7183)
+    """
+    if mode not in ("forward", "leaves"):
+        raise ValueError(
+            f"mode={mode!r}; integrate_rules shares nodes in 'forward' or 'leaves' mode (an accumulator sums "
+            "one rule's weights); call integrate_path once per rule for 'accumulate'"
+        )
+    rules = [(r, int(n)) for r, n in rules]
+    if not rules:
+        raise ValueError("rules is empty; expected (rule, n) pairs, e.g. [('left', 5), ('trapezoid', 5)]")
+    if len(set(rules)) != len(rules):
+        raise ValueError(f"rules repeat: {rules}")
+    quads = {rn: quad.quadrature(*rn) for rn in rules}
+    every = np.concatenate([q.nodes for q in quads.values()])
+    union = np.unique(every)
+    union = union[np.concatenate([[True], np.diff(union) > 1e-12])]  # one node for values within 1e-12
+    check_mode(mode)
+    check_inputs(loss_fn, start, direction)
+    batches = batches if isinstance(batches, Sequence) else list(batches)
+    if not batches:
+        raise ValueError("batches is empty; expected at least one batch for loss_fn(params, batch)")
+    shared = PathState(
+        rule="nodes",
+        n=len(union),
+        num_batches=len(batches),
+        endpoints=bool(endpoints),
+        mode=mode,
+        nodes=union,
+        weights=np.full(len(union), 1.0 / len(union)),
+        acc=None,
+    )
+    done = stepwise.advance_path(loss_fn, shared, start, direction, batches, progress=progress, check=False).host()
+    k, nb = len(union), len(batches)
+    losses = np.asarray(done.losses, dtype=object).reshape(nb, k)
+    dots = np.empty(nb * k, dtype=object)
+    dots[:] = list(done.dots)
+    dots = dots.reshape(nb, k)
+    at0, at1 = np.flatnonzero(union == 0.0), np.flatnonzero(union == 1.0)
+    ends = {
+        "loss_start": tuple(losses[:, at0[0]]) if at0.size else done.loss_start,
+        "loss_end": tuple(losses[:, at1[0]]) if at1.size else done.loss_end,
+    }
+    out = {}
+    for (rule, n), (nodes, weights) in quads.items():
+        idx = np.abs(union[None, :] - nodes[:, None]).argmin(axis=1)
+        own = dataclasses.replace(
+            shared,
+            rule=rule,
+            n=n,
+            nodes=nodes,
+            weights=weights,
+            step=nb * len(nodes),
+            losses=tuple(losses[:, idx].ravel()),
+            dots=tuple(dots[:, idx].ravel()),
+            # a rule without a node at an end reads that end's loss from the shared pass
+            loss_start=ends["loss_start"] if endpoints else (),
+            loss_end=ends["loss_end"] if endpoints else (),
+        )
+        out[rule, n] = stepwise.path_result(loss_fn, own, start, direction, batches)
+    return out
+
+
 def _run(
     loss_fn: LossFn,
     state: PathState,

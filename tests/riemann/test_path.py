@@ -376,3 +376,64 @@ def test_estimate_with_known_start_gradients_costs_a_gradient_less():
     assert known.terms["first"] == pytest.approx(plain.terms["first"], rel=1e-6)
     first = riemann.estimate(loss, start, direction, [batch], method="first-order", **kw)
     assert first.cost["gradient"] == 0 and first.value == pytest.approx(plain.terms["first"], rel=1e-6)
+
+
+def _tanh_problem():
+    """A non-polynomial loss over three batches, on a two-leaf tree."""
+    keys = jax.random.split(KEY, 5)
+    start = {"u": jax.random.normal(keys[0], (4, 3)), "v": jax.random.normal(keys[1], (3,))}
+    direction = {"u": 0.5 * jax.random.normal(keys[2], (4, 3)), "v": jax.random.normal(keys[3], (3,))}
+    batches = list(jax.random.normal(keys[4], (3, 6, 4)))
+
+    def loss(p, x):
+        return jnp.mean(jnp.tanh(x @ p["u"] + p["v"][None, :]) ** 2)
+
+    return loss, start, direction, batches
+
+
+RULES = [("left", 5), ("right", 5), ("midpoint", 5), ("trapezoid", 5), ("simpson", 5), ("gauss-legendre", 3)]
+
+
+@pytest.mark.parametrize("mode", ["forward", "leaves"])
+def test_rules_from_shared_nodes_equal_each_rule_run_alone(mode):
+    loss, start, direction, batches = _tanh_problem()
+    shared = riemann.integrate_rules(loss, start, direction, batches, RULES, endpoints=True, mode=mode)
+    assert list(shared) == RULES
+    for (rule, n), res in shared.items():
+        alone = riemann.integrate_path(loss, start, direction, batches, rule=rule, n=n, endpoints=True, mode=mode)
+        # The same per-node values, weighted in the same order: the same numbers.
+        assert res.value == alone.value, rule
+        np.testing.assert_array_equal(res.batch_values, alone.batch_values)
+        np.testing.assert_array_equal(res.integrand, alone.integrand)
+        np.testing.assert_array_equal(res.nodes, alone.nodes)
+        assert res.modules == alone.modules and (res.rule, res.n, res.evaluations) == (rule, n, n)
+        # An end point's loss may come from another rule's node (a jvp's primal) rather than a forward.
+        assert res.loss_start == pytest.approx(alone.loss_start, rel=1e-6)
+        assert res.loss_end == pytest.approx(alone.loss_end, rel=1e-6)
+
+
+def test_each_distinct_node_is_evaluated_once_per_batch():
+    loss, start, direction, batches = _tanh_problem()
+    calls = []
+
+    def counted(p, x):
+        jax.debug.callback(lambda: calls.append(1))
+        return loss(p, x)
+
+    rules = [("left", 5), ("right", 5), ("trapezoid", 5), ("simpson", 5), ("midpoint", 5)]
+    riemann.integrate_rules(counted, start, direction, batches, rules, endpoints=True)
+    jax.effects_barrier()
+    # {0, .2, .4, .6, .8, 1} ∪ {.25, .5, .75} ∪ {.1, .3, .7, .9}: 13 nodes (25 alone, and 5 end-point forwards)
+    assert len(calls) == 13 * len(batches)
+
+
+def test_rules_that_cannot_share_are_refused():
+    loss, start, direction, batches = _tanh_problem()
+    with pytest.raises(ValueError, match="accumulator sums one rule"):
+        riemann.integrate_rules(loss, start, direction, batches, RULES, mode="accumulate")
+    with pytest.raises(ValueError, match="rules is empty"):
+        riemann.integrate_rules(loss, start, direction, batches, [])
+    with pytest.raises(ValueError, match="rules repeat"):
+        riemann.integrate_rules(loss, start, direction, batches, [("left", 5), ("left", 5)])
+    with pytest.raises(ValueError, match="unknown quadrature rule 'lefty'"):
+        riemann.integrate_rules(loss, start, direction, batches, [("lefty", 5)])
