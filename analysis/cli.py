@@ -61,44 +61,19 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
 
 def _pair_loader(settings: Any, quiet: bool) -> Callable[[str], Any]:
-    from analysis import hosts
+    from analysis.jobs import run
 
-    def load(name: str) -> Any:
-        if settings.checkpoints is not None:
-            from analysis import pairs
-
-            c = settings.checkpoints
-            mesh = None
-            if hosts.count() > 1:  # one FSDP axis over every process's devices
-                import jax
-
-                mesh = jax.make_mesh((jax.device_count(),), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
-            return pairs.from_checkpoints(
-                c["pre"],
-                c["post"],
-                c["data"],
-                batch_size=c["batch_size"],
-                max_len=c["max_len"],
-                max_batches=c["max_batches"],
-                dtype=c["dtype"],
-                name=name,
-                remat=bool(c.get("remat", False)),
-                mesh=mesh,
-                axis="fsdp" if mesh is not None else None,
-            )
-        from analysis.pairs import registry
-
-        return registry.load_pair(name, size=settings.size, seed=settings.seed, progress=not quiet)
-
-    return load
+    return run.PairLoader(settings, quiet)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from analysis import hosts
-    from analysis.jobs import run
+    from analysis.jobs import run, workers
 
     several = hosts.from_env()  # RIEMANN_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID (or JAX's): several processes
     settings = _run_settings(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs {args.jobs}: expected at least 1 worker process")
     if several:
         _check_several(args, settings)
     if settings.checkpoints is not None:
@@ -114,7 +89,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         f"{len(settings.edits) or 'default'} edits, seed {settings.seed}",
         flush=True,
     )
-    results = run.execute(settings, out, _pair_loader(settings, args.quiet), progress=not args.quiet)
+    jobs = args.jobs if args.jobs is not None else workers.default_jobs(len(settings.pairs))
+    results = run.execute(settings, out, _pair_loader(settings, args.quiet), progress=not args.quiet, jobs=jobs)
     summ = results["summary"]
     best = summ["estimators"][summ["best"]]
     print(
@@ -626,6 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_CALIBRATION,
         help=f"evaluation batches kept for calibration (shared gradient, curvature, tolerance); the rest, at least "
         f"{MIN_TEST}, are test batches (default {DEFAULT_CALIBRATION})",
+    )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="pairs analysed at once, each in its own process (default: one per CPU core, up to the number of "
+        "pairs, on a CPU backend; 1 on an accelerator). Each pair's numbers are the same; its seconds are "
+        "timed on a core it may share",
     )
     run.set_defaults(func=_cmd_run)
     ex = sub.add_parser(

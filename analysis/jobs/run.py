@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import platform
 import sys
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import files, hosts
+from analysis.jobs import workers
 from analysis.pairs import registry, split
 from analysis.pairs.pair import Pair
 from analysis.study import claims, suite
@@ -201,6 +203,86 @@ def _restore_nan(record: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class PairLoader:
+    """Loads a pair by name for ``settings`` (a workbench pair, or the ``--pre/--post/--data`` pair).
+    A plain object, so that worker processes can be sent it (:mod:`analysis.jobs.workers`)."""
+
+    settings: Any  # RunSettings, or any object with .checkpoints, .size and .seed
+    quiet: bool = True
+
+    def __call__(self, name: str) -> Pair:
+        c = self.settings.checkpoints
+        if c is None:
+            return registry.load_pair(name, size=self.settings.size, seed=self.settings.seed, progress=not self.quiet)
+        from analysis import pairs
+
+        mesh = None
+        if hosts.count() > 1:  # one FSDP axis over every process's devices
+            import jax
+
+            mesh = jax.make_mesh((jax.device_count(),), ("fsdp",), axis_types=(jax.sharding.AxisType.Auto,))
+        return pairs.from_checkpoints(
+            c["pre"],
+            c["post"],
+            c["data"],
+            batch_size=c["batch_size"],
+            max_len=c["max_len"],
+            max_batches=c["max_batches"],
+            dtype=c["dtype"],
+            name=name,
+            remat=bool(c.get("remat", False)),
+            mesh=mesh,
+            axis="fsdp" if mesh is not None else None,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Ticking:
+    """A store that also tells the relay each time an edit's record is saved (the parent's bar)."""
+
+    inner: suite.Store
+    tick: Callable[[], None]
+
+    def checks(self) -> dict[str, Any] | None:
+        return self.inner.checks()
+
+    def save_checks(self, checks: dict[str, Any]) -> None:
+        self.inner.save_checks(checks)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return self.inner.records()
+
+    def save_record(self, record: dict[str, Any]) -> None:
+        self.inner.save_record(record)
+        self.tick()
+
+
+def _analyse_pair(
+    name: str,
+    relay: workers.Relay,
+    *,
+    settings: RunSettings,
+    out: Path,
+    specs: list[str],
+    load_pair: Callable[[str], Pair],
+) -> dict[str, Any]:
+    """One pair of a run in a worker process: its bars are the parent's one bar, its lines the parent's."""
+    relay.log(f"[riemann] pair {name}")
+    return suite.analyse(
+        load_pair(name),
+        specs,
+        seed=settings.seed,
+        seeds=settings.seeds,
+        calibration=settings.calibration,
+        probes=settings.probes,
+        estimators=settings.estimators,
+        progress=False,
+        log=relay.log,
+        store=_Ticking(PairStore(out / "progress" / files.slug(name)), relay.tick),
+    )
+
+
 def execute(
     settings: RunSettings,
     out: Path,
@@ -208,33 +290,57 @@ def execute(
     *,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every pair of ``settings`` into ``out`` (see :func:`prepare`), resuming what exists,
-    and write the report. Returns the results record."""
+    and write the report. Returns the results record.
+
+    ``jobs`` > 1 analyses up to that many pairs at once, each in its own worker process
+    (:mod:`analysis.jobs.workers`; ``load_pair`` must then be picklable, e.g. a :class:`PairLoader`),
+    with one progress bar over all edits. Each pair's numbers are the same either way: nothing in
+    a pair's analysis depends on another's. Its seconds are its process's, on a core it may share."""
     from analysis.reporting import report  # Matplotlib only when a report is written
 
     t0 = time.perf_counter()
     specs = list(settings.edits) or suite.default_suite()
-    per_pair = []
-    for name in settings.pairs:
-        here = PairStore(out / "progress" / files.slug(name))
-        hosts.on_writer(lambda here=here: (here.root / "edits").mkdir(parents=True, exist_ok=True))
-        store = here if hosts.count() == 1 else SharedStore(here)
-        log(f"[riemann] pair {name}")
-        per_pair.append(
-            suite.analyse(
-                load_pair(name),
-                specs,
-                seed=settings.seed,
-                seeds=settings.seeds,
-                calibration=settings.calibration,
-                probes=settings.probes,
-                estimators=settings.estimators,
-                progress=progress,
-                log=log,
-                store=store,
-            )
+    side_by_side = jobs > 1 and hosts.count() == 1 and len(settings.pairs) > 1
+    if side_by_side:
+        for n in settings.pairs:
+            (out / "progress" / files.slug(n) / "edits").mkdir(parents=True, exist_ok=True)
+        done = sum(
+            len(PairStore(out / "progress" / files.slug(n)).records().keys() & set(specs)) for n in settings.pairs
         )
+        per_pair = workers.each(
+            functools.partial(_analyse_pair, settings=settings, out=out, specs=specs, load_pair=load_pair),
+            settings.pairs,
+            jobs=jobs,
+            log=log,
+            progress=progress,
+            total=len(specs) * len(settings.pairs),
+            initial=done,
+            desc=f"{len(settings.pairs)} pairs in {min(jobs, len(settings.pairs))} processes",
+        )
+    else:
+        per_pair = []
+        for name in settings.pairs:
+            here = PairStore(out / "progress" / files.slug(name))
+            hosts.on_writer(lambda here=here: (here.root / "edits").mkdir(parents=True, exist_ok=True))
+            store = here if hosts.count() == 1 else SharedStore(here)
+            log(f"[riemann] pair {name}")
+            per_pair.append(
+                suite.analyse(
+                    load_pair(name),
+                    specs,
+                    seed=settings.seed,
+                    seeds=settings.seeds,
+                    calibration=settings.calibration,
+                    probes=settings.probes,
+                    estimators=settings.estimators,
+                    progress=progress,
+                    log=log,
+                    store=store,
+                )
+            )
     run_state = hosts.on_writer(lambda: json.loads((out / "run.json").read_text()))
     results = {
         "settings": {
@@ -248,6 +354,12 @@ def execute(
         "pairs": per_pair,
         "summary": summary(per_pair),
         "elapsed_s": time.perf_counter() - t0,
+        # Pairs analysed at once (one process each) and the cores they shared: their seconds are
+        # each process's own, timed beside the others'.
+        "processes": {
+            "pairs_at_once": min(jobs, len(settings.pairs)) if side_by_side else 1,
+            "cpu_cores": workers.cpu_cores(),
+        },
     }
     results["claims"] = claims.check(results)
 

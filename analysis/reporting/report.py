@@ -285,7 +285,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"{len(s['edits'])} edits × {len(pairs)} pair(s): "
         + ", ".join(f"`{p['pair']['name']}`" for p in pairs)
         + f"; seed {s['seed']}, {s['probes']} Hutchinson probes per batch; {results['elapsed_s']:.0f} s "
-        f"(jax {results['versions'].get('jax')}, {results['versions'].get('devices')}).",
+        f"(jax {results['versions'].get('jax')}, {results['versions'].get('devices')}){_side_by_side(results)}.",
         "",
         f"Every pair's evaluation batches are split into calibration and disjoint test batches; random edits "
         f"are scored over {s.get('seeds', 1)} masks each. Classes use one tolerance per pair, "
@@ -392,6 +392,17 @@ def markdown(results: dict[str, Any]) -> str:
     for res in pairs:
         lines += pair_section(res, f"{files.slug(res['pair']['name'])}-")
     return "\n".join(lines)
+
+
+def _side_by_side(results: dict[str, Any]) -> str:
+    """How the pairs shared the machine, when they ran at once (each pair's seconds are its process's)."""
+    p = results.get("processes") or {}
+    if p.get("pairs_at_once", 1) <= 1:
+        return ""
+    return (
+        f"; {p['pairs_at_once']} pairs at once, each in its own process, on {p['cpu_cores']} CPU cores: a pair's "
+        "seconds were timed beside the others'"
+    )
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:

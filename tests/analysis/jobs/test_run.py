@@ -159,31 +159,17 @@ def test_prepare_refuses_foreign_directories(tmp_path):
         run.prepare(out, run.RunSettings(pairs=("mlp-teacher",), edits=("dare:p=0.6",)))
 
 
-def test_run_on_mini_workbench_pairs(mini_cache, tmp_path):
+def _mini_run(out, pairs, jobs):
+    args = ["run", "--size", "mini", "--pair", *pairs, "--edits", "dare:p=0.5", "bitdelta", "expo:alpha=-0.2"]
+    return main([*args, "expo:alpha=0.2", "--probes", "2", "--out", str(out), "--quiet", "--jobs", str(jobs)])
+
+
+def test_run_on_mini_workbench_pairs(mini_cache, tmp_path, capsys):
+    # The two pairs side by side, each in a worker process of its own.
     out = tmp_path / "wb"
-    assert (
-        main(
-            [
-                "run",
-                "--size",
-                "mini",
-                "--pair",
-                "lm/arithmetic-dpo",
-                "vit/rotated",
-                "--edits",
-                "dare:p=0.5",
-                "bitdelta",
-                "expo:alpha=-0.2",
-                "expo:alpha=0.2",
-                "--probes",
-                "2",
-                "--out",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert _mini_run(out, ["lm/arithmetic-dpo", "vit/rotated"], jobs=2) == 0
+    printed = capsys.readouterr().out
+    assert "[riemann] pair vit/rotated" in printed and "[vit/rotated] completeness" in printed
     res = results(out)
     assert [p["pair"]["name"] for p in res["pairs"]] == ["lm/arithmetic-dpo", "vit/rotated"]
     for p in res["pairs"]:
@@ -199,3 +185,9 @@ def test_run_on_mini_workbench_pairs(mini_cache, tmp_path):
         for r in p["edits"]:
             assert r["accuracy"] is not None
     assert "## Pair `vit/rotated`" in (out / "report.md").read_text()
+    # A pair's numbers do not depend on the process it ran in, nor on the pair beside it.
+    alone = tmp_path / "alone"
+    assert _mini_run(alone, ["vit/rotated"], jobs=1) == 0
+    (vit,) = results(alone)["pairs"]
+    assert numbers({"pairs": [vit]}) == numbers({"pairs": res["pairs"][1:]})
+    assert vit["pair"]["completeness"] == res["pairs"][1]["pair"]["completeness"]
