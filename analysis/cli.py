@@ -785,6 +785,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv or [])])
     try:
+        if args.command not in ("bench", "plan"):  # they time or plan compilation itself
+            from analysis.jobs import compile_cache
+
+            compile_cache.enable()
         return args.func(args)
     except (ValueError, FileExistsError, ConnectionError) as e:
         print(f"riemann: error: {e}", file=sys.stderr)

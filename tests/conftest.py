@@ -32,6 +32,16 @@ def mini_cache(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_compile_cache(tmp_path_factory):
+    """The commands' on-disk cache of compiled programs (analysis.jobs.compile_cache) in a directory of
+    this session's, never the user's; the processes tests start share it through the environment."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RIEMANN_XLA_CACHE", str(tmp_path_factory.mktemp("xla")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _fresh_jax_caches():
     """Drop JAX's compiled-program caches after each test module. Clean-clone runs of the whole
