@@ -211,6 +211,14 @@ class PairLoader:
     settings: Any  # RunSettings, or any object with .checkpoints, .size and .seed
     quiet: bool = True
 
+    def prepare(self, names: Sequence[str]) -> None:
+        """What loading ``names`` would build, built here once: worker processes loading workbench
+        pairs from an empty cache would each build the whole workbench, over each other."""
+        if self.settings.checkpoints is None and any(registry.PAIRS[n].kind == "workbench" for n in names):
+            from analysis.pairs import workbench
+
+            workbench.locate(self.settings.size, progress=not self.quiet)
+
     def __call__(self, name: str) -> Pair:
         c = self.settings.checkpoints
         if c is None:
@@ -305,11 +313,12 @@ def execute(
     specs = list(settings.edits) or suite.default_suite()
     side_by_side = jobs > 1 and hosts.count() == 1 and len(settings.pairs) > 1
     if side_by_side:
+        if isinstance(load_pair, PairLoader):
+            load_pair.prepare(settings.pairs)
         for n in settings.pairs:
             (out / "progress" / files.slug(n) / "edits").mkdir(parents=True, exist_ok=True)
-        done = sum(
-            len(PairStore(out / "progress" / files.slug(n)).records().keys() & set(specs)) for n in settings.pairs
-        )
+        wanted = {e.spec for e in suite.check_specs(specs)}  # records keep the canonical spec
+        done = sum(len(PairStore(out / "progress" / files.slug(n)).records().keys() & wanted) for n in settings.pairs)
         per_pair = workers.each(
             functools.partial(_analyse_pair, settings=settings, out=out, specs=specs, load_pair=load_pair),
             settings.pairs,

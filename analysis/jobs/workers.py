@@ -17,6 +17,8 @@ import multiprocessing
 import os
 import pickle
 import queue as queues
+import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,19 +67,28 @@ def default_jobs(tasks: int) -> int:
     return max(1, min(tasks, cpu_cores())) if jax.default_backend() == "cpu" else 1
 
 
-def _work(fn: Callable[[str, Relay], Any], name: str, q: Any) -> None:
-    """A worker: the result, or the exception with its traceback, is the last thing it posts."""
+def _watch_parent(parent: int) -> None:
+    """End this worker when the process that started it is gone (killed by a signal its cleanup
+    never saw): a worker must not go on writing to a run directory that a rerun resumes."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _work(fn: Callable[[str, Relay], Any], name: str, q: Any, parent: int) -> None:
+    """A worker: the result, or the exception with its traceback, is the last thing it posts,
+    pickled here (a queue pickles in a background thread and drops what fails)."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        out = fn(name, Relay(queue=q))
+        out = ("result", name, pickle.dumps(fn(name, Relay(queue=q))))
     except BaseException as e:  # noqa: BLE001 - everything goes back to the parent, which decides
         text = traceback.format_exc()
         try:
-            pickle.dumps(e)
+            pickle.loads(pickle.dumps(e))
         except Exception:
             e = RuntimeError(f"{type(e).__name__}: {e}")
-        q.put(("error", name, (e, text)))
-    else:
-        q.put(("result", name, out))
+        out = ("error", name, (e, text))
+    q.put(out)
 
 
 def each(
@@ -121,7 +132,9 @@ def each(
             while waiting or running:
                 while waiting and len(running) < jobs:
                     name = waiting.pop(0)
-                    running[name] = ctx.Process(target=_work, args=(fn, name, q), name=f"riemann {name}", daemon=True)
+                    running[name] = ctx.Process(
+                        target=_work, args=(fn, name, q, os.getpid()), name=f"riemann {name}", daemon=True
+                    )
                     running[name].start()
                 try:
                     kind, name, payload = q.get(timeout=0.5)
@@ -146,7 +159,7 @@ def each(
                     e.add_note(f"in the worker process for {name}:\n{text}")
                     raise e
                 else:
-                    results[name] = payload
+                    results[name] = pickle.loads(payload)
                     running.pop(name).join()
         finally:
             for p in running.values():

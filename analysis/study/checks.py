@@ -4,6 +4,7 @@ the per-module attribution of the post-training gain, and the loss along the pre
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,8 +44,9 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
     exact change and the relative gap; also the Gauss–Legendre integral itself, whose per-module
     terms attribute the gain."""
     # The other rules need values alone, which forward-mode products give without a gradient
-    # accumulator, and they share nodes: their 13 distinct nodes are evaluated once
-    # (riemann.integrate_rules), where each rule run alone would spend 25 and 5 more forwards.
+    # accumulator, and they share nodes: their 13 distinct nodes, 0 and 1 among them, are evaluated
+    # once (riemann.integrate_rules), where each rule run alone would spend 25 and 4 end-point
+    # forwards; Gauss–Legendre reads the end points' losses from them too.
     shared = [(rule, n) for rule, n in COMPLETENESS_RULES if rule != "gauss-legendre"]
     with riemann.progress_bar(
         progress, desc=f"{pair.name} completeness", unit="rule", total=len(COMPLETENESS_RULES), leave=False
@@ -53,9 +55,9 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
         bar.update(len(shared))
         (n_gl,) = [n for rule, n in COMPLETENESS_RULES if rule == "gauss-legendre"]
         # Only Gauss–Legendre's per-module terms are kept.
-        reference = riemann.integrate_path(
-            pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=n_gl, endpoints=True
-        )
+        reference = riemann.integrate_path(pair.loss_fn, pair.pre, delta, pair.batches, rule="gauss-legendre", n=n_gl)
+        ends = values[shared[0]]
+        reference = dataclasses.replace(reference, loss_start=ends.loss_start, loss_end=ends.loss_end)
         bar.update(1)
     values["gauss-legendre", n_gl] = reference
     table = {

@@ -41,11 +41,17 @@ def test_programs_are_kept_and_read_back_to_the_same_numbers(tmp_path):
         "JAX_COMPILATION_CACHE_DIR": str(cache),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.0",
     }
-    kept = sorted(p.name for p in cache.iterdir())
-    assert any(name.startswith("jit_") for name in kept)
+
+    def entries(suffix: str) -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name.endswith(suffix)}
+
+    kept, used = entries("-cache"), entries("-atime")
+    assert kept and used.keys() == {k.removesuffix("-cache") + "-atime" for k in kept}
     second = _run(RIEMANN_XLA_CACHE=str(cache))
     assert second["value"] == first["value"]
-    assert sorted(p.name for p in cache.iterdir()) == kept  # read, not compiled and written again
+    # Read, not compiled and written again: the same entries unchanged, each one's last use renewed.
+    assert entries("-cache") == kept
+    assert all(entries("-atime")[k] > t for k, t in used.items())
 
 
 def test_off_compiles_afresh_and_the_users_own_cache_is_left_alone(tmp_path):

@@ -171,6 +171,7 @@ def test_run_on_mini_workbench_pairs(mini_cache, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[riemann] pair vit/rotated" in printed and "[vit/rotated] completeness" in printed
     res = results(out)
+    assert res["processes"]["pairs_at_once"] == 2
     assert [p["pair"]["name"] for p in res["pairs"]] == ["lm/arithmetic-dpo", "vit/rotated"]
     for p in res["pairs"]:
         assert p["pair"]["loss_post"] < p["pair"]["loss_pre"]

@@ -3,10 +3,14 @@ exception raised in the parent with its pair named, a worker that dies without o
 
 import functools
 import os
+import pickle
+import subprocess
+import sys
 
 import pytest
 
 from analysis.jobs import workers
+from tests.analysis.helpers import ROOT
 
 
 def _square(name: str, relay: workers.Relay, *, times: int = 1) -> tuple[str, int, int]:
@@ -27,6 +31,10 @@ def _dies(name: str, relay: workers.Relay) -> int:
     if name == "2":
         os._exit(3)
     return int(name)
+
+
+def _unsendable(name: str, relay: workers.Relay):
+    return lambda: name  # a result that cannot be pickled back
 
 
 def test_results_come_back_in_order_from_other_processes():
@@ -69,3 +77,25 @@ def test_work_that_cannot_be_sent_is_refused_clearly():
         workers.each(lambda n, r: n, ["1", "2"], jobs=2, progress=False)
     with pytest.raises(ValueError, match="jobs=0"):
         workers.each(_square, ["1"], jobs=0, progress=False)
+
+
+def test_a_result_that_cannot_be_sent_back_is_named():
+    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)) as info:
+        workers.each(_unsendable, ["1", "2"], jobs=2, log=lambda s: None, progress=False)
+    assert any("worker process for" in note for note in info.value.__notes__)
+
+
+def test_a_worker_whose_parent_is_gone_ends():
+    # Its parent is not process 1 here, so the watch sees "gone" at once and ends the process.
+    code = "from analysis.jobs import workers; workers._watch_parent(1); print('still here')"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True
+    )
+    assert done.returncode == 1 and b"still here" not in done.stdout
+
+
+def test_default_jobs_are_the_cores_up_to_the_pairs(monkeypatch):
+    assert workers.default_jobs(1) == 1
+    assert workers.default_jobs(50) == workers.cpu_cores() >= 1
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    assert workers.cpu_cores() == (os.cpu_count() or 1)
