@@ -9,7 +9,8 @@ Parts, each importing only those listed before it (and :mod:`riemann`)::
                       the built-in workbench
     study/            estimators (registry), the edit suite, statistics, claims, resumable integrals
     reporting/        report.md, figures
-    jobs/             the main job (run directories), reproductions, export
+    jobs/             the main job (run directories, pairs in worker processes, the cache of compiled
+                      programs), reproductions, export
     perf/             memory plans, benchmarks, the 8B-scale run
     cli.py            the ``riemann`` command
 
