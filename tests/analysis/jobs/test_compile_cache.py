@@ -42,16 +42,15 @@ def test_programs_are_kept_and_read_back_to_the_same_numbers(tmp_path):
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.0",
     }
 
-    def entries(suffix: str) -> dict[str, int]:
-        return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name.endswith(suffix)}
+    def entries() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.name.startswith("jit_")}
 
-    kept, used = entries("-cache"), entries("-atime")
-    assert kept and used.keys() == {k.removesuffix("-cache") + "-atime" for k in kept}
+    kept = entries()
+    assert kept
     second = _run(RIEMANN_XLA_CACHE=str(cache))
     assert second["value"] == first["value"]
-    # Read, not compiled and written again: the same entries unchanged, each one's last use renewed.
-    assert entries("-cache") == kept
-    assert all(entries("-atime")[k] > t for k, t in used.items())
+    # Read, not compiled and written again (JAX writes an entry only when it compiled the program).
+    assert entries() == kept
 
 
 def test_off_compiles_afresh_and_the_users_own_cache_is_left_alone(tmp_path):
