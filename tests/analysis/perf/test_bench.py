@@ -48,7 +48,7 @@ def test_figures_that_are_not_timings_hold(figures):
     assert figures["lowrank"]["error_randomized_over_optimum"] < 1.05
     for row in (v for k, v in figures["path_step"].items() if k.startswith("batch ")):
         assert row["path_step_ms"] > 0 and row["bare_value_and_grad_ms"] > 0
-    assert figures["suite_scoring"]["edits"] == 30 and figures["suite_scoring"]["riemann"]["spearman"] > 0.5
+    assert figures["suite_scoring"]["edits"] == 15 and figures["suite_scoring"]["riemann"]["spearman"] > 0.5
     assert figures["load_checkpoint"]["shards"] >= 1
 
 
