@@ -277,17 +277,34 @@ def _analyse_pair(
 ) -> dict[str, Any]:
     """One pair of a run in a worker process: its bars are the parent's one bar, its lines the parent's."""
     relay.log(f"[riemann] pair {name}")
+    store = _Ticking(_pair_store(out, name), relay.tick)
+    return _analyse(load_pair(name), settings, specs, store, progress=False, log=relay.log)
+
+
+def _pair_store(out: Path, name: str) -> PairStore:
+    return PairStore(out / "progress" / files.slug(name))
+
+
+def _analyse(
+    pair: Pair,
+    settings: RunSettings,
+    specs: list[str],
+    store: suite.Store,
+    *,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     return suite.analyse(
-        load_pair(name),
+        pair,
         specs,
         seed=settings.seed,
         seeds=settings.seeds,
         calibration=settings.calibration,
         probes=settings.probes,
         estimators=settings.estimators,
-        progress=False,
-        log=relay.log,
-        store=_Ticking(PairStore(out / "progress" / files.slug(name)), relay.tick),
+        progress=progress,
+        log=log,
+        store=store,
     )
 
 
@@ -316,9 +333,9 @@ def execute(
         if isinstance(load_pair, PairLoader):
             load_pair.prepare(settings.pairs)
         for n in settings.pairs:
-            (out / "progress" / files.slug(n) / "edits").mkdir(parents=True, exist_ok=True)
+            (_pair_store(out, n).root / "edits").mkdir(parents=True, exist_ok=True)
         wanted = {e.spec for e in suite.check_specs(specs)}  # records keep the canonical spec
-        done = sum(len(PairStore(out / "progress" / files.slug(n)).records().keys() & wanted) for n in settings.pairs)
+        done = sum(len(_pair_store(out, n).records().keys() & wanted) for n in settings.pairs)
         per_pair = workers.each(
             functools.partial(_analyse_pair, settings=settings, out=out, specs=specs, load_pair=load_pair),
             settings.pairs,
@@ -332,24 +349,11 @@ def execute(
     else:
         per_pair = []
         for name in settings.pairs:
-            here = PairStore(out / "progress" / files.slug(name))
+            here = _pair_store(out, name)
             hosts.on_writer(lambda here=here: (here.root / "edits").mkdir(parents=True, exist_ok=True))
             store = here if hosts.count() == 1 else SharedStore(here)
             log(f"[riemann] pair {name}")
-            per_pair.append(
-                suite.analyse(
-                    load_pair(name),
-                    specs,
-                    seed=settings.seed,
-                    seeds=settings.seeds,
-                    calibration=settings.calibration,
-                    probes=settings.probes,
-                    estimators=settings.estimators,
-                    progress=progress,
-                    log=log,
-                    store=store,
-                )
-            )
+            per_pair.append(_analyse(load_pair(name), settings, specs, store, progress=progress, log=log))
     run_state = hosts.on_writer(lambda: json.loads((out / "run.json").read_text()))
     results = {
         "settings": {

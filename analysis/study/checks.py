@@ -60,10 +60,10 @@ def completeness(pair: Pair, delta: PyTree, *, progress: bool = False) -> tuple[
         reference = dataclasses.replace(reference, loss_start=ends.loss_start, loss_end=ends.loss_end)
         bar.update(1)
     values["gauss-legendre", n_gl] = reference
-    table = {
-        f"{rule}:{n}": {"value": res.value, "gap": res.gap, "relative_gap": res.relative_gap}
-        for (rule, n), res in ((rn, values[rn]) for rn in COMPLETENESS_RULES)
-    }
+    table = {}
+    for rule, n in COMPLETENESS_RULES:
+        r = values[rule, n]
+        table[f"{rule}:{n}"] = {"value": r.value, "gap": r.gap, "relative_gap": r.relative_gap}
     return table, reference
 
 
