@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import filelock
 import jax
 import pytest
 
@@ -19,15 +20,36 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 @pytest.fixture(scope="session")
-def mini_cache(tmp_path_factory):
-    """The workbench in its miniature configuration, built once per test session into a private
-    cache (``RIEMANN_CACHE`` points there for the whole session)."""
+def once_per_run(request, tmp_path_factory):
+    """``with once_per_run(name) as path:`` gives a directory that every pytest-xdist worker of this
+    run shares (the suite runs with ``-n 2``), held under a file lock while the block fills it: the
+    first worker to get there builds what the directory is for, the others wait and find it built.
+    Without xdist it is this session's own directory."""
+    base = tmp_path_factory.getbasetemp()
+    if hasattr(request.config, "workerinput"):  # each worker's base lies in the run's directory
+        base = base.parent
+
+    @contextlib.contextmanager
+    def shared(name: str):
+        path = base / name
+        with filelock.FileLock(f"{path}.lock"):
+            path.mkdir(exist_ok=True)
+            yield path
+
+    return shared
+
+
+@pytest.fixture(scope="session")
+def mini_cache(once_per_run):
+    """The workbench in its miniature configuration, built once per test run into a private cache
+    (``RIEMANN_CACHE`` points there for the whole session); a worker that finds it built verifies
+    its hashes and reuses it."""
     from analysis.pairs import workbench
 
-    root = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
-    mp.setenv("RIEMANN_CACHE", str(root))
-    built = workbench.build("mini", progress=False, log=lambda s: None)
+    with once_per_run("workbench-cache") as root:
+        mp.setenv("RIEMANN_CACHE", str(root))
+        built = workbench.build("mini", progress=False, log=lambda s: None)
     yield built
     mp.undo()
 
@@ -35,7 +57,9 @@ def mini_cache(tmp_path_factory):
 @pytest.fixture(autouse=True, scope="session")
 def _private_compile_cache(tmp_path_factory):
     """The commands' on-disk cache of compiled programs (analysis.jobs.compile_cache) in a directory of
-    this session's, never the user's; the processes tests start share it through the environment."""
+    this session's, never the user's; the processes tests start share it through the environment.
+    Each xdist worker has its own: JAX writes an entry in place, and a worker reading an entry
+    another is still writing would warn, which this suite turns into an error."""
     mp = pytest.MonkeyPatch()
     mp.setenv("RIEMANN_XLA_CACHE", str(tmp_path_factory.mktemp("xla")))
     yield
@@ -97,9 +121,10 @@ class _Children:
 class _Isolated(pytest.Item):
     """One module's ``isolated`` tests, run together in a child ``python -m pytest``.
 
-    The children start as soon as collection ends, one at a time on a background thread, so that
-    they overlap the rest of the suite (which is mostly single-threaded compilation); this item
-    only waits for its own child's result."""
+    Without xdist the children start as soon as collection ends, one at a time on a background
+    thread, so that they overlap the rest of the suite (which is mostly single-threaded
+    compilation); this item only waits for its own child's result. Under xdist every worker
+    collects every item, so a child starts only when its item runs, in the worker that runs it."""
 
     def __init__(self, *, nodeids, **kwargs):
         super().__init__(**kwargs)
@@ -112,6 +137,8 @@ class _Isolated(pytest.Item):
         self.result = children.pool.submit(children.run, cmd, cwd=self.config.rootpath, env=env)
 
     def runtest(self):
+        if self.result is None:
+            self.start(self.config.stash.setdefault(_CHILDREN, _Children()))
         r = self.result.result()
         if r.returncode != 0:
             raise AssertionError(f"child pytest exited with {r.returncode}:\n{r.stdout[-12000:]}\n{r.stderr[-4000:]}")
@@ -138,10 +165,12 @@ def pytest_collection_modifyitems(session, config, items):
 
 def pytest_collection_finish(session):
     """Start the children of the isolated groups that survived selection (``-k``, ``-m``), unless
-    no test will run."""
+    no test will run or this is an xdist worker (which has not been told its items yet)."""
     opt = session.config.option
     isolated = [item for item in session.items if isinstance(item, _Isolated)]
     if not isolated or opt.collectonly or opt.setuponly or opt.setupplan or session.testsfailed:
+        return
+    if hasattr(session.config, "workerinput"):
         return
     children = session.config.stash.setdefault(_CHILDREN, _Children())
     for item in isolated:

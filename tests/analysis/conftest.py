@@ -14,10 +14,14 @@ from tests.analysis.helpers import MLP_EDITS, llama
 
 
 @pytest.fixture(scope="session")
-def mlp_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "full"
-    args = ["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--estimators", "all", "--out", str(out), "--quiet"]
-    assert main(args) == 0
+def mlp_run(once_per_run):
+    """One complete run of every estimator on the mlp-teacher pair, made once per test run (the
+    xdist workers share it; tests only read it)."""
+    with once_per_run("runs") as root:
+        out = root / "full"
+        args = ["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--estimators", "all", "--out", str(out)]
+        if not (out / "results.json").exists():
+            assert main([*args, "--quiet"]) == 0
     return out
 
 

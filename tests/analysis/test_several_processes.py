@@ -71,10 +71,9 @@ def _run_args(user_pair, out) -> list[str]:
         "dare:p=0.5",
         "lowrank:fraction=0.25",
         "expo:alpha=0.5",
-        "--estimators",
+        "--estimators",  # second order under several processes: the worker's test above
         "riemann",
         "first-order",
-        "second-order",
         "shared-curvature",
         "--probes",
         "2",
