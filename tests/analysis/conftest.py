@@ -19,9 +19,9 @@ def mlp_run(once_per_run):
     xdist workers share it; tests only read it)."""
     with once_per_run("runs") as root:
         out = root / "full"
-        args = ["run", "--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--estimators", "all", "--out", str(out)]
         if not (out / "results.json").exists():
-            assert main([*args, "--quiet"]) == 0
+            args = ["--pair", "mlp-teacher", "--edits", *MLP_EDITS, "--estimators", "all", "--quiet"]
+            assert main(["run", *args, "--out", str(out)]) == 0
     return out
 
 
